@@ -1,0 +1,143 @@
+"""Curriculum data selection for XPL (DESIGN §2, eq. 1-3).
+
+Two models A and B each predict a localization map for an unlabeled sample. Their agreement (Pearson
+correlation, eq. 1) measures how trustworthy the cross pseudo-labels are. A sample is admitted to the
+cross loss when its consensus passes a hard floor ρ_min (eq. 2) and lies in the top r(t) fraction of recent
+consensus scores (eq. 3), where r(t) ramps from r_0 to 1 during training. "Recent" is a fixed-size sliding
+window gathered across processes, so the curriculum works on streamed data without a full pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["pearson_consensus", "admitted_fraction", "gather_varlen", "CurriculumSelector"]
+
+
+def pearson_consensus(maps_a: torch.Tensor, maps_b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Consensus ρ_i between two models' maps (eq. 1).
+
+    ρ_i = Σ_u (P_A(u) - mean P_A)(P_B(u) - mean P_B) / sqrt(Σ_u (P_A(u) - mean P_A)² · Σ_u (P_B(u) - mean P_B)²)
+
+    Args:
+        maps_a, maps_b: (B, h, w) (any trailing shape; positions are flattened per sample).
+    Returns:
+        (B,) float32 in [-1, 1], detached (a selection statistic, not a loss). A sample where either map is
+        flat (zero spatial variance) gets ρ = 0, never NaN.
+    """
+    a = maps_a.detach().flatten(1).float()
+    b = maps_b.detach().flatten(1).float()
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    cov = (a * b).sum(dim=1)
+    denom = ((a * a).sum(dim=1) * (b * b).sum(dim=1)).sqrt()
+    rho = torch.where(denom > eps, cov / denom.clamp_min(eps), torch.zeros_like(cov))
+    return rho.clamp(-1.0, 1.0)
+
+
+def admitted_fraction(step: int, r0: float, rampup_steps: int) -> float:
+    """Admitted fraction r(t) of the curriculum (eq. 3): linear ramp from r_0 at t = 0 to 1 at t = rampup_steps.
+
+    r(t) = r_0 + (1 - r_0) · min(t / rampup_steps, 1);  rampup_steps <= 0 -> 1.0 (no curriculum ramp).
+    ``step`` counts stage-2 (pseudo-label) steps; negative steps are treated as 0.
+    """
+    if rampup_steps <= 0:
+        return 1.0
+    progress = min(max(step, 0) / rampup_steps, 1.0)
+    return float(r0 + (1.0 - r0) * progress)
+
+
+def gather_varlen(accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather a tensor whose first dimension may differ between processes (including 0).
+
+    Returns the concatenation over ranks, in rank order, on every rank: (Σ_r n_r, ...). Works with an
+    ``accelerate.Accelerator`` (uses its ``gather`` and ``pad_across_processes``); ``accelerator=None`` or a
+    single process returns ``tensor`` unchanged. Tensors travel on ``accelerator.device`` (needed by NCCL)
+    and come back on the input's device.
+    """
+    if accelerator is None or accelerator.num_processes == 1:
+        return tensor
+    device = tensor.device
+    x = tensor.to(accelerator.device)
+    sizes = accelerator.gather(torch.tensor([x.shape[0]], device=accelerator.device)).cpu()
+    padded = accelerator.pad_across_processes(x, dim=0)  # (max_n, ...) on every rank
+    allx = accelerator.gather(padded).to(device)  # (world * max_n, ...)
+    max_n = int(sizes.max())
+    keep = torch.arange(max_n).unsqueeze(0) < sizes.unsqueeze(1)  # (world, max_n)
+    return allx[keep.flatten().to(device)]
+
+
+class CurriculumSelector:
+    """Curriculum data selection (eq. 2-3) over a sliding window of consensus scores.
+
+    At step t, given the batch's consensus ρ (B,):
+      1. the scores of the whole (global) batch are pushed into a ring buffer of the last ``window`` scores;
+      2. q(t) = quantile_{1 - r(t)} of the window's scores that pass ρ_min (linear interpolation);
+      3. admitted_i = (ρ_i >= ρ_min) and (ρ_i >= q(t)).
+    With ``enabled=False`` (the "without data selection" ablation) every sample is admitted.
+
+    state_dict() holds the window contents and write position; load_state_dict() restores them exactly, so the
+    object can be registered with ``accelerator.register_for_checkpointing``.
+    """
+
+    def __init__(self, window: int = 2048, r0: float = 0.2, rampup_steps: int = 0, rho_min: float = 0.0,
+                 enabled: bool = True):
+        if window <= 0:
+            raise ValueError(f"window must be positive, got {window}")
+        self.window, self.r0, self.rampup_steps, self.rho_min, self.enabled = window, r0, rampup_steps, rho_min, enabled
+        self.scores = torch.zeros(window, dtype=torch.float32)  # ring buffer
+        self.count = 0  # number of valid entries (<= window)
+        self.pos = 0  # next write position
+        self.last_threshold = float("nan")  # q(t) of the latest select(), for logging
+
+    def push(self, scores: torch.Tensor) -> None:
+        """Append (N,) scores to the window (oldest overwritten). Call with the scores of ALL processes."""
+        s = scores.detach().flatten().float().cpu()
+        if s.numel() >= self.window:  # only the most recent `window` survive
+            s = s[-self.window:]
+        n = s.numel()
+        idx = (self.pos + torch.arange(n)) % self.window
+        self.scores[idx] = s
+        self.pos = (self.pos + n) % self.window
+        self.count = min(self.count + n, self.window)
+
+    def threshold(self, step: int) -> float:
+        """q(t): the (1 - r(t)) quantile of the window's scores that pass ρ_min (+inf if none pass)."""
+        w = self.scores[: self.count]
+        w = w[w >= self.rho_min]
+        if w.numel() == 0:
+            return float("inf")
+        r = admitted_fraction(step, self.r0, self.rampup_steps)
+        return float(torch.quantile(w, 1.0 - r))
+
+    def select(self, consensus: torch.Tensor, step: int, accelerator=None,
+               all_consensus: torch.Tensor | None = None) -> torch.Tensor:
+        """Admission mask for this process's batch (eq. 2-3).
+
+        Args:
+            consensus: (B,) this process's ρ.
+            step: stage-2 step t for r(t).
+            accelerator: if given, the window receives the consensus of all processes (via ``gather_varlen``),
+                so every rank keeps the same window. Alternatively pass ``all_consensus`` gathered yourself.
+        Returns:
+            (B,) bool on ``consensus.device``.
+        """
+        if not self.enabled:
+            return torch.ones(consensus.shape[0], dtype=torch.bool, device=consensus.device)
+        if all_consensus is None:
+            all_consensus = gather_varlen(accelerator, consensus.detach().float())
+        self.push(all_consensus)
+        q = self.threshold(step)
+        self.last_threshold = q
+        rho = consensus.detach().float()
+        return (rho >= self.rho_min) & (rho >= q)
+
+    def state_dict(self) -> dict:
+        return {"scores": self.scores.clone(), "count": self.count, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        scores = state["scores"].float().cpu()
+        if scores.shape != (self.window,):
+            raise ValueError(f"window size mismatch: checkpoint {tuple(scores.shape)}, selector ({self.window},)")
+        self.scores = scores.clone()
+        self.count, self.pos = int(state["count"]), int(state["pos"])

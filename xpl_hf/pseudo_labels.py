@@ -1,0 +1,274 @@
+"""Soft pseudo-labels and the PL-EMA memory bank for XPL (DESIGN §2, eq. 4-5).
+
+Model m's soft pseudo-label for an unlabeled sample is its own (detached) map, min-max normalised per sample
+and sharpened (eq. 4). Labels are smoothed over visits with an exponential moving average kept in a memory
+bank keyed by sample id (eq. 5). In XPL the label of model B supervises model A and vice versa (eq. 6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from .curriculum import gather_varlen
+
+__all__ = [
+    "minmax_normalize", "sharpen", "soft_pseudo_labels", "hard_pseudo_labels", "hash_ids", "PseudoLabelBank",
+    "synced_bank_update",
+]
+
+
+def minmax_normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-sample min-max normalisation to [0, 1]: P̂ = (P - min_u P) / (max_u P - min_u P).
+
+    Args:
+        maps: (B, h, w) (any trailing shape; min and max are taken per sample over all positions).
+    Returns:
+        float tensor of the same shape (dtype kept if floating). A flat map (max - min <= eps) becomes all
+        zeros, i.e. "no confident location": after sharpening it yields a near-zero pseudo-label. (The
+        evaluation protocol's "flat map unchanged" rule lives in ``xpl_hf.evaluation``, not here.)
+    """
+    x = maps if maps.is_floating_point() else maps.float()
+    flat = x.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
+    hi = flat.max(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
+    rng = hi - lo
+    return torch.where(rng > eps, (x - lo) / rng.clamp_min(eps), torch.zeros_like(x))
+
+
+def sharpen(p_hat: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """Sharpening (eq. 4): Ŷ = sigmoid((P̂ - 0.5) / T).
+
+    Args:
+        p_hat: (B, h, w) normalised map in [0, 1].
+        temperature: T > 0 (DESIGN default 0.1). ``None`` or ``0`` disables sharpening (the "without
+            sharpening" ablation) and returns ``p_hat`` unchanged.
+    """
+    if not temperature:
+        return p_hat
+    if temperature < 0:
+        raise ValueError(f"sharpening temperature must be >= 0, got {temperature}")
+    return torch.sigmoid((p_hat - 0.5) / temperature)
+
+
+@torch.no_grad()
+def soft_pseudo_labels(maps: torch.Tensor, temperature: float | None = 0.1) -> torch.Tensor:
+    """Soft pseudo-labels Ŷ = sharpen(minmax_normalize(P.detach()), T) (eq. 4).  (B, h, w) -> (B, h, w) float32."""
+    return sharpen(minmax_normalize(maps.detach().float()), temperature)
+
+
+@torch.no_grad()
+def hard_pseudo_labels(maps: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Hard pseudo-labels for the ``hard_pl`` baseline: 1[minmax_normalize(P.detach()) >= threshold].
+
+    (B, h, w) -> (B, h, w) float32 in {0, 1}. A flat map gives all zeros (threshold > 0).
+    """
+    return (minmax_normalize(maps.detach().float()) >= threshold).float()
+
+
+def hash_ids(ids: Sequence[str] | torch.Tensor) -> torch.Tensor:
+    """Stable 63-bit keys for sample ids: first 8 bytes of blake2b(id utf-8), as int64 (B,).
+
+    Stable across processes and runs (unlike Python's ``hash``), so every rank and every checkpoint agree.
+    A tensor is taken as already-hashed keys. Collision probability for n ids is about n² / 2^64
+    (≈ 1e-9 for 144k ids).
+    """
+    if isinstance(ids, torch.Tensor):
+        return ids.to(torch.int64).flatten()
+    keys = [int.from_bytes(hashlib.blake2b(str(i).encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+            for i in ids]
+    return torch.tensor(keys, dtype=torch.int64)
+
+
+class PseudoLabelBank:
+    """PL-EMA memory bank (eq. 5): Y_t = α·Y_{t-1} + (1 - α)·Ŷ_t per unlabeled sample id and per model.
+
+    The first visit of (id, model) sets Y = Ŷ; α = 0 disables the EMA (Y = Ŷ every visit). Labels are stored
+    at the map's resolution in fp16: ``labels`` (capacity, M, h, w); ids are stored as 64-bit hashes
+    (``hash_ids``) with a sorted index for vectorised lookup, so there is no per-id Python object:
+    144,000 ids x 2 models x 7x7 ≈ 28 MB of labels + ≈ 3.5 MB of index (see ``nbytes()``).
+
+    Storage grows by 1.25x when full (pass ``capacity`` to preallocate). ``state_dict()`` keeps only the used
+    rows and ``load_state_dict()`` restores them bit-exactly (accelerate's ``register_for_checkpointing``).
+    In multi-process training every rank keeps a full copy and applies the same (gathered) updates:
+    see ``synced_bank_update``.
+    """
+
+    def __init__(self, map_size: int | tuple[int, int], models: Sequence[str] = ("a", "b"), alpha: float = 0.7,
+                 capacity: int = 0, device: torch.device | str = "cpu"):
+        self.map_size = (map_size, map_size) if isinstance(map_size, int) else tuple(map_size)
+        self.models = tuple(models)
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        self.alpha = alpha
+        self.device = torch.device(device)
+        self.size = 0
+        self._alloc(max(int(capacity), 0))
+
+    # ---- storage -------------------------------------------------------------------------------------
+    def _alloc(self, capacity: int) -> None:
+        M, (h, w), dev = len(self.models), self.map_size, self.device
+        self.labels = torch.zeros(capacity, M, h, w, dtype=torch.float16, device=dev)  # Y
+        self.seen = torch.zeros(capacity, M, dtype=torch.bool, device=dev)  # first visit done?
+        self.keys = torch.zeros(capacity, dtype=torch.int64, device=dev)  # row -> key (insertion order)
+        self.sorted_keys = torch.zeros(0, dtype=torch.int64, device=dev)  # (size,) ascending
+        self.sorted_rows = torch.zeros(0, dtype=torch.int64, device=dev)  # row of sorted_keys[i]
+
+    def _grow(self, needed: int) -> None:
+        cap = self.labels.shape[0]
+        if needed <= cap:
+            return
+        new_cap = max(needed, int(cap * 1.25) + 1, 1024)
+        for name in ("labels", "seen", "keys"):
+            old = getattr(self, name)
+            new = old.new_zeros((new_cap, *old.shape[1:]))
+            new[: self.size] = old[: self.size]
+            setattr(self, name, new)
+
+    def nbytes(self) -> int:
+        """Bytes held by the bank's tensors (allocated capacity, labels + flags + id index)."""
+        return sum(t.element_size() * t.numel()
+                   for t in (self.labels, self.seen, self.keys, self.sorted_keys, self.sorted_rows))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __contains__(self, sample_id: str) -> bool:
+        return bool(self._find(hash_ids([sample_id]))[1][0])
+
+    def to(self, device: torch.device | str) -> "PseudoLabelBank":
+        self.device = torch.device(device)
+        for name in ("labels", "seen", "keys", "sorted_keys", "sorted_rows"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        return self
+
+    # ---- index -----------------------------------------------------------------------------------------
+    def _find(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """keys (N,) int64 -> (rows (N,), found (N,) bool); rows are undefined where not found."""
+        n = self.sorted_keys.numel()
+        if n == 0:
+            return torch.zeros_like(keys), torch.zeros_like(keys, dtype=torch.bool)
+        pos = torch.searchsorted(self.sorted_keys, keys).clamp_max(n - 1)
+        found = self.sorted_keys[pos] == keys
+        return self.sorted_rows[pos], found
+
+    def _insert(self, keys: torch.Tensor) -> None:
+        """Append new unique keys (K,) as rows size..size+K-1 and merge them into the sorted index (O(size))."""
+        k = keys.numel()
+        if k == 0:
+            return
+        self._grow(self.size + k)
+        rows = torch.arange(self.size, self.size + k, device=self.device)
+        self.keys[rows] = keys
+        new_keys, order = torch.sort(keys)
+        new_rows = rows[order]
+        n = self.sorted_keys.numel()
+        at = torch.searchsorted(self.sorted_keys, new_keys) + torch.arange(k, device=self.device)
+        old_slot = torch.ones(n + k, dtype=torch.bool, device=self.device)
+        old_slot[at] = False
+        merged_keys = torch.empty(n + k, dtype=torch.int64, device=self.device)
+        merged_rows = torch.empty(n + k, dtype=torch.int64, device=self.device)
+        merged_keys[at], merged_rows[at] = new_keys, new_rows
+        merged_keys[old_slot], merged_rows[old_slot] = self.sorted_keys, self.sorted_rows
+        self.sorted_keys, self.sorted_rows = merged_keys, merged_rows
+        self.size += k
+
+    # ---- eq. 5 -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, ids: Sequence[str] | torch.Tensor, new: Mapping[str, torch.Tensor],
+               alpha: float | None = None) -> dict[str, torch.Tensor]:
+        """Apply Y_t = α·Y_{t-1} + (1 - α)·Ŷ_t for a batch and return the smoothed labels (eq. 5).
+
+        Args:
+            ids: B sample ids (str) or their ``hash_ids`` keys (B,) int64.
+            new: {model: Ŷ (B, h, w)} for any subset of ``self.models`` (usually all).
+            alpha: overrides ``self.alpha`` for this call.
+        Returns:
+            {model: Y_t (B, h, w) float32 on Ŷ's device}. Y_t is computed in fp32 from the stored fp16 Y_{t-1}
+            and then stored in fp16. If an id occurs several times in one call, the last occurrence's Ŷ is
+            the one applied and all occurrences get the same Y_t.
+        """
+        alpha = self.alpha if alpha is None else alpha
+        keys = hash_ids(ids).to(self.device)
+        B = keys.numel()
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        last = torch.full((uniq.numel(),), -1, dtype=torch.int64, device=self.device)
+        last = last.scatter_reduce(0, inverse, torch.arange(B, device=self.device), reduce="amax")  # last occurrence
+        rows, found = self._find(uniq)
+        if not bool(found.all()):
+            self._insert(uniq[~found])
+            rows, found = self._find(uniq)
+        out = {}
+        for name, y_hat in new.items():
+            m = self.models.index(name)
+            if y_hat.shape != (B, *self.map_size):
+                raise ValueError(f"labels for model {name!r}: expected {(B, *self.map_size)}, got {tuple(y_hat.shape)}")
+            y_hat_u = y_hat.detach().to(self.device, torch.float32)[last]  # (U, h, w)
+            prev = self.labels[rows, m].float()
+            seen = self.seen[rows, m].view(-1, 1, 1)
+            y = torch.where(seen, alpha * prev + (1.0 - alpha) * y_hat_u, y_hat_u)
+            self.labels[rows, m] = y.half()
+            self.seen[rows, m] = True
+            out[name] = y[inverse].to(y_hat.device)
+        return out
+
+    @torch.no_grad()
+    def lookup(self, ids: Sequence[str] | torch.Tensor, model: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored Y for ``ids``: ((B, h, w) float32, found (B,) bool); zeros where never visited by ``model``."""
+        keys = hash_ids(ids).to(self.device)
+        m = self.models.index(model)
+        if self.size == 0:
+            return torch.zeros(keys.numel(), *self.map_size), torch.zeros(keys.numel(), dtype=torch.bool)
+        rows, found = self._find(keys)
+        found = found & self.seen[rows, m]
+        y = self.labels[rows, m].float()
+        return torch.where(found.view(-1, 1, 1), y, torch.zeros_like(y)), found
+
+    # ---- checkpointing ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        n = self.size
+        return {"keys": self.keys[:n].cpu().clone(), "labels": self.labels[:n].cpu().clone(),
+                "seen": self.seen[:n].cpu().clone(), "models": list(self.models), "map_size": list(self.map_size),
+                "alpha": self.alpha}
+
+    def load_state_dict(self, state: dict) -> None:
+        if tuple(state["models"]) != self.models or tuple(state["map_size"]) != self.map_size:
+            raise ValueError(f"bank layout mismatch: checkpoint models={state['models']} map_size={state['map_size']}, "
+                             f"bank models={list(self.models)} map_size={list(self.map_size)}")
+        keys = state["keys"].to(self.device, torch.int64)
+        n = keys.numel()
+        self.size = 0
+        self._alloc(max(n, self.labels.shape[0]))
+        self.labels[:n] = state["labels"].to(self.device, torch.float16)
+        self.seen[:n] = state["seen"].to(self.device, torch.bool)
+        self.keys[:n] = keys
+        self.sorted_keys, order = torch.sort(keys)
+        self.sorted_rows = order.to(torch.int64)
+        self.size = n
+        self.alpha = float(state.get("alpha", self.alpha))
+
+
+@torch.no_grad()
+def synced_bank_update(bank: PseudoLabelBank, ids: Sequence[str] | torch.Tensor, new: Mapping[str, torch.Tensor],
+                       accelerator=None, alpha: float | None = None) -> dict[str, torch.Tensor]:
+    """``bank.update`` with the updates of all processes, so every rank's bank copy stays identical.
+
+    Each rank hashes its ids, all ranks all-gather (keys, Ŷ per model) with ``gather_varlen`` (variable batch
+    sizes, including 0), apply the identical global update in rank order, and each returns the smoothed
+    labels of its own batch: {model: (B_local, h, w) float32}. ``accelerator=None`` or one process is a
+    plain ``bank.update``; with several processes the result equals one process applying the concatenated
+    batch (ranks in order).
+    """
+    if accelerator is None or accelerator.num_processes == 1:
+        return bank.update(ids, new, alpha)
+    keys = hash_ids(ids)
+    n_local = keys.numel()
+    dev = accelerator.device
+    sizes = accelerator.gather(torch.tensor([n_local], device=dev)).cpu()
+    start = int(sizes[: accelerator.process_index].sum())
+    all_keys = gather_varlen(accelerator, keys.to(dev))
+    all_new = {m: gather_varlen(accelerator, y.detach().float()) for m, y in new.items()}
+    out = bank.update(all_keys, all_new, alpha)
+    return {m: out[m][start:start + n_local].to(y.device) for m, y in new.items()}
