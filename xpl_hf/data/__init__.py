@@ -1,0 +1,49 @@
+"""xpl-hf data layer: schema, synthetic benchmark, converters, loading/streaming, transforms and collate.
+
+See DESIGN §3. Heavy submodules (torch-based transforms) are imported lazily.
+"""
+
+from .schema import (
+    GT_RULES,
+    SYNTHETIC_UNLABELED_FEATURES,
+    XPL_FEATURES,
+    BoxReport,
+    DataValidationError,
+    check_columns,
+    check_unique_ids,
+    clean_boxes,
+    find_duplicate_ids,
+    xpl_features,
+)
+
+_LAZY = {
+    "generate_benchmark": "synthetic",
+    "load_labeled": "loading",
+    "load_unlabeled_stream": "loading",
+    "load_split_features": "loading",
+    "ColorRandAugment": "transforms",
+    "XPLSampleTransform": "transforms",
+    "XPLCollator": "transforms",
+}
+
+__all__ = [
+    "GT_RULES",
+    "SYNTHETIC_UNLABELED_FEATURES",
+    "XPL_FEATURES",
+    "BoxReport",
+    "DataValidationError",
+    "check_columns",
+    "check_unique_ids",
+    "clean_boxes",
+    "find_duplicate_ids",
+    "xpl_features",
+    *_LAZY,
+]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
