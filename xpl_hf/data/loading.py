@@ -1,0 +1,214 @@
+"""Load xpl-hf splits: labeled / evaluation splits eagerly, unlabeled splits streamed, sharded and resumable.
+
+A dataset is either a local folder in the layout of :mod:`xpl_hf.data.shards` (``DIR/data/<split>-xxxxx-of-xxxxx
+.parquet``; ``DIR/<split>/*.parquet`` and ``DIR/<split>-*.parquet`` are accepted too) or a Hub dataset id in the
+same schema (e.g. one written by ``python -m xpl_hf.data.prepare ... --push_to_hub``).
+
+Audio is always exposed undecoded (``Audio(decode=False)``: ``{"bytes", "path"}``) because ``datasets`` 5 decodes
+audio only through torchcodec + system FFmpeg; decode it with :func:`xpl_hf.data.decoding.decode_audio` (soundfile),
+as :class:`xpl_hf.data.transforms.XPLCollator` does. Images are exposed undecoded too by default
+(``decode_images=False``), so that a corrupt image reaches the collate function, which names the sample, instead of
+failing inside the dataset iterator.
+
+Streaming and resume (:func:`load_unlabeled_stream`)
+---------------------------------------------------
+The returned :class:`datasets.IterableDataset` is split across processes with ``split_dataset_by_node`` (whole
+shards per process when the number of shards is a multiple of ``world_size``; otherwise every process reads all
+rows and keeps every ``world_size``-th, which is correct but slower), shuffled (shard order + a buffer of
+``shuffle_buffer`` rows), and exposes ``set_epoch(epoch)`` (a new shuffle per epoch, the same on every process) and
+``state_dict()`` / ``load_state_dict(state)``:
+
+* read ``ds.state_dict()`` while iterating (it describes the position after the last row yielded) and save it with
+  the checkpoint (per process); rebuild the stream with the same arguments, call ``ds.load_state_dict(state)``, and
+  iteration continues from there;
+* without a shuffle buffer (``shuffle_buffer=0``; shard order is still shuffled), the restore is **exact**: the
+  resumed stream yields exactly the rows the interrupted one had not yet yielded, in the same order;
+* with a shuffle buffer, the restore is **approximate**: the buffer's content is not saved, so the stream resumes
+  at the shard position after the rows already read into the buffer; rows that were in the buffer are lost for
+  this epoch and the following order differs from an uninterrupted run (the next epoch is complete again).
+  Over an epoch of N rows, at most ``shuffle_buffer`` rows are skipped. This is fine for unlabeled data.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datasets import Audio, Dataset, Features, Image, IterableDataset, Value, load_dataset
+from datasets.distributed import split_dataset_by_node
+
+from .schema import GT_RULES, DataValidationError, check_columns, check_unique_ids
+from .shards import DATA_DIR, list_splits, split_shard_paths
+
+logger = logging.getLogger(__name__)
+
+
+def _looks_local(path_or_id: str) -> bool:
+    p = os.fspath(path_or_id)
+    return (
+        os.path.exists(p)
+        or os.path.isabs(p)
+        or p.startswith((".", "~"))
+        or p.count("/") > 1
+        or os.sep != "/" and os.sep in p
+    )
+
+
+def local_split_files(root: str, split: str) -> list[str]:
+    """Parquet files of ``split`` in a local dataset folder; raises with the available splits if there are none."""
+    root = os.path.expanduser(os.fspath(root))
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"dataset folder {root!r} does not exist (nor is it a Hub dataset id 'org/name')")
+    files = split_shard_paths(root, split)
+    if not files:
+        for pattern in (os.path.join(root, split, "*.parquet"), os.path.join(root, f"{split}-*.parquet"), os.path.join(root, f"{split}.parquet")):
+            files = sorted(glob.glob(pattern))
+            if files:
+                break
+    if not files:
+        available = list_splits(root) or sorted(
+            {os.path.basename(p).split("-")[0].removesuffix(".parquet") for p in glob.glob(os.path.join(root, "*.parquet"))}
+            | {d for d in os.listdir(root) if glob.glob(os.path.join(root, d, "*.parquet"))}
+        )
+        raise ValueError(
+            f"split {split!r} not found in {root!r} (looked for {DATA_DIR}/{split}-*-of-*.parquet, {split}/*.parquet, "
+            f"{split}-*.parquet); available splits: {available or 'none'}"
+        )
+    return files
+
+
+def _fix_features(features: Features, decode_images: bool) -> Features:
+    """Force undecoded audio (soundfile decodes it) and the requested image decoding."""
+    features = features.copy()
+    if isinstance(features.get("audio"), Audio):
+        features["audio"] = Audio(decode=False)
+    if isinstance(features.get("image"), Image):
+        features["image"] = Image(decode=decode_images)
+    elif features.get("image") == Value("binary") and decode_images:
+        logger.warning("the image column holds raw bytes; it is left undecoded")
+    return features
+
+
+def load_split_features(path_or_id: str, split: str, *, revision: str | None = None, token: str | bool | None = None) -> tuple[Features, list[str] | None]:
+    """``(features as stored, local parquet files or None for a Hub id)`` of one split."""
+    if _looks_local(path_or_id):
+        files = local_split_files(path_or_id, split)
+        try:
+            schema = pq.read_schema(files[0])
+        except Exception as err:
+            raise DataValidationError(f"{files[0]} is not a readable parquet file: {err}") from err
+        return Features.from_arrow_schema(schema), files
+    from datasets import load_dataset_builder
+
+    builder = load_dataset_builder(path_or_id, revision=revision, token=token)
+    if builder.info.splits and split not in builder.info.splits:
+        raise ValueError(f"split {split!r} not found in the Hub dataset {path_or_id!r}; available: {list(builder.info.splits)}")
+    if builder.info.features is None:
+        raise DataValidationError(f"the Hub dataset {path_or_id!r} does not declare its features")
+    return builder.info.features, None
+
+
+def _load(path_or_id: str, split: str, features: Features, files: list[str] | None, streaming: bool, **kwargs):
+    if files is not None:
+        return load_dataset("parquet", data_files={split: files}, split=split, features=features, streaming=streaming, **kwargs)
+    try:
+        return load_dataset(path_or_id, split=split, features=features, streaming=streaming, **kwargs)
+    except ValueError as err:
+        if "split" in str(err).lower():
+            raise ValueError(f"split {split!r} not found in the Hub dataset {path_or_id!r}: {err}") from err
+        raise
+
+
+def load_labeled(
+    path_or_id: str,
+    split: str,
+    *,
+    decode_images: bool = False,
+    require_boxes: bool = True,
+    check_ids: bool = True,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | None = None,
+) -> Dataset:
+    """Load a labeled or evaluation split eagerly as a :class:`datasets.Dataset`.
+
+    Args:
+        path_or_id: local dataset folder or Hub dataset id.
+        split: e.g. ``"labeled"``, ``"validation"``, ``"test"``.
+        decode_images: expose images as PIL images (``True``) or ``{"bytes", "path"}`` (``False``, training default).
+        require_boxes: raise if the split has no ``boxes``/``gt_rule`` columns or no sample has a box.
+        check_ids: raise on duplicated ids.
+
+    Raises:
+        FileNotFoundError: the local folder does not exist.
+        ValueError: the split does not exist (the message lists the available ones).
+        DataValidationError: missing columns, a labeled split without boxes, unknown gt_rule, duplicated ids.
+    """
+    features, files = load_split_features(path_or_id, split, revision=revision, token=token)
+    where = f"split {split!r} of {path_or_id!r}"
+    check_columns(features, where=where, require_boxes=require_boxes)
+    kwargs = {"cache_dir": cache_dir}
+    if files is None:
+        kwargs.update(revision=revision, token=token)
+    ds = _load(path_or_id, split, _fix_features(features, decode_images), files, streaming=False, **kwargs)
+    if check_ids:
+        check_unique_ids(ds.data.column("id").to_pylist(), where=where)
+    if "gt_rule" in ds.column_names:
+        rules = set(pc.unique(ds.data.column("gt_rule")).to_pylist())
+        unknown = rules - set(GT_RULES)
+        if unknown:
+            raise DataValidationError(f"{where} has unknown gt_rule value(s) {sorted(map(str, unknown))}; expected {GT_RULES}")
+    if require_boxes and len(ds) > 0:
+        n_boxes = pc.sum(pc.list_value_length(ds.data.column("boxes"))).as_py() or 0
+        if n_boxes == 0:
+            raise DataValidationError(f"{where} is used as a labeled split but no sample has a box")
+    return ds
+
+
+def load_unlabeled_stream(
+    path_or_id: str,
+    split: str = "unlabeled",
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    shuffle_buffer: int = 1000,
+    epoch: int = 0,
+    decode_images: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> IterableDataset:
+    """Stream a split (``streaming=True``), split across processes, shuffled, resumable (module docstring).
+
+    Args:
+        rank / world_size: this process and the number of processes (``accelerator.process_index`` /
+            ``accelerator.num_processes``).
+        seed: shuffle seed (the same on every process, so that every process agrees on the shard permutation).
+        shuffle_buffer: rows in the shuffle buffer; 0 shuffles the shard order only (exact resume).
+        epoch: initial epoch (call ``ds.set_epoch(e)`` at the start of every epoch).
+
+    Returns:
+        a :class:`datasets.IterableDataset` with ``set_epoch``, ``state_dict`` and ``load_state_dict``.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    features, files = load_split_features(path_or_id, split, revision=revision, token=token)
+    check_columns(features, where=f"split {split!r} of {path_or_id!r}", require_boxes=False)
+    kwargs = {} if files is None else {}
+    if files is None:
+        kwargs.update(revision=revision, token=token)
+    ds = _load(path_or_id, split, _fix_features(features, decode_images), files, streaming=True, **kwargs)
+    ds = ds.shuffle(seed=seed, buffer_size=max(int(shuffle_buffer), 1)) if shuffle_buffer else ds.shuffle(seed=seed, buffer_size=1)
+    if world_size > 1:
+        if ds.num_shards % world_size:
+            logger.warning(
+                "split %r has %d shards, not a multiple of world_size=%d: every process reads all rows and keeps "
+                "1/%d of them (write a multiple of %d shards to avoid it)",
+                split, ds.num_shards, world_size, world_size, world_size,
+            )
+        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
+    ds.set_epoch(epoch)
+    return ds
