@@ -1,0 +1,150 @@
+"""Audio decoding and conditioning, without FFmpeg.
+
+Rules applied to every clip (also documented in the README, "Input rules"):
+
+- files (WAV, FLAC, OGG/Vorbis, anything libsndfile reads) are decoded with `soundfile`; other formats are rejected
+  with a message naming the format problem;
+- integer samples are scaled to [-1, 1] by their type's range; float clips whose peak exceeds 1 are divided by the
+  peak (no clipping);
+- several channels are averaged to mono; a 2-D array is read as (channels, samples) when it has fewer rows than
+  columns, else as (samples, channels);
+- empty clips, clips shorter than `MIN_SECONDS`, and clips holding NaN or infinite values are rejected;
+- silent clips are accepted (they are valid, if uninformative, input);
+- a clip is cut to `clip_seconds` around its centre, or tiled (repeated) to that length when shorter.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from functools import lru_cache
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import firwin, resample_poly
+
+MIN_SECONDS = 0.01
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
+
+
+class AudioError(ValueError):
+    """An audio input that cannot be used; the message names the problem."""
+
+
+def check_sample_rate(sampling_rate) -> int:
+    """Return `sampling_rate` as an int, or raise AudioError if it is missing, not a whole number or implausible."""
+    if sampling_rate is None:
+        raise AudioError("sampling_rate is required for audio given as an array (e.g. sampling_rate=16000).")
+    if isinstance(sampling_rate, bool) or not float(sampling_rate).is_integer():
+        raise AudioError(f"sampling_rate={sampling_rate!r} is not a whole number of Hz.")
+    rate = int(sampling_rate)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"sampling_rate={rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}].")
+    return rate
+
+
+def _open(source) -> sf.SoundFile:
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise AudioError("the audio file is empty (0 bytes).")
+            return sf.SoundFile(io.BytesIO(bytes(source)))
+        if isinstance(source, (str, os.PathLike)):
+            if not os.path.exists(source):
+                raise AudioError(f"audio file {os.fspath(source)!r} does not exist.")
+        return sf.SoundFile(source)
+    except sf.LibsndfileError as err:
+        raise AudioError(f"could not decode the audio (WAV, FLAC and OGG are supported): {err}") from None
+
+
+def decode_audio(source, clip_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode a WAV/FLAC/OGG file (path, bytes or file object) with soundfile.
+
+    With `clip_seconds`, only the centred window of that length is read, so a 10-minute file costs what 3 s cost.
+
+    Returns:
+        `(waveform, sample_rate)` with waveform float32 of shape (channels, samples).
+    """
+    with _open(source) as f:
+        rate, frames = f.samplerate, f.frames
+        if clip_seconds is not None and frames > 0:
+            wanted = math.ceil(clip_seconds * rate)
+            if frames > wanted:
+                f.seek((frames - wanted) // 2)
+                frames = wanted
+        try:
+            data = f.read(frames, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioError(f"the audio file is truncated or corrupt: {err}") from None
+    return np.ascontiguousarray(data.T), rate
+
+
+def to_mono_float(waveform) -> np.ndarray:
+    """Any 1-D or 2-D array of samples -> float32 mono (samples,) in [-1, 1] (see the module rules)."""
+    x = np.asarray(waveform)
+    if x.dtype == object or x.dtype.kind not in "iuf":
+        raise AudioError(f"audio array has dtype {x.dtype}; expected integer or floating-point samples.")
+    if x.ndim == 2:
+        if x.shape[0] > x.shape[1]:  # (samples, channels)
+            x = x.T
+    elif x.ndim != 1:
+        raise AudioError(f"audio array has shape {x.shape}; expected (samples,) or (channels, samples).")
+    if x.size == 0:
+        raise AudioError("audio is empty (0 samples).")
+    if x.dtype.kind in "iu":
+        info = np.iinfo(x.dtype)
+        x = (x.astype(np.float32) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise AudioError("audio contains NaN or infinite samples.")
+    if x.ndim == 2:
+        x = x.mean(axis=0)
+    peak = float(np.abs(x).max())
+    return x / peak if peak > 1.0 else x
+
+
+def fix_length(x: np.ndarray, length: int) -> np.ndarray:
+    """Centre-crop, or tile (repeat) a short clip, to exactly `length` samples."""
+    if len(x) < length:
+        x = np.tile(x, math.ceil(length / len(x)))[:length]
+    elif len(x) > length:
+        start = (len(x) - length) // 2
+        x = x[start:start + length]
+    return x
+
+
+@lru_cache(maxsize=32)
+def _lowpass(up: int, down: int) -> np.ndarray:
+    # Kaiser-windowed sinc, the filter scipy designs by default, designed once per rate pair.
+    taps = 2 * 10 * max(up, down) + 1
+    return firwin(taps, 1.0 / max(up, down), window=("kaiser", 5.0))  # resample_poly multiplies by `up`
+
+
+def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Polyphase resampling (scipy.signal.resample_poly) with a cached anti-aliasing filter."""
+    if orig_rate == new_rate:
+        return x
+    g = math.gcd(orig_rate, new_rate)
+    up, down = new_rate // g, orig_rate // g
+    return resample_poly(x, up, down, window=_lowpass(up, down)).astype(np.float32, copy=False)
+
+
+def prepare_clip(waveform, sampling_rate: int, clip_seconds: float, target_rates: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Mono clip of `clip_seconds` around the centre (tiled when short), at each of `target_rates`.
+
+    Returns:
+        {rate: float32 array of exactly round(clip_seconds * rate) samples}.
+    """
+    x = to_mono_float(waveform)
+    if len(x) < MIN_SECONDS * sampling_rate:
+        raise AudioError(f"audio is {len(x) / sampling_rate * 1000:.1f} ms long; at least {MIN_SECONDS * 1000:.0f} ms "
+                         "is needed (shorter clips are tiled to the clip length).")
+    # Cut at the source rate first (with a margin for the filter) so long inputs cost no more than short ones.
+    margin = math.ceil(0.05 * sampling_rate)
+    source_length = math.ceil(clip_seconds * sampling_rate)
+    if len(x) > source_length + 2 * margin:
+        x = fix_length(x, source_length + 2 * margin)
+    elif len(x) < source_length:
+        x = fix_length(x, source_length)
+    return {rate: fix_length(resample(x, sampling_rate, rate), round(clip_seconds * rate)) for rate in target_rates}

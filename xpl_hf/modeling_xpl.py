@@ -1,0 +1,206 @@
+"""XPL: two audio-visual source-localization (AVSL) branches that teach each other.
+
+One branch (DESIGN §2), for an image x and its audio a:
+
+    V = normalize(conv1x1(image_encoder(x)))         (B, D, h, w)   unit norm at each position u
+    e = normalize(linear(audio_encoder(a)))          (B, D)
+    S(u) = <V(u), e>                                 (B, h, w)      cosine similarity in [-1, 1]
+    P(u) = sigmoid(w * S(u) + b),  w = exp(log w) > 0  (B, h, w)    localization map in (0, 1)
+
+[`XPLModel`] holds branch A (image encoder + VGGish) and branch B (image encoder + SoundNet-8) and fuses their maps
+as the mean of the per-sample min-max-normalised maps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .backbones import build_audio_encoder, build_image_encoder
+from .configuration_xpl import XPLConfig
+
+
+def minmax_normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-sample min-max normalisation of (B, h, w) maps to [0, 1]; a flat map becomes all zeros."""
+    flat = maps.flatten(1)
+    low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    return ((flat - low) / (high - low).clamp_min(eps)).view_as(maps)
+
+
+@dataclass
+class AVSLBranchOutput(ModelOutput):
+    """Outputs of one AVSL branch.
+
+    Args:
+        maps (`torch.FloatTensor` of shape `(batch, h, w)`): localization map P in (0, 1).
+        similarity (`torch.FloatTensor` of shape `(batch, h, w)`): cosine similarity S in [-1, 1].
+        visual_features (`torch.FloatTensor` of shape `(batch, embed_dim, h, w)`): V, unit norm per position.
+        audio_embeds (`torch.FloatTensor` of shape `(batch, embed_dim)`): e, unit norm.
+    """
+
+    maps: torch.FloatTensor | None = None
+    similarity: torch.FloatTensor | None = None
+    visual_features: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class XPLModelOutput(ModelOutput):
+    """Outputs of [`XPLModel`]: both branches' fields (suffix `_a` / `_b`) and the fused map.
+
+    Args:
+        maps (`torch.FloatTensor` of shape `(batch, h, w)`): fused map, mean of the min-max-normalised maps of A and B.
+        maps_a, maps_b (`torch.FloatTensor` of shape `(batch, h, w)`): each branch's localization map P in (0, 1).
+        similarity_a, similarity_b (`torch.FloatTensor` of shape `(batch, h, w)`): cosine similarity maps S.
+        visual_features_a, visual_features_b (`torch.FloatTensor` of shape `(batch, embed_dim, h, w)`).
+        audio_embeds_a, audio_embeds_b (`torch.FloatTensor` of shape `(batch, embed_dim)`).
+    """
+
+    maps: torch.FloatTensor | None = None
+    maps_a: torch.FloatTensor | None = None
+    maps_b: torch.FloatTensor | None = None
+    similarity_a: torch.FloatTensor | None = None
+    similarity_b: torch.FloatTensor | None = None
+    visual_features_a: torch.FloatTensor | None = None
+    visual_features_b: torch.FloatTensor | None = None
+    audio_embeds_a: torch.FloatTensor | None = None
+    audio_embeds_b: torch.FloatTensor | None = None
+
+
+class AVSLBranch(nn.Module):
+    """One AVSL model: an image encoder and an audio encoder meeting in a D-dim cosine space."""
+
+    def __init__(self, config: XPLConfig, image_backbone: str, audio_backbone: str):
+        super().__init__()
+        self.audio_backbone = audio_backbone
+        self.image_encoder = build_image_encoder(image_backbone)
+        self.audio_encoder = build_audio_encoder(audio_backbone, config.vggish_fc_dim)
+        self.visual_proj = nn.Conv2d(self.image_encoder.out_channels, config.embed_dim, kernel_size=1)
+        self.audio_proj = nn.Linear(self.audio_encoder.out_channels, config.embed_dim)
+        # P = sigmoid(w * S + b) with w = exp(map_log_scale) > 0, so P is a monotone function of S.
+        self.map_log_scale = nn.Parameter(torch.tensor(math.log(config.map_init_scale)))
+        self.map_bias = nn.Parameter(torch.tensor(float(config.map_init_bias)))
+
+    @property
+    def audio_input_name(self) -> str:
+        return "audio_log_mel" if self.audio_backbone == "vggish" else "audio_waveform"
+
+    def localization_map(self, similarity: torch.Tensor) -> torch.Tensor:
+        """P = sigmoid(w * S + b): any-shaped similarity in [-1, 1] -> probability in (0, 1)."""
+        return torch.sigmoid(self.map_log_scale.exp() * similarity + self.map_bias)
+
+    def forward(self, pixel_values: torch.Tensor, audio_input: torch.Tensor) -> AVSLBranchOutput:
+        """
+        Args:
+            pixel_values: (B, 3, S, S) ImageNet-normalised images.
+            audio_input: (B, N, 96, 64) log-mel examples for VGGish, or (B, L) waveform for SoundNet-8.
+        """
+        visual = F.normalize(self.visual_proj(self.image_encoder(pixel_values)), dim=1)
+        audio = F.normalize(self.audio_proj(self.audio_encoder(audio_input)), dim=-1)
+        similarity = torch.einsum("bdhw,bd->bhw", visual, audio)
+        return AVSLBranchOutput(
+            maps=self.localization_map(similarity), similarity=similarity, visual_features=visual, audio_embeds=audio
+        )
+
+
+class XPLPreTrainedModel(PreTrainedModel):
+    config_class = XPLConfig
+    base_model_prefix = "xpl"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "audio")
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, AVSLBranch):
+            init.constant_(module.map_log_scale, math.log(self.config.map_init_scale))
+            init.constant_(module.map_bias, float(self.config.map_init_bias))
+
+
+class XPLModel(XPLPreTrainedModel):
+    r"""
+    The XPL dual model: branch A (`image_backbone_a` + `audio_backbone_a`, VGGish by default) and branch B
+    (`image_backbone_b` + `audio_backbone_b`, SoundNet-8 by default).
+
+    A fresh model has randomly initialised weights; `xpl_hf.pretrained.load_pretrained_backbones(model)` loads the
+    pretrained backbones (offline-aware). `from_pretrained` restores a trained checkpoint.
+
+    Example:
+
+    ```python
+    >>> from xpl_hf import XPLModel, XPLProcessor
+    >>> model = XPLModel.from_pretrained("path/or/hub-id")
+    >>> processor = XPLProcessor.from_pretrained("path/or/hub-id")
+    >>> inputs = processor(images=image, audio=waveform, sampling_rate=44100, return_tensors="pt")
+    >>> maps = model(**inputs).maps  # (1, 7, 7) fused heat map in [0, 1]
+    ```
+    """
+
+    def __init__(self, config: XPLConfig):
+        super().__init__(config)
+        self.branch_a = AVSLBranch(config, config.image_backbone_a, config.audio_backbone_a)
+        self.branch_b = AVSLBranch(config, config.image_backbone_b, config.audio_backbone_b)
+        self.post_init()
+
+    @staticmethod
+    def _audio_input(branch: AVSLBranch, audio_log_mel, audio_waveform) -> torch.Tensor:
+        audio = audio_log_mel if branch.audio_input_name == "audio_log_mel" else audio_waveform
+        if audio is None:
+            raise ValueError(f"Branch with audio backbone {branch.audio_backbone!r} needs `{branch.audio_input_name}`; "
+                             "pass the XPLProcessor's output unchanged: model(**processor(...)).")
+        return audio
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        audio_log_mel: torch.Tensor | None = None,
+        audio_waveform: torch.Tensor | None = None,
+        pixel_values_b: torch.Tensor | None = None,
+        **kwargs,
+    ) -> XPLModelOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch, 3, S, S)`): images for branch A (and B by default).
+            audio_log_mel (`torch.FloatTensor` of shape `(batch, N, 96, 64)`): VGGish log-mel examples.
+            audio_waveform (`torch.FloatTensor` of shape `(batch, L)`): 22.05 kHz waveform in [-256, 256].
+            pixel_values_b (`torch.FloatTensor` of shape `(batch, 3, S, S)`, *optional*): a separate view for
+                branch B (training uses independently colour-augmented views per branch).
+        """
+        if pixel_values_b is None:
+            pixel_values_b = pixel_values
+        out_a = self.branch_a(pixel_values, self._audio_input(self.branch_a, audio_log_mel, audio_waveform))
+        out_b = self.branch_b(pixel_values_b, self._audio_input(self.branch_b, audio_log_mel, audio_waveform))
+        fused = 0.5 * (minmax_normalize(out_a.maps) + minmax_normalize(out_b.maps))
+        return XPLModelOutput(
+            maps=fused,
+            maps_a=out_a.maps,
+            maps_b=out_b.maps,
+            similarity_a=out_a.similarity,
+            similarity_b=out_b.similarity,
+            visual_features_a=out_a.visual_features,
+            visual_features_b=out_b.visual_features,
+            audio_embeds_a=out_a.audio_embeds,
+            audio_embeds_b=out_b.audio_embeds,
+        )
+
+
+__all__ = ["XPLModel", "XPLPreTrainedModel", "XPLModelOutput", "AVSLBranch", "AVSLBranchOutput", "minmax_normalize"]

