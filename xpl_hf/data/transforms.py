@@ -1,0 +1,201 @@
+"""Per-sample transforms and the collate function that turn rows of the xpl-hf schema into XPL batches.
+
+Both branches' inputs come from :class:`xpl_hf.XPLProcessor`'s per-sample API (``load_image``, ``image_to_tensor``,
+``audio_features``), so training, evaluation and inference preprocess identically.
+
+Augmentation (training only): each branch gets its own, independently drawn :class:`ColorRandAugment` -- the colour
+operations of RandAugment, with no geometric transform, so maps stay aligned with boxes and pseudo-labels. The image
+is resized to the model size first and augmented after (cheaper; colour operations commute with resizing up to
+rounding). Evaluation applies no augmentation and both branches share one tensor.
+
+Bad samples (corrupt or truncated image, unreadable / empty / NaN audio, malformed boxes): with
+``on_bad_sample="skip"`` (default) the sample is dropped from its batch with a warning that names its id and the
+problem, and counted (``collator.num_skipped``, ``collator.skipped``; per DataLoader worker process); with
+``on_bad_sample="raise"`` (strict mode) a :class:`BadSampleError` naming the id and the problem is raised. Either
+way a training loader never dies on a bad sample without naming it. A batch whose every sample is bad collates
+to ``None`` in skip mode: skip it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from .decoding import decode_audio, decode_image
+from .schema import GT_RULES
+
+logger = logging.getLogger(__name__)
+
+GT_SIZE = 224
+"""Side of the ground-truth maps in a batch (the evaluation protocol's grid)."""
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be turned into model inputs; the message names its id and the problem."""
+
+
+GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+
+class ColorRandAugment(v2.RandAugment):
+    """``torchvision.transforms.v2.RandAugment`` restricted to its colour operations.
+
+    Kept: Identity, Brightness, Color, Contrast, Sharpness, Posterize, Solarize, AutoContrast, Equalize.
+    Removed: ShearX/Y, TranslateX/Y, Rotate (they would move the sounding object away from its box / pseudo-label).
+    Arguments are RandAugment's (``num_ops``, ``magnitude``, ``num_magnitude_bins``).
+    """
+
+    GEOMETRIC_OPS = GEOMETRIC_OPS
+    _AUGMENTATION_SPACE = {k: v for k, v in v2.RandAugment._AUGMENTATION_SPACE.items() if k not in GEOMETRIC_OPS}
+
+
+def _boxes_list(value: Any) -> list:
+    if value is None:
+        return []
+    return [list(b) for b in value]
+
+
+class XPLSampleTransform:
+    """One row -> both branches' inputs (no batching).
+
+    Args:
+        processor: an :class:`xpl_hf.XPLProcessor`.
+        train: draw an independent :class:`ColorRandAugment` per branch (``True``) or none (``False``).
+        num_ops, magnitude: RandAugment parameters for training.
+        gt_size: side of the ground-truth maps (224 = the protocol's grid).
+
+    Returns (``__call__``): a dict with ``id``, ``pixel_values_a``, ``pixel_values_b`` (3, S, S), ``audio_log_mel``
+    (N, 96, 64), ``audio_waveform`` (L,), ``gt_map`` (gt_size, gt_size), ``is_labeled``, ``label`` and, when the
+    row has ``true_boxes``, ``true_gt_map``. Raises :class:`BadSampleError` naming the sample.
+    """
+
+    def __init__(self, processor, train: bool = True, num_ops: int = 2, magnitude: int = 9, gt_size: int = GT_SIZE):
+        self.processor = processor
+        self.train = train
+        self.augment = ColorRandAugment(num_ops=num_ops, magnitude=magnitude) if train else None
+        self.gt_size = gt_size
+
+    def _gt(self, boxes, rule: str) -> np.ndarray:
+        from xpl_hf.evaluation import ground_truth_map
+
+        return ground_truth_map(boxes, rule, size=self.gt_size)
+
+    def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
+        sample_id = str(example.get("id", "<no id>"))
+        try:
+            return self._transform(example, sample_id)
+        except BadSampleError:
+            raise
+        except (ValueError, OSError, RuntimeError, TypeError, KeyError) as err:
+            raise BadSampleError(f"sample {sample_id!r}: {err}") from err
+
+    def _transform(self, example: dict[str, Any], sample_id: str) -> dict[str, Any]:
+        proc = self.processor
+        image = proc.load_image(decode_image(example["image"]))
+        size = proc.image_size
+        if image.size != (size, size):
+            image = image.resize((size, size), resample=2)  # PIL.Image.BILINEAR, as image_to_tensor
+        if self.train:
+            pixel_a = proc.image_to_tensor(self.augment(image))
+            pixel_b = proc.image_to_tensor(self.augment(image))
+        else:
+            pixel_a = pixel_b = proc.image_to_tensor(image)
+        waveform, rate = decode_audio(example["audio"])
+        audio = proc.audio_features(waveform, rate)
+        rule = example.get("gt_rule") or "none"
+        if rule not in GT_RULES:
+            raise BadSampleError(f"sample {sample_id!r}: gt_rule must be one of {GT_RULES}, got {rule!r}")
+        boxes = _boxes_list(example.get("boxes"))
+        is_labeled = rule != "none"
+        out = {
+            "id": sample_id,
+            "pixel_values_a": pixel_a,
+            "pixel_values_b": pixel_b,
+            "audio_log_mel": audio["audio_log_mel"],
+            "audio_waveform": audio["audio_waveform"],
+            "gt_map": self._gt(boxes, rule) if is_labeled else np.zeros((self.gt_size, self.gt_size), np.float32),
+            "is_labeled": is_labeled,
+            "label": example.get("label") or "",
+        }
+        if "true_boxes" in example:
+            true_boxes = _boxes_list(example.get("true_boxes"))
+            out["true_gt_map"] = self._gt(true_boxes, "union") if true_boxes else out["gt_map"]
+        return out
+
+
+class XPLCollator:
+    """Collate function: a list of rows -> the batch dict of the contract.
+
+    Keys: ``ids`` (list[str]), ``pixel_values_a`` / ``pixel_values_b`` (B, 3, S, S) (training: independent colour
+    augmentations; evaluation: the same tensor), ``audio_log_mel`` (B, N, 96, 64), ``audio_waveform`` (B, L),
+    ``gt_maps`` (B, 224, 224) float (zeros for unlabeled rows), ``is_labeled`` (B,) bool, ``labels`` (list[str]) and,
+    when rows carry ``true_boxes`` (synthetic unlabeled split, diagnostics only), ``true_gt_maps`` (B, 224, 224).
+
+    Args:
+        processor: an :class:`xpl_hf.XPLProcessor`.
+        train: training (augmented) or evaluation transform.
+        on_bad_sample: ``"skip"`` (warn with the id, count, drop from the batch) or ``"raise"`` (strict).
+        num_ops, magnitude, gt_size: see :class:`XPLSampleTransform`.
+
+    Use as ``DataLoader(dataset, batch_size=..., collate_fn=XPLCollator(processor, train=True))``.
+    """
+
+    def __init__(
+        self,
+        processor,
+        train: bool = True,
+        on_bad_sample: str = "skip",
+        num_ops: int = 2,
+        magnitude: int = 9,
+        gt_size: int = GT_SIZE,
+        max_recorded: int = 1000,
+    ):
+        if on_bad_sample not in ("skip", "raise"):
+            raise ValueError(f"on_bad_sample must be 'skip' or 'raise', got {on_bad_sample!r}")
+        self.transform = XPLSampleTransform(processor, train=train, num_ops=num_ops, magnitude=magnitude, gt_size=gt_size)
+        self.on_bad_sample = on_bad_sample
+        self.num_skipped = 0
+        self.skipped: list[tuple[str, str]] = []  # (id, problem), the first `max_recorded`
+        self.max_recorded = max_recorded
+
+    @property
+    def train(self) -> bool:
+        return self.transform.train
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+        samples = []
+        for example in examples:
+            try:
+                samples.append(self.transform(example))
+            except BadSampleError as err:
+                if self.on_bad_sample == "raise":
+                    raise
+                self.num_skipped += 1
+                if len(self.skipped) < self.max_recorded:
+                    self.skipped.append((str(example.get("id", "<no id>")), str(err)))
+                logger.warning("skipping bad sample (%d skipped so far): %s", self.num_skipped, err)
+        if not samples:
+            return None
+        return collate_samples(samples, same_views=not self.train)
+
+
+def collate_samples(samples: Sequence[dict[str, Any]], same_views: bool = False) -> dict[str, Any]:
+    """Stack outputs of :class:`XPLSampleTransform` into a batch dict (see :class:`XPLCollator`)."""
+    pixel_a = torch.stack([s["pixel_values_a"] for s in samples])
+    batch = {
+        "ids": [s["id"] for s in samples],
+        "pixel_values_a": pixel_a,
+        "pixel_values_b": pixel_a if same_views else torch.stack([s["pixel_values_b"] for s in samples]),
+        "audio_log_mel": torch.stack([s["audio_log_mel"] for s in samples]),
+        "audio_waveform": torch.stack([s["audio_waveform"] for s in samples]),
+        "gt_maps": torch.from_numpy(np.stack([s["gt_map"] for s in samples])),
+        "is_labeled": torch.tensor([s["is_labeled"] for s in samples], dtype=torch.bool),
+        "labels": [s["label"] for s in samples],
+    }
+    if any("true_gt_map" in s for s in samples):
+        batch["true_gt_maps"] = torch.from_numpy(np.stack([s.get("true_gt_map", s["gt_map"]) for s in samples]))
+    return batch
