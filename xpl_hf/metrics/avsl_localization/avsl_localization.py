@@ -1,0 +1,87 @@
+"""``evaluate`` metric: cIoU / AUC of audio-visual source localization maps (the community's protocol).
+
+A thin wrapper around :func:`xpl_hf.evaluation.localization_metrics` (the one implementation), loadable offline::
+
+    import evaluate
+    from xpl_hf.evaluation import METRIC_PATH
+
+    metric = evaluate.load(METRIC_PATH)                    # references = 224 x 224 ground-truth maps
+    metric = evaluate.load(METRIC_PATH, "union")           # references = VGG-SS boxes (normalised)
+    metric = evaluate.load(METRIC_PATH, "flickr")          # references = Flickr boxes of all annotators / 256
+"""
+
+import datasets
+import evaluate
+import numpy as np
+from xpl_hf.evaluation import PROTOCOL
+from xpl_hf.evaluation import ground_truth_map
+from xpl_hf.evaluation import localization_metrics
+
+_DESCRIPTION = """\
+Audio-visual source localization metrics of LVS / EZ-VSL / SLAVC / XPL. Each raw localization map (any
+resolution) is upsampled to 224 x 224 (bicubic, align_corners=False), min-max normalised (a flat map is left
+unchanged) and binarised at its median (pixels >= sorted(map)[25088]). The per-sample cIoU is
+sum(B*G) / (sum(G) + sum(B*(G==0))) (0 for an empty ground truth). `ciou` is 100 x the fraction of samples with
+cIoU >= 0.5, `auc` is 100 x the area under the success-rate curve over the thresholds 0, 0.05, ..., 1.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: list of raw localization maps, each a 2-D array (h, w) of any resolution (nested lists or
+        numpy arrays).
+    references: configuration "default": list of 224 x 224 ground-truth maps (values in [0, 1]);
+        configuration "union" (VGG-SS) or "flickr" (Flickr-SoundNet): list of box lists, each box
+        [x0, y0, x1, y1] normalised to [0, 1] (Flickr: 256-px annotation coordinates / 256, all annotators).
+Returns:
+    ciou (float): percentage of samples with cIoU >= 0.5 (the number papers report as CIoU).
+    auc (float): 100 x area under the success rate over the thresholds 0, 0.05, ..., 1.
+    mean_ciou (float): mean per-sample cIoU in [0, 1].
+    per_sample_ciou (np.ndarray): cIoU of each sample, in input order.
+Examples:
+    >>> metric = evaluate.load(METRIC_PATH, "union")
+    >>> metric.compute(predictions=[[[0.0, 1.0], [0.0, 1.0]]], references=[[[0.5, 0.0, 1.0, 1.0]]])["ciou"]
+    100.0
+"""
+
+_CITATION = """\
+@inproceedings{chen2021localizing,
+  title={Localizing Visual Sounds the Hard Way},
+  author={Chen, Honglie and Xie, Weidi and Afouras, Triantafyllos and Nagrani, Arsha and Vedaldi, Andrea and Zisserman, Andrew},
+  booktitle={CVPR},
+  year={2021}
+}
+"""
+
+_MAP = datasets.List(datasets.List(datasets.Value("float32")))
+_BOXES = datasets.List(datasets.List(datasets.Value("float64")))
+_BOX_RULES = ("union", "flickr")
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class AvslLocalization(evaluate.Metric):
+    """cIoU / AUC of localization maps; the configuration picks what ``references`` holds (maps or boxes)."""
+
+    def _info(self):
+        if self.config_name not in ("default", *_BOX_RULES):
+            raise ValueError(
+                f"unknown configuration {self.config_name!r}; expected 'default' (ground-truth maps), "
+                f"'union' (VGG-SS boxes) or 'flickr' (Flickr-SoundNet boxes)"
+            )
+        references = _BOXES if self.config_name in _BOX_RULES else _MAP
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": _MAP, "references": references}),
+            reference_urls=["https://github.com/hche11/Localizing-Visual-Sounds-the-Hard-Way"],
+        )
+
+    def _compute(self, predictions, references):
+        if self.config_name in _BOX_RULES:
+            references = [ground_truth_map(boxes, self.config_name) for boxes in references]
+        predictions = [np.asarray(prediction, dtype=np.float32) for prediction in predictions]
+        references = [np.asarray(reference, dtype=np.float32) for reference in references]
+        results = localization_metrics(predictions, references)
+        results["protocol"] = dict(PROTOCOL, ground_truth=self.config_name)
+        return results
+
