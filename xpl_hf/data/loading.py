@@ -53,7 +53,8 @@ def _looks_local(path_or_id: str) -> bool:
         or os.path.isabs(p)
         or p.startswith((".", "~"))
         or p.count("/") > 1
-        or os.sep != "/" and os.sep in p
+        or os.sep != "/"
+        and os.sep in p
     )
 
 
@@ -64,13 +65,20 @@ def local_split_files(root: str, split: str) -> list[str]:
         raise FileNotFoundError(f"dataset folder {root!r} does not exist (nor is it a Hub dataset id 'org/name')")
     files = split_shard_paths(root, split)
     if not files:
-        for pattern in (os.path.join(root, split, "*.parquet"), os.path.join(root, f"{split}-*.parquet"), os.path.join(root, f"{split}.parquet")):
+        for pattern in (
+            os.path.join(root, split, "*.parquet"),
+            os.path.join(root, f"{split}-*.parquet"),
+            os.path.join(root, f"{split}.parquet"),
+        ):
             files = sorted(glob.glob(pattern))
             if files:
                 break
     if not files:
         available = list_splits(root) or sorted(
-            {os.path.basename(p).split("-")[0].removesuffix(".parquet") for p in glob.glob(os.path.join(root, "*.parquet"))}
+            {
+                os.path.basename(p).split("-")[0].removesuffix(".parquet")
+                for p in glob.glob(os.path.join(root, "*.parquet"))
+            }
             | {d for d in os.listdir(root) if glob.glob(os.path.join(root, d, "*.parquet"))}
         )
         raise ValueError(
@@ -92,7 +100,9 @@ def _fix_features(features: Features, decode_images: bool) -> Features:
     return features
 
 
-def load_split_features(path_or_id: str, split: str, *, revision: str | None = None, token: str | bool | None = None) -> tuple[Features, list[str] | None]:
+def load_split_features(
+    path_or_id: str, split: str, *, revision: str | None = None, token: str | bool | None = None
+) -> tuple[Features, list[str] | None]:
     """``(features as stored, local parquet files or None for a Hub id)`` of one split."""
     if _looks_local(path_or_id):
         files = local_split_files(path_or_id, split)
@@ -105,7 +115,9 @@ def load_split_features(path_or_id: str, split: str, *, revision: str | None = N
 
     builder = load_dataset_builder(path_or_id, revision=revision, token=token)
     if builder.info.splits and split not in builder.info.splits:
-        raise ValueError(f"split {split!r} not found in the Hub dataset {path_or_id!r}; available: {list(builder.info.splits)}")
+        raise ValueError(
+            f"split {split!r} not found in the Hub dataset {path_or_id!r}; available: {list(builder.info.splits)}"
+        )
     if builder.info.features is None:
         raise DataValidationError(f"the Hub dataset {path_or_id!r} does not declare its features")
     return builder.info.features, None
@@ -113,7 +125,9 @@ def load_split_features(path_or_id: str, split: str, *, revision: str | None = N
 
 def _load(path_or_id: str, split: str, features: Features, files: list[str] | None, streaming: bool, **kwargs):
     if files is not None:
-        return load_dataset("parquet", data_files={split: files}, split=split, features=features, streaming=streaming, **kwargs)
+        return load_dataset(
+            "parquet", data_files={split: files}, split=split, features=features, streaming=streaming, **kwargs
+        )
     try:
         return load_dataset(path_or_id, split=split, features=features, streaming=streaming, **kwargs)
     except ValueError as err:
@@ -160,7 +174,9 @@ def load_labeled(
         rules = set(pc.unique(ds.data.column("gt_rule")).to_pylist())
         unknown = rules - set(GT_RULES)
         if unknown:
-            raise DataValidationError(f"{where} has unknown gt_rule value(s) {sorted(map(str, unknown))}; expected {GT_RULES}")
+            raise DataValidationError(
+                f"{where} has unknown gt_rule value(s) {sorted(map(str, unknown))}; expected {GT_RULES}"
+            )
     if require_boxes and len(ds) > 0:
         n_boxes = pc.sum(pc.list_value_length(ds.data.column("boxes"))).as_py() or 0
         if n_boxes == 0:
@@ -201,13 +217,21 @@ def load_unlabeled_stream(
     if files is None:
         kwargs.update(revision=revision, token=token)
     ds = _load(path_or_id, split, _fix_features(features, decode_images), files, streaming=True, **kwargs)
-    ds = ds.shuffle(seed=seed, buffer_size=max(int(shuffle_buffer), 1)) if shuffle_buffer else ds.shuffle(seed=seed, buffer_size=1)
+    ds = (
+        ds.shuffle(seed=seed, buffer_size=max(int(shuffle_buffer), 1))
+        if shuffle_buffer
+        else ds.shuffle(seed=seed, buffer_size=1)
+    )
     if world_size > 1:
         if ds.num_shards % world_size:
             logger.warning(
                 "split %r has %d shards, not a multiple of world_size=%d: every process reads all rows and keeps "
                 "1/%d of them (write a multiple of %d shards to avoid it)",
-                split, ds.num_shards, world_size, world_size, world_size,
+                split,
+                ds.num_shards,
+                world_size,
+                world_size,
+                world_size,
             )
         ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
     ds.set_epoch(epoch)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from datasets import Audio, Features, Image, List, Value
 
@@ -122,7 +122,7 @@ class BoxReport:
     inverted_dropped: int = 0
     zero_area: int = 0
 
-    def __iadd__(self, other: "BoxReport") -> "BoxReport":
+    def __iadd__(self, other: BoxReport) -> BoxReport:
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
@@ -143,7 +143,9 @@ def _clip01(v: float) -> float:
     return min(1.0, max(0.0, v))
 
 
-def clean_boxes(boxes: Sequence[Sequence[float]] | None, inverted: str = "reorder") -> tuple[list[list[float]], BoxReport]:
+def clean_boxes(
+    boxes: Sequence[Sequence[float]] | None, inverted: str = "reorder"
+) -> tuple[list[list[float]], BoxReport]:
     """Repair normalised ``[x0, y0, x1, y1]`` boxes by the documented rules (module docstring).
 
     Args:

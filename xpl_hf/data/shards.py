@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,7 +33,9 @@ def split_shard_paths(root: str, split: str) -> list[str]:
 def list_splits(root: str) -> list[str]:
     """Names of the splits written under ``root``."""
     names = set()
-    for p in glob.glob(os.path.join(root, DATA_DIR, "*-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].parquet")):
+    for p in glob.glob(
+        os.path.join(root, DATA_DIR, "*-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].parquet")
+    ):
         names.add(os.path.basename(p).rsplit("-", 3)[0])
     return sorted(names)
 
@@ -136,7 +138,7 @@ class ShardWriter:
                 os.remove(tmp)
         self._tmp_paths = []
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

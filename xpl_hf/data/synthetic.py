@@ -37,7 +37,8 @@ import math
 import multiprocessing as mp
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -116,7 +117,20 @@ def _unit_shape(shape: str, rng: np.random.Generator) -> np.ndarray:
     if shape == "cross":
         w = rng.uniform(0.3, 0.4)
         return np.array(
-            [[-w, -1], [w, -1], [w, -w], [1, -w], [1, w], [w, w], [w, 1], [-w, 1], [-w, w], [-1, w], [-1, -w], [-w, -w]],
+            [
+                [-w, -1],
+                [w, -1],
+                [w, -w],
+                [1, -w],
+                [1, w],
+                [w, w],
+                [w, 1],
+                [-w, 1],
+                [-w, w],
+                [-1, w],
+                [-1, -w],
+                [-w, -w],
+            ],
             dtype=np.float64,
         )
     raise ValueError(f"unknown shape {shape!r}")
@@ -126,7 +140,9 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))) * 255.0
 
 
-def _texture(cls: ClassFamily, rng: np.random.Generator, w: int, h: int, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
+def _texture(
+    cls: ClassFamily, rng: np.random.Generator, w: int, h: int, cx: float, cy: float, radius: float, angle: float
+) -> np.ndarray:
     """(h, w, 3) uint8 texture of one instance in its patch (coordinates rotate with the object)."""
     hue = cls.hue + rng.uniform(-0.025, 0.025)
     sat = rng.uniform(*cls.saturation)
@@ -328,7 +344,15 @@ def _coloured_noise(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return x / (x.std() + 1e-8)
 
 
-def mix_audio(rng: np.random.Generator, sounding: int, in_scene: list[int], sr: int, seconds: float, snr_db: tuple[float, float], distractor_prob: float) -> np.ndarray:
+def mix_audio(
+    rng: np.random.Generator,
+    sounding: int,
+    in_scene: list[int],
+    sr: int,
+    seconds: float,
+    snr_db: tuple[float, float],
+    distractor_prob: float,
+) -> np.ndarray:
     """Sounding object's sound + coloured noise at a random SNR (+ maybe an off-screen distractor)."""
     n = int(round(sr * seconds))
     x = synthesize_sound(CLASSES[sounding], rng, sr, seconds)
@@ -392,7 +416,9 @@ def generate_sample(config: SyntheticConfig, split: str, index: int) -> dict[str
     classes = [int(c) for c in rng.choice(len(CLASSES), size=n_obj, replace=False)]
     k = int(rng.integers(0, n_obj))
     image, boxes = render_scene(rng, classes, config.image_size)
-    wave = mix_audio(rng, classes[k], classes, config.sample_rate, config.clip_seconds, config.snr_db, config.distractor_prob)
+    wave = mix_audio(
+        rng, classes[k], classes, config.sample_rate, config.clip_seconds, config.snr_db, config.distractor_prob
+    )
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=config.jpeg_quality)
     row = {

@@ -19,7 +19,8 @@ to ``None`` in skip mode: skip it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -156,7 +157,9 @@ class XPLCollator:
     ):
         if on_bad_sample not in ("skip", "raise"):
             raise ValueError(f"on_bad_sample must be 'skip' or 'raise', got {on_bad_sample!r}")
-        self.transform = XPLSampleTransform(processor, train=train, num_ops=num_ops, magnitude=magnitude, gt_size=gt_size)
+        self.transform = XPLSampleTransform(
+            processor, train=train, num_ops=num_ops, magnitude=magnitude, gt_size=gt_size
+        )
         self.on_bad_sample = on_bad_sample
         self.num_skipped = 0
         self.skipped: list[tuple[str, str]] = []  # (id, problem), the first `max_recorded`
