@@ -7,10 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from xpl_hf.curriculum import CurriculumSelector, admitted_fraction, gather_varlen, pearson_consensus
-from xpl_hf.losses import (cross_bce, cross_modal_logits, downsample_gt, infonce_max_pool, supervised_bce,
-                           total_loss)
-from xpl_hf.pseudo_labels import (PseudoLabelBank, hard_pseudo_labels, hash_ids, minmax_normalize, sharpen,
-                                  soft_pseudo_labels, synced_bank_update)
+from xpl_hf.losses import cross_bce, cross_modal_logits, downsample_gt, infonce_max_pool, supervised_bce, total_loss
+from xpl_hf.pseudo_labels import (
+    PseudoLabelBank,
+    hard_pseudo_labels,
+    hash_ids,
+    minmax_normalize,
+    sharpen,
+    soft_pseudo_labels,
+    synced_bank_update,
+)
 
 
 # ---------------------------------------------------------------- pseudo-labels (eq. 4)
@@ -79,12 +85,13 @@ def test_bank_per_model_first_visit_and_duplicates():
 
 
 def test_bank_growth_and_index_many_ids():
-    bank = PseudoLabelBank(map_size=1, models=("a",), alpha=0.0)
+    bank = PseudoLabelBank(map_size=1, models=("a",), alpha=0.0, merge_every=1000)
     for start in range(0, 5000, 700):  # many inserts, growth past the initial capacity
         ids = [f"id{i}" for i in range(start, min(start + 700, 5000))]
         bank.update(ids, {"a": torch.tensor([float(i % 1000) for i in range(start, start + len(ids))]).view(-1, 1, 1)})
     assert len(bank) == 5000
-    assert torch.all(bank.sorted_keys[1:] > bank.sorted_keys[:-1])
+    assert torch.all(bank.main_keys[1:] > bank.main_keys[:-1]) and bank.pending_keys.numel() > 0  # both levels
+    assert bank.main_keys.numel() + bank.pending_keys.numel() == 5000
     probe = [f"id{i}" for i in (0, 4999, 1234, 777)]
     y, found = bank.lookup(probe, "a")
     assert found.all() and y.flatten().tolist() == [0.0, 999.0, 234.0, 777.0]

@@ -90,31 +90,37 @@ class PseudoLabelBank:
     (``hash_ids``) with a sorted index for vectorised lookup, so there is no per-id Python object:
     144,000 ids x 2 models x 7x7 ≈ 28 MB of labels + ≈ 3.5 MB of index (see ``nbytes()``).
 
-    Storage grows by 1.25x when full (pass ``capacity`` to preallocate). ``state_dict()`` keeps only the used
-    rows and ``load_state_dict()`` restores them bit-exactly (accelerate's ``register_for_checkpointing``).
-    In multi-process training every rank keeps a full copy and applies the same (gathered) updates:
-    see ``synced_bank_update``.
+    The index has two sorted levels: new keys enter a small ``pending`` level (cheap to re-sort) that is
+    merged into the ``main`` level every ``merge_every`` new ids, so a step costs O(B log n), and the O(n)
+    merge is amortised. Storage grows by 1.25x when full (pass ``capacity`` to preallocate).
+    ``state_dict()`` keeps only the used rows and ``load_state_dict()`` restores them bit-exactly (accelerate's
+    ``register_for_checkpointing``). In multi-process training every rank keeps a full copy and applies the
+    same (gathered) updates: see ``synced_bank_update``.
     """
 
     def __init__(self, map_size: int | tuple[int, int], models: Sequence[str] = ("a", "b"), alpha: float = 0.7,
-                 capacity: int = 0, device: torch.device | str = "cpu"):
+                 capacity: int = 0, device: torch.device | str = "cpu", merge_every: int = 8192):
         self.map_size = (map_size, map_size) if isinstance(map_size, int) else tuple(map_size)
         self.models = tuple(models)
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1), got {alpha}")
         self.alpha = alpha
         self.device = torch.device(device)
+        self.merge_every = merge_every
         self.size = 0
         self._alloc(max(int(capacity), 0))
 
     # ---- storage -------------------------------------------------------------------------------------
+    _TENSORS = ("labels", "seen", "keys", "main_keys", "main_rows", "pending_keys", "pending_rows")
+
     def _alloc(self, capacity: int) -> None:
         M, (h, w), dev = len(self.models), self.map_size, self.device
         self.labels = torch.zeros(capacity, M, h, w, dtype=torch.float16, device=dev)  # Y
         self.seen = torch.zeros(capacity, M, dtype=torch.bool, device=dev)  # first visit done?
         self.keys = torch.zeros(capacity, dtype=torch.int64, device=dev)  # row -> key (insertion order)
-        self.sorted_keys = torch.zeros(0, dtype=torch.int64, device=dev)  # (size,) ascending
-        self.sorted_rows = torch.zeros(0, dtype=torch.int64, device=dev)  # row of sorted_keys[i]
+        empty = torch.zeros(0, dtype=torch.int64, device=dev)
+        self.main_keys, self.main_rows = empty, empty  # sorted keys and their rows
+        self.pending_keys, self.pending_rows = empty, empty  # recent inserts, sorted, not yet merged
 
     def _grow(self, needed: int) -> None:
         cap = self.labels.shape[0]
@@ -128,9 +134,8 @@ class PseudoLabelBank:
             setattr(self, name, new)
 
     def nbytes(self) -> int:
-        """Bytes held by the bank's tensors (allocated capacity, labels + flags + id index)."""
-        return sum(t.element_size() * t.numel()
-                   for t in (self.labels, self.seen, self.keys, self.sorted_keys, self.sorted_rows))
+        """Bytes held by the bank (allocated capacity: labels + first-visit flags + id keys + sorted index)."""
+        return sum(t.element_size() * t.numel() for t in (getattr(self, n) for n in self._TENSORS))
 
     def __len__(self) -> int:
         return self.size
@@ -138,42 +143,50 @@ class PseudoLabelBank:
     def __contains__(self, sample_id: str) -> bool:
         return bool(self._find(hash_ids([sample_id]))[1][0])
 
-    def to(self, device: torch.device | str) -> "PseudoLabelBank":
+    def to(self, device: torch.device | str) -> PseudoLabelBank:
         self.device = torch.device(device)
-        for name in ("labels", "seen", "keys", "sorted_keys", "sorted_rows"):
+        for name in self._TENSORS:
             setattr(self, name, getattr(self, name).to(self.device))
         return self
 
+    def _flat(self, rows: torch.Tensor, m: int) -> torch.Tensor:
+        """Index of (row, model m) in the flattened (capacity * M) label/flag storage."""
+        return rows * len(self.models) + m
+
     # ---- index -----------------------------------------------------------------------------------------
     def _find(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """keys (N,) int64 -> (rows (N,), found (N,) bool); rows are undefined where not found."""
-        n = self.sorted_keys.numel()
-        if n == 0:
-            return torch.zeros_like(keys), torch.zeros_like(keys, dtype=torch.bool)
-        pos = torch.searchsorted(self.sorted_keys, keys).clamp_max(n - 1)
-        found = self.sorted_keys[pos] == keys
-        return self.sorted_rows[pos], found
+        """keys (N,) int64 -> (rows (N,), found (N,) bool); rows are 0 where not found."""
+        rows = torch.zeros_like(keys)
+        found = torch.zeros_like(keys, dtype=torch.bool)
+        for sk, sr in ((self.main_keys, self.main_rows), (self.pending_keys, self.pending_rows)):
+            n = sk.numel()
+            if n == 0:
+                continue
+            pos = torch.searchsorted(sk, keys).clamp_max(n - 1)
+            hit = sk[pos] == keys
+            rows = torch.where(hit, sr[pos], rows)
+            found |= hit
+        return rows, found
 
     def _insert(self, keys: torch.Tensor) -> None:
-        """Append new unique keys (K,) as rows size..size+K-1 and merge them into the sorted index (O(size))."""
+        """Append new unique keys (K,) as rows size..size+K-1 and add them to the pending index level."""
         k = keys.numel()
         if k == 0:
             return
         self._grow(self.size + k)
         rows = torch.arange(self.size, self.size + k, device=self.device)
-        self.keys[rows] = keys
-        new_keys, order = torch.sort(keys)
-        new_rows = rows[order]
-        n = self.sorted_keys.numel()
-        at = torch.searchsorted(self.sorted_keys, new_keys) + torch.arange(k, device=self.device)
-        old_slot = torch.ones(n + k, dtype=torch.bool, device=self.device)
-        old_slot[at] = False
-        merged_keys = torch.empty(n + k, dtype=torch.int64, device=self.device)
-        merged_rows = torch.empty(n + k, dtype=torch.int64, device=self.device)
-        merged_keys[at], merged_rows[at] = new_keys, new_rows
-        merged_keys[old_slot], merged_rows[old_slot] = self.sorted_keys, self.sorted_rows
-        self.sorted_keys, self.sorted_rows = merged_keys, merged_rows
+        self.keys[self.size:self.size + k] = keys
         self.size += k
+        pk, order = torch.sort(torch.cat([self.pending_keys, keys]))
+        self.pending_keys, self.pending_rows = pk, torch.cat([self.pending_rows, rows])[order]
+        if self.pending_keys.numel() >= self.merge_every:
+            self._merge()
+
+    def _merge(self) -> None:
+        """Fold the pending level into the main level (one O(n log n) sort, every ``merge_every`` inserts)."""
+        mk, order = torch.sort(torch.cat([self.main_keys, self.pending_keys]))
+        self.main_keys, self.main_rows = mk, torch.cat([self.main_rows, self.pending_rows])[order]
+        self.pending_keys, self.pending_rows = self.pending_keys[:0], self.pending_rows[:0]
 
     # ---- eq. 5 -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -200,30 +213,32 @@ class PseudoLabelBank:
         if not bool(found.all()):
             self._insert(uniq[~found])
             rows, found = self._find(uniq)
+        labels = self.labels.view(-1, *self.map_size)  # (capacity * M, h, w) view
+        seen_flat = self.seen.view(-1)
         out = {}
         for name, y_hat in new.items():
-            m = self.models.index(name)
             if y_hat.shape != (B, *self.map_size):
                 raise ValueError(f"labels for model {name!r}: expected {(B, *self.map_size)}, got {tuple(y_hat.shape)}")
-            y_hat_u = y_hat.detach().to(self.device, torch.float32)[last]  # (U, h, w)
-            prev = self.labels[rows, m].float()
-            seen = self.seen[rows, m].view(-1, 1, 1)
+            idx = self._flat(rows, self.models.index(name))
+            y_hat_u = y_hat.detach().to(self.device, torch.float32).index_select(0, last)  # (U, h, w)
+            prev = labels.index_select(0, idx).float()
+            seen = seen_flat.index_select(0, idx).view(-1, 1, 1)
             y = torch.where(seen, alpha * prev + (1.0 - alpha) * y_hat_u, y_hat_u)
-            self.labels[rows, m] = y.half()
-            self.seen[rows, m] = True
-            out[name] = y[inverse].to(y_hat.device)
+            labels.index_copy_(0, idx, y.half())
+            seen_flat.index_fill_(0, idx, True)
+            out[name] = y.index_select(0, inverse).to(y_hat.device)
         return out
 
     @torch.no_grad()
     def lookup(self, ids: Sequence[str] | torch.Tensor, model: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored Y for ``ids``: ((B, h, w) float32, found (B,) bool); zeros where never visited by ``model``."""
         keys = hash_ids(ids).to(self.device)
-        m = self.models.index(model)
         if self.size == 0:
             return torch.zeros(keys.numel(), *self.map_size), torch.zeros(keys.numel(), dtype=torch.bool)
         rows, found = self._find(keys)
-        found = found & self.seen[rows, m]
-        y = self.labels[rows, m].float()
+        idx = self._flat(rows, self.models.index(model))
+        found = found & self.seen.view(-1).index_select(0, idx)
+        y = self.labels.view(-1, *self.map_size).index_select(0, idx).float()
         return torch.where(found.view(-1, 1, 1), y, torch.zeros_like(y)), found
 
     # ---- checkpointing ---------------------------------------------------------------------------------
@@ -244,8 +259,8 @@ class PseudoLabelBank:
         self.labels[:n] = state["labels"].to(self.device, torch.float16)
         self.seen[:n] = state["seen"].to(self.device, torch.bool)
         self.keys[:n] = keys
-        self.sorted_keys, order = torch.sort(keys)
-        self.sorted_rows = order.to(torch.int64)
+        self.main_keys, order = torch.sort(keys)
+        self.main_rows = order.to(torch.int64)
         self.size = n
         self.alpha = float(state.get("alpha", self.alpha))
 
