@@ -1,0 +1,133 @@
+"""Per-sample transforms and collate (xpl_hf.data.transforms): contract batch, augmentation, bad samples."""
+
+import io
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader
+
+from xpl_hf.data.loading import load_labeled, load_unlabeled_stream
+from xpl_hf.data.synthetic import SyntheticConfig, generate_benchmark, generate_sample
+from xpl_hf.data.transforms import GEOMETRIC_OPS, BadSampleError, ColorRandAugment, XPLCollator
+from xpl_hf.evaluation import ground_truth_map
+from xpl_hf.processing_xpl import XPLProcessor
+
+datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+CONFIG = SyntheticConfig(image_size=64)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return XPLProcessor(image_size=64)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return [generate_sample(CONFIG, "labeled", i) for i in range(4)]
+
+
+def test_color_randaugment_has_no_geometry():
+    space = ColorRandAugment._AUGMENTATION_SPACE
+    assert not set(GEOMETRIC_OPS) & set(space)
+    assert {"Brightness", "Color", "Contrast", "Equalize", "Posterize", "Solarize"} <= set(space)
+    # a colour op never moves content: a single white pixel stays where it is
+    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    image[:, 5, 7] = 255
+    aug = ColorRandAugment(num_ops=3, magnitude=9)
+    for _ in range(20):
+        out = aug(image)
+        assert out.shape == image.shape
+        diff = (out.int() - out[:, 0:1, 0:1].int()).abs().sum(0)
+        assert diff.argmax().item() in (0, 5 * 32 + 7) or diff.max() == 0
+
+
+def test_training_batch_matches_contract(processor, rows):
+    torch.manual_seed(0)
+    batch = XPLCollator(processor, train=True)(rows)
+    assert batch["ids"] == [r["id"] for r in rows]
+    assert batch["pixel_values_a"].shape == batch["pixel_values_b"].shape == (4, 3, 64, 64)
+    assert not torch.equal(batch["pixel_values_a"], batch["pixel_values_b"])  # independent augmentations
+    assert batch["audio_log_mel"].shape == (4, 3, 96, 64)
+    assert batch["audio_waveform"].shape == (4, 66150)
+    assert batch["gt_maps"].shape == (4, 224, 224) and batch["gt_maps"].dtype == torch.float32
+    np.testing.assert_array_equal(batch["gt_maps"][0].numpy(), ground_truth_map(rows[0]["boxes"], "union"))
+    assert batch["is_labeled"].dtype == torch.bool and batch["is_labeled"].all()
+    assert batch["labels"] == [r["label"] for r in rows]
+    assert "true_gt_maps" not in batch
+
+
+def test_eval_batch_is_deterministic(processor, rows):
+    collate = XPLCollator(processor, train=False)
+    b1, b2 = collate(rows), collate(rows)
+    assert b1["pixel_values_b"] is b1["pixel_values_a"]
+    assert torch.equal(b1["pixel_values_a"], b2["pixel_values_a"])
+    # evaluation view == the processor's own preprocessing
+    direct = processor.image_to_tensor(processor.load_image(PIL.Image.open(io.BytesIO(rows[0]["image"]["bytes"]))))
+    assert torch.allclose(b1["pixel_values_a"][0], direct)
+
+
+def test_unlabeled_batch_has_true_maps(processor):
+    rows = [generate_sample(CONFIG, "unlabeled", i) for i in range(3)]
+    batch = XPLCollator(processor, train=True)(rows)
+    assert not batch["is_labeled"].any() and batch["gt_maps"].sum() == 0
+    assert batch["true_gt_maps"].shape == (3, 224, 224)
+    np.testing.assert_array_equal(batch["true_gt_maps"][1].numpy(), ground_truth_map(rows[1]["true_boxes"], "union"))
+
+
+def _wav(wave, sr=16000, subtype="PCM_16"):
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def bad_rows(rows):
+    good = rows[0]
+    nan = np.zeros(16000, np.float32)
+    nan[10] = np.nan
+    return {
+        "corrupt image": {**good, "id": "bad-jpeg", "image": {"bytes": good["image"]["bytes"][:200], "path": None}},
+        "not an image": {**good, "id": "bad-img2", "image": {"bytes": b"hello", "path": None}},
+        "unreadable audio": {**good, "id": "bad-audio", "audio": {"bytes": b"RIFFxxxx", "path": None}},
+        "empty audio": {**good, "id": "empty-audio", "audio": {"bytes": _wav(np.zeros(0, np.float32)), "path": None}},
+        "nan audio": {**good, "id": "nan-audio", "audio": {"bytes": _wav(nan, subtype="FLOAT"), "path": None}},
+        "bad rule": {**good, "id": "bad-rule", "gt_rule": "boxes"},
+        "bad boxes": {**good, "id": "bad-boxes", "boxes": [[0.1, 0.2]]},
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["corrupt image", "not an image", "unreadable audio", "empty audio", "nan audio", "bad rule", "bad boxes"]
+)
+def test_bad_sample_skip_and_strict(processor, rows, case, caplog):
+    bad = bad_rows(rows)[case]
+    collate = XPLCollator(processor, train=True)
+    batch = collate([rows[1], bad, rows[2]])
+    assert batch["ids"] == [rows[1]["id"], rows[2]["id"]]
+    assert collate.num_skipped == 1 and collate.skipped[0][0] == bad["id"]
+    assert bad["id"] in caplog.text
+    assert collate([bad]) is None  # a batch of only bad samples
+    with pytest.raises(BadSampleError, match=bad["id"]):
+        XPLCollator(processor, train=True, on_bad_sample="raise")([rows[1], bad])
+
+
+def test_dataloader_over_loaded_splits(processor, tmp_path):
+    generate_benchmark(
+        str(tmp_path),
+        num_labeled=6,
+        num_unlabeled=8,
+        num_validation=2,
+        num_test=2,
+        image_size=64,
+        num_workers=1,
+        progress=False,
+    )
+    labeled = load_labeled(str(tmp_path), "labeled")
+    batches = list(DataLoader(labeled, batch_size=4, collate_fn=XPLCollator(processor, train=True)))
+    assert [len(b["ids"]) for b in batches] == [4, 2]
+    stream = load_unlabeled_stream(str(tmp_path), shuffle_buffer=4)
+    batches = list(DataLoader(stream, batch_size=4, collate_fn=XPLCollator(processor, train=True), num_workers=0))
+    assert sum(len(b["ids"]) for b in batches) == 8 and all("true_gt_maps" in b for b in batches)
