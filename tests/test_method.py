@@ -265,6 +265,21 @@ def test_infonce_max_pool_reference_and_symmetry():
     assert v.grad.abs().sum() > 0 and e.grad.abs().sum() > 0
 
 
+def test_losses_under_autocast_are_fp32():
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(2, 7, 7, generator=g).clamp(0.01, 0.99).bfloat16().requires_grad_()
+    v = F.normalize(torch.randn(2, 8, 7, 7, generator=g), dim=1)
+    e = F.normalize(torch.randn(2, 8, generator=g), dim=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sup = supervised_bce(p, torch.ones(2, 224, 224))
+        cross = cross_bce(p, torch.rand(2, 7, 7, generator=g), torch.tensor([True, True]))
+        avc = infonce_max_pool(v, e)
+    assert sup.dtype == cross.dtype == avc.dtype == torch.float32
+    torch.testing.assert_close(avc, infonce_max_pool(v, e))  # no bf16 logits inside
+    (sup + cross).backward()
+    assert p.grad is not None and torch.isfinite(p.grad.float()).all()
+
+
 def test_total_loss_eq9():
     a = {"sup": torch.tensor(1.0), "cross": torch.tensor(2.0), "avc": torch.tensor(4.0)}
     b = {"sup": torch.tensor(0.5), "avc": torch.tensor(2.0)}
@@ -282,6 +297,32 @@ def test_single_process_paths():
     assert out["a"].item() == 1.0
     t = torch.arange(3)
     assert gather_varlen(_OneProcess(), t) is t and gather_varlen(None, t) is t
+
+
+def test_accelerate_checkpointing_roundtrip(tmp_path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import ProjectConfiguration
+
+    try:
+        acc = Accelerator(cpu=True, project_config=ProjectConfiguration(project_dir=str(tmp_path)))
+        bank, sel = PseudoLabelBank(map_size=2, alpha=0.7), CurriculumSelector(window=5, r0=0.3, rampup_steps=4)
+        acc.register_for_checkpointing(bank, sel)
+        bank.update(["a", "b", "c"], {"a": torch.rand(3, 2, 2), "b": torch.rand(3, 2, 2)})
+        sel.select(torch.rand(7), step=1)
+        saved_bank, saved_sel = bank.state_dict(), sel.state_dict()
+        acc.save_state(str(tmp_path / "ckpt"))
+        bank.update(["d"], {"a": torch.rand(1, 2, 2)})
+        sel.select(torch.rand(3), step=2)
+        acc.load_state(str(tmp_path / "ckpt"))
+        for k, v in saved_bank.items():
+            w = bank.state_dict()[k]
+            assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w
+        assert "d" not in bank and len(bank) == 3
+        assert torch.equal(sel.scores, saved_sel["scores"]) and (sel.count, sel.pos) == (5, saved_sel["pos"])
+    finally:  # do not leak accelerate's process-wide state into other tests
+        AcceleratorState._reset_state(True)
+        PartialState._reset_state()
 
 
 def _two_process_worker():

@@ -84,6 +84,8 @@ class CurriculumSelector:
                  enabled: bool = True):
         if window <= 0:
             raise ValueError(f"window must be positive, got {window}")
+        if not 0.0 < r0 <= 1.0:
+            raise ValueError(f"r0 must be in (0, 1], got {r0}")
         self.window, self.r0, self.rampup_steps, self.rho_min, self.enabled = window, r0, rampup_steps, rho_min, enabled
         self.scores = torch.zeros(window, dtype=torch.float32)  # ring buffer
         self.count = 0  # number of valid entries (<= window)
