@@ -32,7 +32,8 @@ Bad input (each reported by id in ``OUT/conversion_report.json`` and in the prin
 * VGG-SS: 12 entries of ``vggss.json`` hold a corrupt coordinate (about -2.88e16, always a max corner). Clipped
   like the protocol, those boxes become inverted/empty and are dropped; the entries stay in the test split (the
   community counts them; one of them, MKC9LvRivTM_000030, is left without a box, i.e. an all-zero ground truth).
-  The count is reported as ``corrupt_box_entries``.
+  The count is reported as ``corrupt_box_entries``. 6 further entries hold a zero-area box (dropped, reported as
+  ``zero_area_box_entries``); with it, M1P1xla8rg0_000000 is the second entry left without a box.
 
 Video (mp4) input is not supported (no FFmpeg-free decoder is a dependency); extract frames and audio first.
 """
@@ -58,6 +59,7 @@ from .shards import ShardWriter, even_shard_sizes, split_shard_paths
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "conversion_report.json"
+MAX_WARNINGS_PER_REASON = 20
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -227,7 +229,11 @@ def write_dataset(
                         if strict:
                             raise DataValidationError(f"sample {c.id!r} ({split}): {reason}")
                         report.skip(reason, c.id)
-                        logger.warning("skipping sample %r (%s): %s", c.id, split, reason)
+                        n_reason = len(report.skipped[reason])
+                        if n_reason <= MAX_WARNINGS_PER_REASON:
+                            logger.warning("skipping sample %r (%s): %s", c.id, split, reason)
+                        elif n_reason == MAX_WARNINGS_PER_REASON + 1:
+                            logger.warning("more samples skipped for %r: every id is in %s", reason, REPORT_NAME)
                         continue
                     if box_report.repaired:
                         report.repaired_ids.append(c.id)
@@ -370,8 +376,10 @@ def vggss_annotations(json_path: str) -> tuple[dict[str, dict[str, Any]], dict[s
     """Parse ``vggss.json`` with the protocol's box rule.
 
     Returns:
-        ``({file: {"boxes": cleaned, "label": class}}, stats)`` where ``stats`` holds ``corrupt_box_entries``
-        (entries with a box the rule dropped), ``empty_entries`` (entries left without a box) and ``box_repairs``.
+        ``({file: {"boxes": cleaned, "label": class}}, stats)`` where ``stats`` holds ``corrupt_box_entries`` (entries
+        with a coordinate outside [0, 1]: the 12 corrupt ones), ``zero_area_box_entries`` (entries with a box of zero
+        width or height, dropped: 6 in the released file), ``entries_without_box`` (left without any box: 2) and
+        ``box_repairs``.
     """
     with open(json_path) as f:
         entries = json.load(f)
@@ -379,7 +387,7 @@ def vggss_annotations(json_path: str) -> tuple[dict[str, dict[str, Any]], dict[s
         raise DataValidationError(f"{json_path}: expected a JSON list of {{file, class, bbox}} entries")
     records: dict[str, dict[str, Any]] = {}
     total = BoxReport()
-    corrupt, empty, duplicates = [], [], []
+    corrupt, zero_area, empty, duplicates = [], [], [], []
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or "file" not in e or "bbox" not in e:
             raise DataValidationError(f"{json_path}: entry {i} lacks 'file' or 'bbox'")
@@ -389,8 +397,10 @@ def vggss_annotations(json_path: str) -> tuple[dict[str, dict[str, Any]], dict[s
             continue
         boxes, rep = clean_boxes(e["bbox"], inverted="drop")
         total += rep
-        if rep.inverted_dropped or rep.malformed or rep.zero_area:
+        if rep.clipped or rep.inverted_dropped or rep.malformed:
             corrupt.append(sid)
+        if rep.zero_area:
+            zero_area.append(sid)
         if not boxes:
             empty.append(sid)
         records[sid] = {"boxes": boxes, "label": str(e.get("class") or "")}
@@ -398,6 +408,7 @@ def vggss_annotations(json_path: str) -> tuple[dict[str, dict[str, Any]], dict[s
         "annotated_entries": len(records),
         "corrupt_box_entries": len(corrupt),
         "corrupt_box_ids": corrupt,
+        "zero_area_box_entries": zero_area,
         "entries_without_box": empty,
         "duplicate_entries": duplicates,
         "box_repairs": total.as_dict(),
