@@ -1,0 +1,379 @@
+"""Hugging Face Hub helpers: the model card (with model-index), pushing a model folder, pushing the Gradio Space.
+
+Python::
+
+    from xpl_hf.hub import write_model_card, push_model_folder, push_space
+    write_model_card("xpl-output", results={"dataset": "VGG-SS", "split": "test",
+                                            "fused": {"ciou": 39.1, "auc": 40.2}, "a": {...}, "b": {...}})
+    push_model_folder("xpl-output", "my-org/xpl-vggss")
+    push_space("space", "my-org/xpl-demo", model_id="my-org/xpl-vggss")
+
+Command line (the token comes from ``--token``, ``$HF_TOKEN`` or ``hf auth login``)::
+
+    python -m xpl_hf.hub push-model --folder xpl-output --repo_id my-org/xpl-vggss [--private]
+    python -m xpl_hf.hub push-space --space_id my-org/xpl-demo [--model_id my-org/xpl-vggss] [--private]
+    python -m xpl_hf.hub write-card --folder xpl-output [--results results.json]
+
+Results format (``results`` argument, or the JSON file of ``write-card --results``): one dict, or a list of dicts
+(one per evaluation set)::
+
+    {
+      "dataset": "VGG-SS",             # display name (required)
+      "dataset_type": "vggss",         # optional: Hub dataset id or short type; defaults to a slug of the name
+      "split": "test",                 # optional, default "test"
+      "dataset_config": None,          # optional
+      "fused": {"ciou": 39.1, "auc": 40.2},   # percentages, as in the paper's tables
+      "a": {"ciou": ..., "auc": ...},  # branch A (optional)
+      "b": {"ciou": ..., "auc": ...},  # branch B (optional)
+    }
+
+Every (model in fused/a/b) x (metric in ciou/auc, plus any other numeric key) becomes one model-index entry, so the
+Hub renders the numbers on the model page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+TASK_TYPE = "audio-visual-source-localization"
+TASK_NAME = "Audio-visual source localization"
+MODEL_KEYS = {"fused": "fused (A+B)", "a": "branch A", "b": "branch B"}
+METRIC_NAMES = {"ciou": "CIoU", "auc": "AUC", "mean_ciou": "mean cIoU"}
+EVAL_PROTOCOL = (
+    "Maps are upsampled to 224 x 224 (bicubic, align_corners=False), min-max normalised (a flat map stays "
+    "unchanged) and binarised by keeping the pixels >= the 25,088-th smallest value (the top half). "
+    "Per-sample cIoU = sum(B*G) / (sum(G) + sum(B*[G == 0])); CIoU = 100 x fraction of samples with cIoU >= 0.5; "
+    "AUC = 100 x trapezoid area of the success rate over thresholds 0, 0.05, ..., 1. Ground truth: VGG-SS = union "
+    "of the boxes; Flickr-SoundNet = sum of the annotators' boxes / 2, clipped to 1."
+)
+SPACE_VARIABLE = "XPL_MODEL_ID"
+# Files of the package that the Space does not need (tests, caches, metric scripts that load `evaluate`).
+_PACKAGE_IGNORE = ("__pycache__", "*.pyc", "*.pyo", ".pytest_cache")
+_SPACE_IGNORE = ("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", "xpl-output")
+
+
+# ----------------------------------------------------------------------------------------------------- model card
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "dataset"
+
+
+def _as_result_list(results) -> list[Mapping[str, Any]]:
+    if results is None:
+        return []
+    if isinstance(results, Mapping):
+        return [results]
+    if isinstance(results, Sequence) and not isinstance(results, (str, bytes)):
+        return list(results)
+    raise TypeError(f"results must be a dict or a list of dicts, not {type(results).__name__}")
+
+
+def eval_results_from_dict(results) -> list[EvalResult]:
+    """Turn the results format of this module (see the module docstring) into `EvalResult`s for model-index.
+
+    Raises:
+        ValueError: a results dict without a dataset name, or with no numeric metric at all.
+    """
+    out = []
+    for entry in _as_result_list(results):
+        if not entry.get("dataset"):
+            raise ValueError(f"a results entry needs a 'dataset' name: {dict(entry)!r}")
+        name = str(entry["dataset"])
+        found = False
+        for key, label in MODEL_KEYS.items():
+            metrics = entry.get(key) or {}
+            for metric, value in metrics.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue  # per-sample arrays, notes, ... are not model-index metrics
+                found = True
+                out.append(EvalResult(
+                    task_type=TASK_TYPE,
+                    task_name=TASK_NAME,
+                    dataset_type=str(entry.get("dataset_type") or _slug(name)),
+                    dataset_name=name,
+                    dataset_split=str(entry.get("split") or "test"),
+                    dataset_config=entry.get("dataset_config"),
+                    metric_type=f"{metric}_{key}" if key != "fused" else metric,
+                    metric_name=f"{METRIC_NAMES.get(metric, metric)} ({label})",
+                    metric_value=round(float(value), 4),
+                    verified=False,
+                ))
+        if not found:
+            raise ValueError(f"results for {name!r} hold no numeric metric under 'fused', 'a' or 'b'.")
+    return out
+
+
+def _results_table(results) -> str:
+    rows = []
+    for entry in _as_result_list(results):
+        for key, label in MODEL_KEYS.items():
+            metrics = entry.get(key) or {}
+            if not metrics:
+                continue
+            ciou, auc = metrics.get("ciou"), metrics.get("auc")
+            cell = lambda v: "-" if v is None else f"{float(v):.2f}"  # noqa: E731
+            split = entry.get("split") or "test"
+            rows.append(f"| {entry['dataset']} | {split} | {label} | {cell(ciou)} | {cell(auc)} |")
+    if not rows:
+        return ""
+    return "| dataset | split | model | CIoU | AUC |\n| --- | --- | --- | --- | --- |\n" + "\n".join(rows)
+
+
+def _config_dict(config) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        return dict(config)
+    return config.to_dict()
+
+
+def _weights_note(pretrained_report: Mapping[str, str] | None, cfg: Mapping[str, Any]) -> str:
+    if pretrained_report:
+        lines = [f"| `{k}` | {v} |" for k, v in pretrained_report.items()]
+        random = [k for k, v in pretrained_report.items() if str(v).startswith("random")]
+        note = ("\n\n**Randomly initialised before training:** " + ", ".join(f"`{k}`" for k in random) +
+                ". Those backbones did not start from their published pretrained weights, so results are expected to "
+                "be lower than the paper's.") if random else ""
+        return "| module | initialised from |\n| --- | --- |\n" + "\n".join(lines) + note
+    return ("The initialisation of the backbones was not recorded. Backbones whose pretrained weights were "
+            "unreachable at training time (ResNet-18 and VGGish offline) start from random init; see the training "
+            "log of `load_pretrained_backbones`.")
+
+
+def build_model_card(
+    config=None,
+    results=None,
+    training_args: Mapping[str, Any] | None = None,
+    *,
+    model_name: str = "xpl",
+    repo_id: str | None = None,
+    pretrained_report: Mapping[str, str] | None = None,
+    datasets: str | list[str] | None = None,
+    license: str = "apache-2.0",
+    extra_text: str | None = None,
+) -> ModelCard:
+    """The model card (README.md) of an XPL checkpoint, with model-index metadata when `results` are given.
+
+    Args:
+        config: the model's `XPLConfig` (or its dict).
+        results: evaluation results in this module's format (see the module docstring), or None.
+        training_args: the training recipe (any flat dict: method, steps, batch size, learning rate, data, ...).
+        model_name: the model-index name.
+        repo_id: the Hub id the card is for (used in the usage snippet; a placeholder otherwise).
+        pretrained_report: `xpl_hf.pretrained.load_pretrained_backbones`'s report {module: source}.
+        datasets: Hub dataset ids for the card's `datasets:` metadata (only real Hub ids).
+        license: SPDX id for the `license:` metadata.
+        extra_text: Markdown appended at the end (e.g. notes of the trainer).
+    """
+    cfg = _config_dict(config)
+    eval_results = eval_results_from_dict(results) or None
+    card_data = ModelCardData(
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results,
+        license=license,
+        library_name="transformers",
+        datasets=datasets,
+        tags=["audio-visual", "sound-source-localization", "semi-supervised", "pseudo-labeling", "xpl", "xpl-hf",
+              "custom_code"],
+    )
+    repo = repo_id or "path/or/hub-id"
+    branches = (f"branch A = {cfg.get('image_backbone_a', 'resnet18')} + {cfg.get('audio_backbone_a', 'vggish')}, "
+                f"branch B = {cfg.get('image_backbone_b', 'resnet18')} + {cfg.get('audio_backbone_b', 'soundnet8')}")
+    hyper = {k: cfg[k] for k in ("embed_dim", "image_size", "clip_seconds", "avc_weight", "avc_temperature",
+                                 "sharpen_temperature", "pl_ema_alpha", "consensus_min", "curriculum_r0",
+                                 "curriculum_rampup_steps", "curriculum_window") if k in cfg}
+    table = _results_table(results)
+    sections = [
+        f"# {model_name}: XPL audio-visual source localization",
+        "A dual audio-visual source-localization model trained with **XPL** (Cross Pseudo-Labeling, "
+        "\"Cross Pseudo-Labeling for Semi-Supervised Audio-Visual Source Localization\", ICASSP 2024) using "
+        f"[xpl-hf](https://github.com/xpl-hf/xpl-hf). Given a video frame and the sound around it, it predicts a heat "
+        f"map of where the sound comes from. {branches}; the fused map is the mean of the two min-max-normalised maps.",
+        "## How to use",
+        "```python\nfrom PIL import Image\nfrom xpl_hf import XPLModel, XPLProcessor\n\n"
+        f"model = XPLModel.from_pretrained(\"{repo}\").eval()\n"
+        f"processor = XPLProcessor.from_pretrained(\"{repo}\")\n"
+        "inputs = processor(images=Image.open(\"frame.jpg\"), audio=\"sound.wav\", return_tensors=\"pt\")\n"
+        "out = model(**inputs)\n"
+        "out.maps    # (1, h, w) fused heat map in [0, 1]\n"
+        "out.maps_a  # branch A, out.maps_b: branch B\n```\n\n"
+        "Without installing xpl-hf: `AutoModel.from_pretrained(repo, trust_remote_code=True)` (the code ships with "
+        "the checkpoint). Audio: WAV/FLAC/OGG files or arrays with `sampling_rate`; a 3 s clip around the centre is "
+        "used. Try it in a browser with the Gradio Space of xpl-hf (`space/`).",
+    ]
+    if table:
+        sections += ["## Evaluation results", table, f"Protocol: {EVAL_PROTOCOL}"]
+    else:
+        sections += ["## Evaluation results", "No evaluation results were recorded for this checkpoint.",
+                     f"Protocol used by `python -m xpl_hf.evaluate`: {EVAL_PROTOCOL}"]
+    recipe = ["## Training recipe",
+              "Objective (paper eq. 9): for each branch, supervised BCE on labeled maps + cross BCE against the "
+              "other branch's sharpened, EMA-smoothed soft pseudo-labels on unlabeled samples admitted by the "
+              "consensus curriculum + λ x InfoNCE (global max pooling). Stage 1 trains on labeled data only; stage 2 "
+              "adds the unlabeled stream."]
+    if hyper:
+        recipe.append("| hyper-parameter | value |\n| --- | --- |\n" +
+                      "\n".join(f"| `{k}` | {v} |" for k, v in hyper.items()))
+    if training_args:
+        recipe.append("Training arguments:\n\n```json\n" +
+                      json.dumps(dict(training_args), indent=2, sort_keys=True, default=str) + "\n```")
+    sections += recipe
+    sections += ["## Initialisation of the backbones", _weights_note(pretrained_report, cfg)]
+    sections += [
+        "## Limitations",
+        "- The model localizes *where* a sound comes from in one frame; it does not separate or classify sounds.\n"
+        "- Maps are coarse (image_size / 32 cells a side, 7 x 7 at 224 px) and upsampled for display.\n"
+        "- Off-screen sounds, silence and several simultaneous sources give diffuse or misleading maps; the "
+        "branches' consensus (Pearson ρ between the A and B maps) is a rough indicator of reliability.\n"
+        "- Results depend on the data the checkpoint was trained on (see the recipe above); a model trained on the "
+        "synthetic benchmark of xpl-hf does not transfer to real videos.",
+    ]
+    if extra_text:
+        sections.append(extra_text)
+    content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
+    return ModelCard(content)
+
+
+def write_model_card(folder, results=None, config=None, training_args=None, **kwargs) -> Path:
+    """Write `folder/README.md` (see `build_model_card` for the arguments); returns its path.
+
+    `config=None` reads `folder/config.json` when it exists.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if config is None and (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_text())
+    card = build_model_card(config, results, training_args, **kwargs)
+    path = folder / "README.md"
+    card.save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------- push
+def push_model_folder(folder, repo_id: str, token: str | None = None, private: bool = False,
+                      commit_message: str = "Upload XPL model", api: HfApi | None = None):
+    """Create the model repo `repo_id` if needed and upload `folder` (save_pretrained output + README.md).
+
+    Returns:
+        The `CommitInfo` of the upload.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json; pass the folder written by save_pretrained or the "
+                                "trainer.")
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True, token=token)
+    return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder), token=token,
+                             commit_message=commit_message,
+                             ignore_patterns=["checkpoint-*/**", "runs/**", "*.pt", "__pycache__/**"])
+
+
+def _set_models_metadata(readme: Path, model_id: str) -> None:
+    """Add `model_id` to the `models:` list of a Space README's YAML header (links the Space to the model)."""
+    from huggingface_hub import RepoCard
+
+    card = RepoCard.load(readme)
+    models = list(card.data.get("models") or [])
+    if model_id not in models:
+        models.append(model_id)
+    card.data["models"] = models
+    card.save(readme)
+
+
+def stage_space(space_dir, target, model_id: str | None = None) -> Path:
+    """Copy what the Space needs into `target`: `space_dir`'s files plus the `xpl_hf` package source.
+
+    The package is not on PyPI yet, so its source is bundled next to `app.py` (`import xpl_hf` then finds it). With
+    `model_id`, the README's `models:` metadata names it and `xpl_space.json` records it for the app.
+    """
+    space_dir, target = Path(space_dir), Path(target)
+    for required in ("app.py", "README.md", "requirements.txt"):
+        if not (space_dir / required).is_file():
+            raise FileNotFoundError(f"{space_dir / required} is missing; is {space_dir} the Space folder?")
+    shutil.copytree(space_dir, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_SPACE_IGNORE))
+    package = Path(__file__).resolve().parent
+    shutil.copytree(package, target / "xpl_hf", dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_PACKAGE_IGNORE))
+    if model_id:
+        _set_models_metadata(target / "README.md", model_id)
+        (target / "xpl_space.json").write_text(json.dumps({"model_id": model_id}, indent=2) + "\n")
+    return target
+
+
+def push_space(space_dir, space_id: str, model_id: str | None = None, token: str | None = None,
+               private: bool = False, commit_message: str = "Update the XPL Space", api: HfApi | None = None):
+    """Create (or update) the Gradio Space `space_id` from `space_dir` plus the bundled `xpl_hf` package.
+
+    With `model_id`, the Space loads that Hub model: it is written into the upload (`xpl_space.json`, README
+    `models:`) and set as the Space variable `XPL_MODEL_ID`.
+
+    Returns:
+        The `CommitInfo` of the upload.
+    """
+    api = api or HfApi(token=token)
+    api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True, token=token)
+    with tempfile.TemporaryDirectory(prefix="xpl-space-") as tmp:
+        staged = stage_space(space_dir, Path(tmp) / "space", model_id=model_id)
+        info = api.upload_folder(repo_id=space_id, repo_type="space", folder_path=str(staged), token=token,
+                                 commit_message=commit_message)
+    if model_id:
+        api.add_space_variable(space_id, SPACE_VARIABLE, model_id, description="Hub id of the XPL model to load",
+                               token=token)
+    return info
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+def _default_space_dir() -> Path:
+    here = Path(__file__).resolve().parent.parent / "space"
+    return here if here.is_dir() else Path("space")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xpl_hf.hub", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("push-space", help="create/update the Gradio Space (space/ + the xpl_hf package)")
+    p.add_argument("--space_id", required=True, help="ORG/NAME of the Space")
+    p.add_argument("--model_id", default=None, help="Hub id of the model the Space loads (Space variable XPL_MODEL_ID)")
+    p.add_argument("--space_dir", default=None, help="folder of the Space (default: the repository's space/)")
+    p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN or the cached login)")
+    p.add_argument("--private", action="store_true")
+
+    p = sub.add_parser("push-model", help="upload a save_pretrained folder (model + processor + card)")
+    p.add_argument("--folder", required=True)
+    p.add_argument("--repo_id", required=True)
+    p.add_argument("--token", default=None)
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--commit_message", default="Upload XPL model")
+
+    p = sub.add_parser("write-card", help="(re)write FOLDER/README.md, the model card")
+    p.add_argument("--folder", required=True)
+    p.add_argument("--results", default=None, help="JSON file in the results format of xpl_hf.hub")
+    p.add_argument("--repo_id", default=None)
+
+    args = parser.parse_args(argv)
+    if args.command == "push-space":
+        space_dir = Path(args.space_dir) if args.space_dir else _default_space_dir()
+        info = push_space(space_dir, args.space_id, model_id=args.model_id, token=args.token, private=args.private)
+        print(f"Space updated: https://huggingface.co/spaces/{args.space_id} ({getattr(info, 'commit_url', info)})")
+    elif args.command == "push-model":
+        info = push_model_folder(args.folder, args.repo_id, token=args.token, private=args.private,
+                                 commit_message=args.commit_message)
+        print(f"Model uploaded: https://huggingface.co/{args.repo_id} ({getattr(info, 'commit_url', info)})")
+    else:
+        results = json.loads(Path(args.results).read_text()) if args.results else None
+        path = write_model_card(args.folder, results=results, repo_id=args.repo_id)
+        print(f"Model card written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
