@@ -213,15 +213,10 @@ def load_unlabeled_stream(
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     features, files = load_split_features(path_or_id, split, revision=revision, token=token)
     check_columns(features, where=f"split {split!r} of {path_or_id!r}", require_boxes=False)
-    kwargs = {} if files is None else {}
-    if files is None:
-        kwargs.update(revision=revision, token=token)
+    kwargs = {} if files is not None else {"revision": revision, "token": token}
     ds = _load(path_or_id, split, _fix_features(features, decode_images), files, streaming=True, **kwargs)
-    ds = (
-        ds.shuffle(seed=seed, buffer_size=max(int(shuffle_buffer), 1))
-        if shuffle_buffer
-        else ds.shuffle(seed=seed, buffer_size=1)
-    )
+    # buffer_size=1 still shuffles the shard order (per epoch) but keeps rows in order: exact resume
+    ds = ds.shuffle(seed=seed, buffer_size=max(int(shuffle_buffer), 1))
     if world_size > 1:
         if ds.num_shards % world_size:
             logger.warning(
