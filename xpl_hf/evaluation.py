@@ -36,7 +36,7 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ PROTOCOL = {
 METRIC_PATH = str(Path(__file__).resolve().parent / "metrics" / "avsl_localization")
 """Directory of the ``evaluate`` metric: ``evaluate.load(METRIC_PATH)`` works offline."""
 
-_CHUNK = 256  # samples per vectorised step (256 x 224 x 224 float32 = 51 MB)
+_CHUNK = 64  # samples per vectorised step (64 x 224 x 224 float32 = 12.8 MB, reused by the allocator)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -346,3 +346,257 @@ def localization_metrics(predictions: Sequence[Any], ground_truths: Sequence[Any
         raise ValueError("localization_metrics needs at least one sample")
     scores = per_sample_ciou(predictions, ground_truths)
     return {**summarize_ciou(scores), "per_sample_ciou": scores}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluating a model
+# ---------------------------------------------------------------------------------------------------------------
+
+BRANCHES = {"a": "maps_a", "b": "maps_b", "fused": "maps"}
+"""Result key -> the :class:`xpl_hf.XPLModelOutput` field holding that map."""
+
+
+def read_id_list(path: str | os.PathLike) -> list[str]:
+    """Sample ids from a split list: one id per line, the first comma-separated field (``vggss_heard_test.csv``,
+    ``flickr_test.csv`` ``id,frame``); blank lines and ``#`` comments are ignored."""
+    ids = []
+    with open(path) as f:
+        for line in f:
+            field = line.split(",", 1)[0].strip()
+            if field and not field.startswith("#"):
+                ids.append(field)
+    if not ids:
+        raise ValueError(f"{path}: the id list is empty")
+    return ids
+
+
+def _branch_summaries(scores: Mapping[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for branch, values in scores.items():
+        selected = values if mask is None else values[mask]
+        out[branch] = summarize_ciou(selected)
+    out["num_samples"] = int(len(next(iter(scores.values()))) if mask is None else mask.sum())
+    return out
+
+
+def _default_loader(dataset, processor, batch_size: int, num_workers: int):
+    from torch.utils.data import DataLoader
+
+    from xpl_hf.data.transforms import XPLCollator
+
+    if processor is None:
+        raise ValueError("evaluate_model needs `processor` to turn dataset rows into model inputs")
+    collator = XPLCollator(processor, train=False, on_bad_sample="raise")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collator)
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model: torch.nn.Module,
+    data: Iterable[Mapping[str, Any]],
+    *,
+    processor: Any = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    max_samples: int | None = None,
+    subsets: Mapping[str, Iterable[str]] | None = None,
+    per_label: bool = True,
+    keep_maps: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run an :class:`xpl_hf.XPLModel` over an evaluation set and compute cIoU / AUC for branch A, B and fused.
+
+    Args:
+        model: an ``XPLModel`` (anything returning ``maps_a``, ``maps_b``, ``maps`` of shape (B, h, w)). It is put in
+            eval mode for the run and its training mode is restored afterwards.
+        data: either an iterable of collated batches (``xpl_hf.data.XPLCollator(processor, train=False)``: keys
+            ``ids``, ``pixel_values_a``, ``pixel_values_b``, ``audio_log_mel``, ``audio_waveform``, ``gt_maps``
+            (B, 224, 224), ``is_labeled``, ``labels``), or a ``datasets.Dataset`` of the xpl-hf schema (then
+            ``processor`` is required and a non-shuffling DataLoader with a strict collator is built).
+        processor: an ``XPLProcessor``; only used when ``data`` is a dataset.
+        batch_size, num_workers: DataLoader settings when ``data`` is a dataset.
+        max_samples: stop after this many samples.
+        subsets: named id lists (e.g. ``{"heard": [...], "unheard": [...]}``) to report separately; ids absent
+            from the evaluated set are counted in ``missing``.
+        per_label: report a breakdown per ``labels`` value (skipped when every label is empty).
+        keep_maps: keep the raw low-resolution maps in ``result["maps"]`` (for overlays).
+        progress: show a tqdm progress bar.
+
+    Unlabeled rows (``is_labeled`` False) are not scored; they are counted in ``num_unlabeled_skipped``.
+
+    Returns:
+        a dict with
+        ``metrics``: ``{"a" | "b" | "fused": {"ciou", "auc", "mean_ciou"}, "num_samples"}``;
+        ``summary``: flat ``{"fused/ciou": ..., "a/auc": ..., ...}`` (for loggers);
+        ``per_label``: ``{label: same structure as metrics}`` (empty when there are no labels);
+        ``subsets``: ``{name: {..., "missing": int}}``;
+        ``per_sample``: ``{"ids", "labels", "ciou_a", "ciou_b", "ciou_fused"}`` (lists, input order);
+        ``num_unlabeled_skipped``, ``protocol`` (:data:`PROTOCOL`) and, with ``keep_maps``,
+        ``maps``: ``{"a" | "b" | "fused": np.float32 (N, h, w)}``.
+    """
+    if max_samples is not None and max_samples <= 0:
+        raise ValueError(f"max_samples must be positive, got {max_samples}")
+    if hasattr(data, "column_names") and hasattr(data, "features"):  # a datasets.Dataset
+        if max_samples is not None and hasattr(data, "select"):
+            data = data.select(range(min(max_samples, len(data))))
+        data = _default_loader(data, processor, batch_size, num_workers)
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    was_training = model.training
+    model.eval()
+
+    ids: list[str] = []
+    labels: list[str] = []
+    scores: dict[str, list[np.ndarray]] = {branch: [] for branch in BRANCHES}
+    maps: dict[str, list[np.ndarray]] = {branch: [] for branch in BRANCHES}
+    num_unlabeled = 0
+    if progress:
+        from tqdm.auto import tqdm
+
+        data = tqdm(data, desc="evaluating", unit="batch")
+    try:
+        for batch in data:
+            if batch is None:  # a skip-mode collator dropped every sample of the batch
+                continue
+            labeled = torch.as_tensor(batch["is_labeled"], dtype=torch.bool).cpu()
+            num_unlabeled += int((~labeled).sum())
+            if not labeled.any():
+                continue
+            if max_samples is not None:
+                room = max_samples - len(ids)
+                labeled &= torch.cumsum(labeled.long(), 0) <= room
+            keep = labeled.nonzero().flatten().tolist()
+            pixel_a = batch["pixel_values_a"].to(device)
+            pixel_b = batch.get("pixel_values_b")
+            output = model(
+                pixel_values=pixel_a,
+                audio_log_mel=batch["audio_log_mel"].to(device),
+                audio_waveform=batch["audio_waveform"].to(device),
+                pixel_values_b=None if pixel_b is None or pixel_b is batch["pixel_values_a"] else pixel_b.to(device),
+            )
+            gts = torch.as_tensor(batch["gt_maps"])[keep]
+            for branch, field in BRANCHES.items():
+                branch_maps = getattr(output, field).detach().float().cpu()[keep]
+                scores[branch].append(per_sample_ciou(branch_maps, gts))
+                if keep_maps:
+                    maps[branch].append(branch_maps.numpy())
+            ids.extend(str(batch["ids"][i]) for i in keep)
+            batch_labels = batch.get("labels") or [""] * len(batch["ids"])
+            labels.extend(str(batch_labels[i] or "") for i in keep)
+            if max_samples is not None and len(ids) >= max_samples:
+                break
+    finally:
+        model.train(was_training)
+
+    if not ids:
+        raise ValueError("the evaluation set holds no labeled sample (every row is unlabeled or the set is empty)")
+    per_branch = {branch: np.concatenate(values) for branch, values in scores.items()}
+    result: dict[str, Any] = {"metrics": _branch_summaries(per_branch)}
+    result["summary"] = {
+        f"{branch}/{name}": value
+        for branch in BRANCHES
+        for name, value in result["metrics"][branch].items()
+    }
+
+    result["per_label"] = {}
+    label_array = np.array(labels, dtype=object)
+    if per_label and any(labels):
+        for label in sorted(set(labels)):
+            result["per_label"][label] = _branch_summaries(per_branch, label_array == label)
+
+    result["subsets"] = {}
+    id_array = np.array(ids, dtype=object)
+    for name, subset_ids in (subsets or {}).items():
+        wanted = set(map(str, subset_ids))
+        mask = np.fromiter((sample_id in wanted for sample_id in ids), dtype=bool, count=len(ids))
+        entry: dict[str, Any] = {"num_samples": int(mask.sum()), "missing": len(wanted - set(id_array[mask]))}
+        if mask.any():
+            entry.update(_branch_summaries(per_branch, mask))
+        result["subsets"][name] = entry
+
+    result["per_sample"] = {
+        "ids": ids,
+        "labels": labels,
+        **{f"ciou_{branch}": values.tolist() for branch, values in per_branch.items()},
+    }
+    result["num_unlabeled_skipped"] = num_unlabeled
+    result["protocol"] = dict(PROTOCOL)
+    if keep_maps:
+        result["maps"] = {branch: np.concatenate(values) for branch, values in maps.items()}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Overlays
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def pick_best_median_worst(per_sample_ciou: Sequence[float], per_group: int = 4) -> dict[str, list[int]]:
+    """Indices of the ``per_group`` best, median and worst samples by cIoU (stable order; groups may overlap
+    when there are fewer than ``3 * per_group`` samples)."""
+    scores = np.asarray(per_sample_ciou, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")  # best first
+    n = len(order)
+    k = min(per_group, n)
+    start = max(0, min(n - k, n // 2 - k // 2))
+    return {
+        "best": order[:k].tolist(),
+        "median": order[start : start + k].tolist(),
+        "worst": order[::-1][:k].tolist(),
+    }
+
+
+def save_overlay_grid(
+    path: str | os.PathLike,
+    images: Sequence[Any],
+    maps: Sequence[Any],
+    ground_truths: Sequence[Any],
+    titles: Sequence[str],
+    row_names: Sequence[str] | None = None,
+    columns: int = 4,
+) -> str:
+    """Save a PNG grid of heat-map overlays (matplotlib, Agg backend).
+
+    Args:
+        path: output PNG.
+        images: the frames (PIL images or (H, W, 3) uint8 arrays), resized to 224 x 224 for display.
+        maps: raw localization maps (h, w); shown upsampled and normalised exactly as the protocol scores them.
+        ground_truths: (224, 224) ground-truth maps, drawn as a contour.
+        titles: one title per panel.
+        row_names: optional label of each row (``len(images) / columns`` rows).
+        columns: panels per row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    if not (len(images) == len(maps) == len(ground_truths) == len(titles)):
+        raise ValueError("images, maps, ground_truths and titles must have the same length")
+    if not images:
+        raise ValueError("nothing to plot")
+    rows = math.ceil(len(images) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    heat = normalize_maps(upsample_maps(torch.stack([_prediction_tensor(m, i) for i, m in enumerate(maps)])))
+    for index, (image, title) in enumerate(zip(images, titles)):
+        ax = axes.flat[index]
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+        ax.imshow(np.asarray(image.convert("RGB").resize((EVAL_SIZE, EVAL_SIZE), Image.BILINEAR)))
+        ax.imshow(heat[index].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        gt = np.asarray(ground_truths[index], dtype=np.float32)
+        if gt.any():
+            ax.contour(gt, levels=[0.25, 0.75], colors=["white", "white"], linewidths=[0.8, 1.5])
+        ax.set_title(title, fontsize=7)
+    if row_names:
+        for row, name in enumerate(row_names[:rows]):
+            axes[row, 0].text(-12, EVAL_SIZE / 2, name, rotation=90, va="center", ha="right", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return str(path)
