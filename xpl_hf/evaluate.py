@@ -1,0 +1,182 @@
+"""Evaluate a trained XPL model with the community's cIoU / AUC protocol.
+
+    python -m xpl_hf.evaluate --model PATH_OR_HUB_ID --dataset PATH_OR_ID --split test \\
+        [--batch_size 32] [--output_dir eval-output] [--max_samples N] \\
+        [--heard_list vggss_heard_test.csv --unheard_list vggss_unheard_test.csv] [--subset NAME=IDS_FILE ...]
+
+Reports CIoU / AUC for branch A (VGGish), branch B (SoundNet-8) and the fused map, per class (``label`` column) and
+per named id list (e.g. the heard / unheard open-set split), and writes ``results.json`` plus ``overlays.png``: the
+fused heat maps of the best, median and worst samples (by fused cIoU) over their frames, ground truth outlined.
+The metric code lives in :mod:`xpl_hf.evaluation`; this module only loads, runs and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xpl_hf.evaluation import (
+    BRANCHES,
+    evaluate_model,
+    ground_truth_map,
+    pick_best_median_worst,
+    read_id_list,
+    save_overlay_grid,
+)
+
+logger = logging.getLogger("xpl_hf.evaluate")
+
+BRANCH_NAMES = {"a": "A (VGGish)", "b": "B (SoundNet-8)", "fused": "fused"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m xpl_hf.evaluate", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="folder saved by save_pretrained, or a Hub model id")
+    parser.add_argument("--dataset", required=True, help="xpl-hf dataset folder (parquet shards) or Hub dataset id")
+    parser.add_argument("--split", default="test", help="split to evaluate")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--output_dir", default="eval-output", help="where results.json and overlays.png go")
+    parser.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N samples")
+    parser.add_argument("--heard_list", default=None, help="ids of the classes seen in training (one per line)")
+    parser.add_argument("--unheard_list", default=None, help="ids of the unseen classes (one per line)")
+    parser.add_argument("--subset", action="append", default=[], metavar="NAME=IDS_FILE",
+                        help="report a named id list separately (repeatable)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--overlays_per_group", type=int, default=4,
+                        help="samples per row (best / median / worst) of overlays.png; 0 disables the figure")
+    parser.add_argument("--revision", default=None, help="Hub revision of the model")
+    parser.add_argument("--dataset_revision", default=None, help="Hub revision of the dataset")
+    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    args = parser.parse_args(argv)
+    if args.batch_size <= 0:
+        parser.error("--batch_size must be positive")
+    if args.max_samples is not None and args.max_samples <= 0:
+        parser.error("--max_samples must be positive")
+    return args
+
+
+def load_subsets(args: argparse.Namespace) -> dict[str, list[str]]:
+    """``--heard_list`` / ``--unheard_list`` / ``--subset NAME=FILE`` -> ``{name: ids}``."""
+    named = []
+    if args.heard_list:
+        named.append(("heard", args.heard_list))
+    if args.unheard_list:
+        named.append(("unheard", args.unheard_list))
+    for item in args.subset:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--subset expects NAME=IDS_FILE, got {item!r}")
+        named.append((name, path))
+    subsets = {}
+    for name, path in named:
+        if name in subsets:
+            raise ValueError(f"subset {name!r} is given twice")
+        subsets[name] = read_id_list(path)
+    return subsets
+
+
+def load_model_and_processor(model_id: str, device: torch.device, revision: str | None, token: str | None):
+    from xpl_hf import XPLModel, XPLProcessor
+
+    model = XPLModel.from_pretrained(model_id, revision=revision, token=token).to(device).eval()
+    try:
+        processor = XPLProcessor.from_pretrained(model_id, revision=revision, token=token)
+    except (OSError, ValueError) as error:
+        logger.warning("no processor saved with %s (%s); building one from the model config", model_id, error)
+        processor = XPLProcessor.from_config(model.config)
+    return model, processor
+
+
+def format_table(result: dict[str, Any], title: str) -> str:
+    lines = [title, "| branch | CIoU | AUC | mean cIoU |", "| --- | --- | --- | --- |"]
+    for branch in BRANCHES:
+        m = result["metrics"][branch]
+        lines.append(f"| {BRANCH_NAMES[branch]} | {m['ciou']:.2f} | {m['auc']:.2f} | {m['mean_ciou']:.4f} |")
+    for name, entry in result["subsets"].items():
+        if entry["num_samples"]:
+            f = entry["fused"]
+            lines.append(f"| fused, {name} ({entry['num_samples']}) | {f['ciou']:.2f} | {f['auc']:.2f} "
+                         f"| {f['mean_ciou']:.4f} |")
+    return "\n".join(lines)
+
+
+def write_overlays(path: Path, dataset, result: dict[str, Any], per_group: int) -> str:
+    """overlays.png: fused maps of the best / median / worst samples by fused cIoU."""
+    from xpl_hf.data.decoding import decode_image
+
+    ids = result["per_sample"]["ids"]
+    scores = result["per_sample"]["ciou_fused"]
+    groups = pick_best_median_worst(scores, per_group=per_group)
+    row_of = {sample_id: i for i, sample_id in enumerate(dataset["id"])}
+    images, maps, gts, titles = [], [], [], []
+    for group in ("best", "median", "worst"):
+        for index in groups[group]:
+            row = dataset[row_of[ids[index]]]
+            images.append(decode_image(row["image"]))
+            maps.append(result["maps"]["fused"][index])
+            gts.append(ground_truth_map(row["boxes"], row["gt_rule"]))
+            label = f" {row.get('label')}" if row.get("label") else ""
+            titles.append(f"{ids[index]}{label}\ncIoU {scores[index]:.3f}")
+    columns = len(groups["best"])  # every group holds min(per_group, number of samples) samples
+    return save_overlay_grid(path, images, maps, gts, titles, row_names=["best", "median", "worst"], columns=columns)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from xpl_hf.data import load_labeled
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    subsets = load_subsets(args)
+    model, processor = load_model_and_processor(args.model, device, args.revision, args.token)
+    dataset = load_labeled(args.dataset, args.split, revision=args.dataset_revision, token=args.token)
+    if args.max_samples is not None:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+
+    start = time.perf_counter()
+    result = evaluate_model(
+        model, dataset, processor=processor, batch_size=args.batch_size, num_workers=args.num_workers,
+        subsets=subsets, keep_maps=args.overlays_per_group > 0, progress=True,
+    )
+    seconds = time.perf_counter() - start
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "split": args.split,
+        "num_samples": result["metrics"]["num_samples"],
+        "num_unlabeled_skipped": result["num_unlabeled_skipped"],
+        "device": str(device),
+        "seconds": round(seconds, 2),
+        **{key: result[key] for key in ("metrics", "summary", "subsets", "per_label", "protocol", "per_sample")},
+    }
+    if args.overlays_per_group > 0:
+        report["overlays"] = Path(write_overlays(output_dir / "overlays.png", dataset, result,
+                                                 args.overlays_per_group)).name
+    (output_dir / "results.json").write_text(json.dumps(report, indent=2))
+    title = (f"{args.model} on split {args.split!r} of {args.dataset} "
+             f"({report['num_samples']} samples, {seconds:.1f} s):")
+    print(format_table(result, title))
+    print(f"results: {output_dir / 'results.json'}")
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
