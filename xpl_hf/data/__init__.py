@@ -24,6 +24,8 @@ _LAZY = {
     "ColorRandAugment": "transforms",
     "XPLSampleTransform": "transforms",
     "XPLCollator": "transforms",
+    "BadSampleError": "transforms",
+    "convert": "prepare",
 }
 
 __all__ = [
