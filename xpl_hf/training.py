@@ -129,9 +129,6 @@ class XPLTrainingArguments:
             raise ValueError(f"--{ablations[0]} is an ablation of --method xpl, not of {self.method!r}.")
         if self.on_bad_sample not in ("skip", "raise"):
             raise ValueError("--on_bad_sample must be 'skip' or 'raise'.")
-        if self.warmup_stage_steps > self.max_train_steps:
-            raise ValueError(f"--warmup_stage_steps {self.warmup_stage_steps} exceeds --max_train_steps "
-                             f"{self.max_train_steps}.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME.")
         if self.curriculum_rampup_steps is None:
