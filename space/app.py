@@ -249,7 +249,7 @@ def _decode_audio_av(path: str, start: float | None = None,
 
     with av.open(path) as container:
         if not container.streams.audio:
-            raise InputError("The file has no audio track.")
+            raise InputError("The file has no audio track; the model needs the sound.")
         stream = container.streams.audio[0]
         rate = stream.rate or stream.codec_context.sample_rate
         duration = float(container.duration / av.time_base) if container.duration else float("nan")
@@ -342,7 +342,7 @@ def read_video(value, time_s: float, clip_seconds: float = 3.0) -> tuple[PIL.Ima
     try:
         with av.open(path) as container:
             if not container.streams.video:
-                raise InputError("The file has no video track.")
+                raise InputError("Could not read the video: the file has no video track.")
             stream = container.streams.video[0]
             duration = float(container.duration / av.time_base) if container.duration else float("inf")
             if duration > MAX_VIDEO_SECONDS:
@@ -479,7 +479,7 @@ def _error(err: Exception) -> gr.Error:
     return gr.Error(str(err), duration=None, title="Cannot localize", print_exception=False)
 
 
-INTRO = """# 🔊 XPL: where does the sound come from?
+INTRO = """# XPL: where does the sound come from?
 Give a video frame and the sound around it (or a video and a time): two audio-visual models
 (**A**: image encoder + VGGish, **B**: image encoder + SoundNet-8), trained together with
 **XPL** cross pseudo-labeling, each draw a heat map of the sounding object; the **fused** map averages them.

@@ -1,0 +1,261 @@
+"""The Gradio Space (space/app.py): its functions, and the app launched on 127.0.0.1 answering gradio_client calls.
+
+A tiny randomly initialised model (image_size 64) stands in for a trained one: the tests check the plumbing (three
+overlays, ρ, timing, messages), not the quality of the maps.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from xpl_hf import XPLConfig, XPLModel, XPLProcessor  # noqa: E402
+
+APP_PATH = Path(__file__).resolve().parent.parent / "space" / "app.py"
+
+
+def load_app():
+    """Import space/app.py as a module (it is a Space entry point, not part of the package)."""
+    if "xpl_space_app" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("xpl_space_app", APP_PATH)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["xpl_space_app"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["xpl_space_app"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def save_tiny_model(folder: Path) -> Path:
+    config = XPLConfig(image_size=64, embed_dim=32, vggish_fc_dim=64)
+    XPLModel(config).save_pretrained(folder)
+    XPLProcessor.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def launch(app, demo) -> str:
+    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                        **app.launch_kwargs(demo))
+    return demo.local_url
+
+
+def write_wav(path: Path, seconds: float, rate: int = 16000) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate)
+    return path
+
+
+def write_video(path: Path, image: PIL.Image.Image, seconds: float = 4.0, fps: int = 10, rate: int = 16000) -> Path:
+    """An MP4 (MPEG-4 video + AAC audio) of a still frame with a tone, written with PyAV."""
+    import av
+
+    frame_rgb = np.asarray(image.convert("RGB").resize((96, 96)))
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = 96, 96, "yuv420p"
+        audio = container.add_stream("aac", rate=rate, layout="mono")
+        for i in range(int(seconds * fps)):
+            tinted = frame_rgb.copy()
+            tinted[..., 0] = np.uint8(i * 255 // int(seconds * fps))  # frames differ: seeking is observable
+            for packet in video.encode(av.VideoFrame.from_ndarray(tinted, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        t = np.arange(int(seconds * rate)) / rate
+        wave = (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+        for start in range(0, len(wave), 1024):
+            chunk = wave[start:start + 1024][None]
+            frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+            frame.sample_rate = rate
+            frame.pts = start
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_app()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("xpl-output"))
+
+
+@pytest.fixture(scope="module")
+def examples(app, tmp_path_factory):
+    return app.make_examples(tmp_path_factory.mktemp("examples"), count=2)
+
+
+@pytest.fixture(scope="module")
+def server(app, model_dir, examples):
+    demo = app.build_demo(str(model_dir), examples_dir=Path(examples[0][0]).parent)
+    assert demo.xpl_ready
+    url = launch(app, demo)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server, verbose=False)
+
+
+# --------------------------------------------------------------------------------------------- launched app, client
+def test_client_gets_three_overlays_rho_and_time(client, examples):
+    jpg, wav, _ = examples[0]
+    out = client.predict(handle_file(jpg), handle_file(wav), api_name="/localize")
+    assert len(out) == 6
+    overlays, rho, ms, status = out[:3], out[3], out[4], out[5]
+    for path in overlays:
+        with PIL.Image.open(path) as im:
+            assert im.size == (224, 224) and im.mode == "RGB"  # drawn on the frame at its own size
+    assert isinstance(rho, float) and -1.0 <= rho <= 1.0
+    assert ms > 0
+    assert "Consensus ρ" in status and "ms" in status
+
+
+def test_client_bad_inputs_get_clear_messages(client, examples, tmp_path):
+    jpg, wav, _ = examples[0]
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all\n" * 20)
+    long_wav = write_wav(tmp_path / "long.wav", 61.0, rate=8000)
+    cases = [
+        ((corrupt, wav), "Could not read the image"),
+        ((jpg, text), "Could not read the audio"),
+        ((jpg, long_wav), r"61\.0 s long; the limit is 60 s"),
+        ((None, wav), "Please add an image"),
+        ((jpg, None), "Please add a sound"),
+    ]
+    for (image, audio), message in cases:
+        args = [handle_file(str(p)) if p is not None else None for p in (image, audio)]
+        with pytest.raises(AppError, match=message):
+            client.predict(*args, api_name="/localize")
+    # the server is still up and answers a good pair after all that
+    assert len(client.predict(handle_file(jpg), handle_file(wav), api_name="/localize")) == 6
+
+
+def test_client_video(app, client, examples, tmp_path):
+    if not app.HAVE_AV:
+        pytest.fail("PyAV (`av`) is not installed: the Space's video input needs it (pip install av).")
+    video = write_video(tmp_path / "clip.mp4", PIL.Image.open(examples[0][0]))
+    out = client.predict(handle_file(str(video)), 1.5, api_name="/localize_video")
+    assert len(out) == 6 and -1.0 <= out[3] <= 1.0
+    assert "frame at 1.50 s" in out[5]
+    with pytest.raises(AppError, match="Could not read the video"):
+        client.predict(handle_file(examples[0][1]), 0.0, api_name="/localize_video")
+
+
+def test_no_model_shows_notice_and_runs_nothing(app, tmp_path, monkeypatch, examples):
+    for var in ("XPL_MODEL_ID", "XPL_MODEL_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    demo = app.build_demo(str(tmp_path / "xpl-output"), examples_dir=Path(examples[0][0]).parent)
+    assert not demo.xpl_ready
+    url = launch(app, demo)
+    try:
+        with urllib.request.urlopen(url + "config", timeout=10) as response:
+            config = json.loads(response.read())
+        markdown = [c["props"].get("value") for c in config["components"] if c.get("type") == "markdown"]
+        notice = next(m for m in markdown if m and "No trained model found" in m)
+        assert "does not exist" in notice and "python space/app.py --model xpl-output" in notice
+        buttons = [c["props"] for c in config["components"] if c.get("type") == "button"]
+        assert buttons and not any(b.get("interactive") for b in buttons)
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="No trained model"):
+            client.predict(handle_file(examples[0][0]), handle_file(examples[0][1]), api_name="/localize")
+    finally:
+        demo.close()
+
+
+# ------------------------------------------------------------------------------------------------- plain functions
+def test_model_lookup(app, tmp_path, monkeypatch, model_dir):
+    monkeypatch.setenv("XPL_MODEL_ID", "org/some-model")
+    monkeypatch.setenv("XPL_MODEL_DIR", str(tmp_path))
+    sources = app.candidate_sources()
+    assert sources[:2] == ["org/some-model", str(tmp_path)] and "xpl-output" in sources
+    assert app.candidate_sources("my/folder") == ["my/folder"]  # an explicit model is the only candidate
+    (tmp_path / "checkpoint-100").mkdir()
+    with pytest.raises(app.ModelNotFound, match="training has not finished"):
+        app.load_model(str(tmp_path))
+    with pytest.raises(app.ModelNotFound, match="does not exist"):
+        app.load_model(str(tmp_path / "nope"))
+    loaded = app.load_model(str(model_dir))
+    assert loaded.processor.image_size == 64 and not loaded.model.training
+    assert "resnet18 + vggish" in loaded.description
+
+
+def test_localize_and_overlay(app, model_dir, examples):
+    loaded = app.load_model(str(model_dir))
+    image = app.read_image(examples[0][0])
+    waveform, rate = app.read_audio(examples[0][1], loaded.processor.clip_seconds)
+    result = app.localize(loaded, image, waveform, rate)
+    assert result.map_a.shape == result.map_b.shape == result.map_fused.shape == (2, 2)
+    assert 0.0 <= result.map_fused.min() and result.map_fused.max() <= 1.0
+    # the overlay puts the hot colour (red) where the map peaks
+    heat = np.zeros((7, 7), np.float32)
+    heat[0, 0] = 1.0
+    overlay = np.asarray(app.heatmap_overlay(PIL.Image.new("RGB", (1000, 600), "gray"), heat), dtype=int)
+    assert overlay.shape == (307, 512, 3)  # scaled to DISPLAY_SIDE
+    assert overlay[5, 5, 0] > overlay[5, 5, 2] and overlay[-5, -5, 2] > overlay[-5, -5, 0]
+    flat = np.asarray(app.heatmap_overlay(PIL.Image.new("RGB", (32, 32)), np.full((2, 2), 0.5)))
+    assert (flat == flat[0, 0]).all()  # a flat map stays flat
+
+
+def test_input_limits(app, tmp_path):
+    wide = tmp_path / "wide.png"
+    PIL.Image.new("RGB", (4097, 8)).save(wide)
+    with pytest.raises(app.InputError, match="limit is 4096 px"):
+        app.read_image(str(wide))
+    tiny = tmp_path / "tiny.png"
+    PIL.Image.new("RGB", (4, 4)).save(tiny)
+    with pytest.raises(app.InputError, match="at least 8 px"):
+        app.read_image({"path": str(tiny)})
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(app.InputError, match="empty"):
+        app.read_audio(str(empty))
+    rgba = tmp_path / "rgba.png"
+    PIL.Image.new("RGBA", (20, 10)).save(rgba)
+    assert app.read_image(str(rgba)).mode == "RGB"
+    stereo = tmp_path / "stereo.flac"
+    sf.write(stereo, np.zeros((48000, 2), np.float32), 48000)
+    waveform, rate = app.read_audio(str(stereo))
+    assert rate == 48000 and waveform.shape[0] == 2
+
+
+def test_read_video_frame_and_audio(app, tmp_path, examples):
+    if not app.HAVE_AV:
+        pytest.fail("PyAV (`av`) is not installed: the Space's video input needs it (pip install av).")
+    video = write_video(tmp_path / "clip.mp4", PIL.Image.open(examples[0][0]))
+    assert app.video_duration(str(video)) == pytest.approx(4.0, abs=0.3)
+    early, audio, rate, used = app.read_video(str(video), 0.0)
+    late, _, _, used_late = app.read_video(str(video), 3.5)
+    assert early.size == (96, 96) and used == 0.0 and used_late == pytest.approx(3.5)
+    assert np.asarray(late)[..., 0].mean() > np.asarray(early)[..., 0].mean() + 100  # a later frame was decoded
+    assert rate == 16000 and audio.shape[0] == 1 and abs(audio.shape[1] - 3 * rate) < rate // 10
+    _, _, _, clamped = app.read_video(str(video), 99.0)
+    assert clamped < 4.0
