@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from xpl_hf.data.loading import load_labeled, load_unlabeled_stream
 from xpl_hf.data.synthetic import SyntheticConfig, generate_benchmark, generate_sample
@@ -34,16 +35,25 @@ def test_color_randaugment_has_no_geometry():
     space = ColorRandAugment._AUGMENTATION_SPACE
     assert not set(GEOMETRIC_OPS) & set(space)
     assert {"Brightness", "Color", "Contrast", "Equalize", "Posterize", "Solarize"} <= set(space)
-    # a colour op never moves content: a single white pixel stays where it is
+    # a colour op never moves content: the centroid of an off-centre square stays put
     torch.manual_seed(0)
-    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
-    image[:, 5, 7] = 255
-    aug = ColorRandAugment(num_ops=3, magnitude=9)
-    for _ in range(20):
+    image = torch.full((3, 32, 32), 40, dtype=torch.uint8)
+    image[:, 4:12, 18:26] = 220
+    aug = ColorRandAugment(num_ops=3, magnitude=20)
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    for _ in range(30):
         out = aug(image)
         assert out.shape == image.shape
-        diff = (out.int() - out[:, 0:1, 0:1].int()).abs().sum(0)
-        assert diff.argmax().item() in (0, 5 * 32 + 7) or diff.max() == 0
+        weight = (out.int() - out[:, 31:32, 0:1].int()).abs().sum(0).float()
+        if weight.sum() == 0:  # e.g. posterized to a flat image
+            continue
+        cy, cx = (weight * ys).sum() / weight.sum(), (weight * xs).sum() / weight.sum()
+        assert abs(cy - 7.5) < 0.5 and abs(cx - 21.5) < 0.5
+    # the same check catches a geometric op
+    rotate = v2.RandomRotation((30, 30))
+    out = rotate(image)
+    weight = (out.int() - 40).abs().sum(0).float()
+    assert abs((weight * ys).sum() / weight.sum() - 7.5) > 0.5 or abs((weight * xs).sum() / weight.sum() - 21.5) > 0.5
 
 
 def test_training_batch_matches_contract(processor, rows):
