@@ -601,6 +601,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     demo = build_demo(args.model)
     demo.queue(default_concurrency_limit=1, max_size=32).launch(

@@ -156,6 +156,15 @@ def test_push_model_folder_plan(fake_hub, model_folder):
     assert not fake_hub.variables
 
 
+def test_push_model_folder_writes_missing_card(fake_hub, model_folder):
+    (model_folder / "README.md").unlink()
+    (model_folder / "optimizer.bin").write_bytes(b"0")
+    hub.push_model_folder(model_folder, "org/xpl-model")
+    ops = fake_hub.commits[0]["ops"]
+    assert "README.md" in ops and b"XPLModel.from_pretrained(\"org/xpl-model\")" in ops["README.md"]
+    assert "optimizer.bin" not in ops
+
+
 def test_push_model_folder_requires_saved_model(fake_hub, tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         hub.push_model_folder(tmp_path, "org/xpl-model")

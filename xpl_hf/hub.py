@@ -57,6 +57,9 @@ EVAL_PROTOCOL = (
     "of the boxes; Flickr-SoundNet = sum of the annotators' boxes / 2, clipped to 1."
 )
 SPACE_VARIABLE = "XPL_MODEL_ID"
+# Training state that may sit next to the final model in the trainer's output folder: not part of the model repo.
+MODEL_IGNORE_PATTERNS = ("checkpoint-*/**", "runs/**", "logs/**", "*.pt", "__pycache__/**", "optimizer*.bin",
+                         "scheduler*.bin", "random_states_*.pkl", "scaler*.pt")
 # Files of the package that the Space does not need (tests, caches, metric scripts that load `evaluate`).
 _PACKAGE_IGNORE = ("__pycache__", "*.pyc", "*.pyo", ".pytest_cache")
 _SPACE_IGNORE = ("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", "xpl-output")
@@ -263,6 +266,9 @@ def push_model_folder(folder, repo_id: str, token: str | None = None, private: b
                       commit_message: str = "Upload XPL model", api: HfApi | None = None):
     """Create the model repo `repo_id` if needed and upload `folder` (save_pretrained output + README.md).
 
+    Training state (`checkpoint-*/`, TensorBoard `runs/`, optimizer / scheduler / RNG files) is left out; a missing
+    README.md is written first (a model card without results).
+
     Returns:
         The `CommitInfo` of the upload.
     """
@@ -270,11 +276,12 @@ def push_model_folder(folder, repo_id: str, token: str | None = None, private: b
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json; pass the folder written by save_pretrained or the "
                                 "trainer.")
+    if not (folder / "README.md").is_file():
+        write_model_card(folder, repo_id=repo_id)  # a card without results beats an empty model page
     api = api or HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True, token=token)
     return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder), token=token,
-                             commit_message=commit_message,
-                             ignore_patterns=["checkpoint-*/**", "runs/**", "*.pt", "__pycache__/**"])
+                             commit_message=commit_message, ignore_patterns=list(MODEL_IGNORE_PATTERNS))
 
 
 def _set_models_metadata(readme: Path, model_id: str) -> None:
