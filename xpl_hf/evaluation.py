@@ -32,6 +32,7 @@ Ground truth (224 x 224, float32):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -77,6 +78,11 @@ METRIC_PATH = str(Path(__file__).resolve().parent / "metrics" / "avsl_localizati
 """Directory of the ``evaluate`` metric: ``evaluate.load(METRIC_PATH)`` works offline."""
 
 _CHUNK = 64  # samples per vectorised step (64 x 224 x 224 float32 = 12.8 MB, reused by the allocator)
+
+METRIC_NUM_THREADS: int | None = 1
+"""torch threads used while scoring (restored afterwards; ``None`` keeps torch's setting). The scoring work is
+small, memory-bound element-wise passes: on the 2-core development machine, with other processes running, each
+step measured 3-5x slower with 2 threads than with 1 (5,158 VGG-SS samples: about 4 s of CPU single-threaded)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -321,6 +327,32 @@ def per_sample_ciou(predictions: Sequence[Any], ground_truths: Sequence[Any]) ->
     by_shape: dict[tuple[int, int], list[int]] = {}
     for index, tensor in enumerate(tensors):
         by_shape.setdefault(tuple(tensor.shape), []).append(index)
+    with _torch_threads(METRIC_NUM_THREADS):
+        _score_groups(tensors, ground_truths, by_shape, scores)
+    return scores
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None):
+    """Temporarily run torch's intra-op work on ``num_threads`` threads (``None``: unchanged)."""
+    previous = torch.get_num_threads()
+    if num_threads is None or num_threads == previous:
+        yield
+        return
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _score_groups(
+    tensors: list[torch.Tensor],
+    ground_truths: Sequence[Any],
+    by_shape: Mapping[tuple[int, int], list[int]],
+    scores: np.ndarray,
+) -> None:
+    """Fill ``scores[i]`` for every sample, one vectorised chunk of equal-shape maps at a time."""
     for indices in by_shape.values():
         for start in range(0, len(indices), _CHUNK):
             chunk = indices[start : start + _CHUNK]
@@ -328,7 +360,6 @@ def per_sample_ciou(predictions: Sequence[Any], ground_truths: Sequence[Any]) ->
             gts = torch.stack([_ground_truth_tensor(ground_truths[i], i) for i in chunk])
             binary = binarize_maps(normalize_maps(upsample_maps(maps)))
             scores[chunk] = ciou_scores(binary, gts).numpy()
-    return scores
 
 
 def localization_metrics(predictions: Sequence[Any], ground_truths: Sequence[Any]) -> dict[str, Any]:
