@@ -153,12 +153,17 @@ def load_model(source: str, device: str | None = None) -> LoadedModel:
     if path.exists():
         if not path.is_dir():
             raise ModelNotFound(f"`{source}` is a file; pass the folder written by training (save_pretrained).")
-        if not (path / "config.json").is_file() or not _has_weights(path):
-            checkpoints = sorted(p.name for p in path.glob("checkpoint-*"))
-            hint = (f" It holds only training checkpoints ({', '.join(checkpoints[-3:])}): training has not finished "
-                    "writing the final model yet.") if checkpoints else ""
-            raise ModelNotFound(f"`{source}` exists but holds no saved model (config.json + model.safetensors).{hint}")
         kind, location = "local folder", str(path)
+        if not (path / "config.json").is_file() or not _has_weights(path):
+            best = path / "best"  # train_xpl.py keeps the best validation model there while it trains
+            if (best / "config.json").is_file() and _has_weights(best):
+                kind, location = "best validation model so far: training has not finished", str(best)
+            else:
+                in_progress = (path / "checkpoints").is_dir() or any(path.glob("checkpoint-*"))
+                hint = (" It holds only training checkpoints: training has not finished writing the final model "
+                        "yet.") if in_progress else ""
+                raise ModelNotFound(f"`{source}` exists but holds no saved model (config.json + model.safetensors)."
+                                    f"{hint}")
     elif _looks_like_hub_id(source):
         kind, location = "Hub", source
     else:

@@ -119,6 +119,8 @@ def test_model_card_without_results_and_config_from_folder(tmp_path, tiny_config
 
 def test_results_list_and_bad_results():
     two = [RESULTS, {"dataset": "Flickr-SoundNet", "dataset_type": "flickr-soundnet", "fused": {"ciou": 80.0}}]
+    local = hub.eval_results_from_dict({"dataset": str(Path(__file__).parent), "fused": {"ciou": 1.0}})
+    assert local[0].dataset_name == "tests"  # a local folder is named by its last component
     results = hub.eval_results_from_dict(two)
     assert [r.dataset_name for r in results].count("Flickr-SoundNet") == 1
     with pytest.raises(ValueError, match="dataset"):
@@ -136,8 +138,9 @@ def model_folder(tmp_path, tiny_config):
     XPLModel(tiny_config).save_pretrained(folder)
     XPLProcessor.from_config(tiny_config).save_pretrained(folder)
     hub.write_model_card(folder, results=RESULTS)
-    (folder / "checkpoint-10").mkdir()
-    (folder / "checkpoint-10" / "optimizer.bin").write_bytes(b"0" * 10)
+    for sub in ("checkpoints/checkpoint_3", "best", "logs"):  # the trainer's training state next to the model
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "state.bin").write_bytes(b"0" * 10)
     return folder
 
 
@@ -150,7 +153,7 @@ def test_push_model_folder_plan(fake_hub, model_folder):
     assert commit["repo_id"] == "org/xpl-model" and commit["repo_type"] == "model"
     paths = set(commit["ops"])
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= paths
-    assert not any(p.startswith("checkpoint-") for p in paths)
+    assert not any(p.startswith(("checkpoints/", "best/", "logs/")) for p in paths)
     assert b"model-index" in commit["ops"]["README.md"]
     assert [t for t, _ in fake_hub.validated] == ["model"]  # the card's YAML is what the Hub would check
     assert not fake_hub.variables

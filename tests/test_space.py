@@ -12,6 +12,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import urllib.request  # noqa: E402
@@ -198,9 +199,11 @@ def test_model_lookup(app, tmp_path, monkeypatch, model_dir):
     sources = app.candidate_sources()
     assert sources[:2] == ["org/some-model", str(tmp_path)] and "xpl-output" in sources
     assert app.candidate_sources("my/folder") == ["my/folder"]  # an explicit model is the only candidate
-    (tmp_path / "checkpoint-100").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint_1").mkdir(parents=True)
     with pytest.raises(app.ModelNotFound, match="training has not finished"):
         app.load_model(str(tmp_path))
+    shutil.copytree(model_dir, tmp_path / "best")  # train_xpl.py's best-so-far model while training runs
+    assert "training has not finished" in app.load_model(str(tmp_path)).description
     with pytest.raises(app.ModelNotFound, match="does not exist"):
         app.load_model(str(tmp_path / "nope"))
     loaded = app.load_model(str(model_dir))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -58,8 +59,9 @@ EVAL_PROTOCOL = (
 )
 SPACE_VARIABLE = "XPL_MODEL_ID"
 # Training state that may sit next to the final model in the trainer's output folder: not part of the model repo.
-MODEL_IGNORE_PATTERNS = ("checkpoint-*/**", "runs/**", "logs/**", "*.pt", "__pycache__/**", "optimizer*.bin",
-                         "scheduler*.bin", "random_states_*.pkl", "scaler*.pt")
+MODEL_IGNORE_PATTERNS = ("checkpoints/**", "checkpoint-*/**", "best/**", ".tmp-*/**", ".old-*/**", "runs/**",
+                         "logs/**", "*.pt", "__pycache__/**", "optimizer*.bin", "scheduler*.bin",
+                         "random_states_*.pkl")
 # Files of the package that the Space does not need (tests, caches, metric scripts that load `evaluate`).
 _PACKAGE_IGNORE = ("__pycache__", "*.pyc", "*.pyo", ".pytest_cache")
 _SPACE_IGNORE = ("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", "xpl-output")
@@ -68,6 +70,13 @@ _SPACE_IGNORE = ("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", 
 # ----------------------------------------------------------------------------------------------------- model card
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "dataset"
+
+
+def _dataset_name(dataset) -> str:
+    """A local dataset folder is named by its last component (a Hub id or a plain name is kept as is)."""
+    text = str(dataset)
+    path = Path(text).expanduser()
+    return path.resolve().name if ("/" in text or os.sep in text) and path.exists() else text
 
 
 def _as_result_list(results) -> list[Mapping[str, Any]]:
@@ -90,7 +99,7 @@ def eval_results_from_dict(results) -> list[EvalResult]:
     for entry in _as_result_list(results):
         if not entry.get("dataset"):
             raise ValueError(f"a results entry needs a 'dataset' name: {dict(entry)!r}")
-        name = str(entry["dataset"])
+        name = _dataset_name(entry["dataset"])
         found = False
         for key, label in MODEL_KEYS.items():
             metrics = entry.get(key) or {}
@@ -125,7 +134,7 @@ def _results_table(results) -> str:
             ciou, auc = metrics.get("ciou"), metrics.get("auc")
             cell = lambda v: "-" if v is None else f"{float(v):.2f}"  # noqa: E731
             split = entry.get("split") or "test"
-            rows.append(f"| {entry['dataset']} | {split} | {label} | {cell(ciou)} | {cell(auc)} |")
+            rows.append(f"| {_dataset_name(entry['dataset'])} | {split} | {label} | {cell(ciou)} | {cell(auc)} |")
     if not rows:
         return ""
     return "| dataset | split | model | CIoU | AUC |\n| --- | --- | --- | --- | --- |\n" + "\n".join(rows)
