@@ -10,6 +10,8 @@ A thin wrapper around :func:`xpl_hf.evaluation.localization_metrics` (the one im
     metric = evaluate.load(METRIC_PATH, "flickr")          # references = Flickr boxes of all annotators / 256
 """
 
+# One import per line: evaluate parses the imports of this script to check its dependencies.
+# ruff: noqa: I001
 import datasets
 import evaluate
 import numpy as np
@@ -46,7 +48,8 @@ Examples:
 _CITATION = """\
 @inproceedings{chen2021localizing,
   title={Localizing Visual Sounds the Hard Way},
-  author={Chen, Honglie and Xie, Weidi and Afouras, Triantafyllos and Nagrani, Arsha and Vedaldi, Andrea and Zisserman, Andrew},
+  author={Chen, Honglie and Xie, Weidi and Afouras, Triantafyllos and Nagrani, Arsha and Vedaldi, Andrea
+          and Zisserman, Andrew},
   booktitle={CVPR},
   year={2021}
 }
