@@ -177,6 +177,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # bad arguments, missing model / dataset / id list
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
