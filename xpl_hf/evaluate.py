@@ -89,6 +89,9 @@ def load_subsets(args: argparse.Namespace) -> dict[str, list[str]]:
 def load_model_and_processor(model_id: str, device: torch.device, revision: str | None, token: str | None):
     from xpl_hf import XPLModel, XPLProcessor
 
+    looks_local = model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+    if looks_local and not Path(model_id).expanduser().is_dir():
+        raise FileNotFoundError(f"model folder {model_id!r} does not exist (pass a saved folder or a Hub model id)")
     model = XPLModel.from_pretrained(model_id, revision=revision, token=token).to(device).eval()
     try:
         processor = XPLProcessor.from_pretrained(model_id, revision=revision, token=token)
