@@ -90,7 +90,10 @@ def concat_batches(labeled: dict, unlabeled: dict) -> dict:
     return out
 
 
-def forward(model, batch: dict):
+def forward(model, batch: dict, channels_last: bool = False):
+    if channels_last:
+        batch = {**batch, **{k: batch[k].contiguous(memory_format=torch.channels_last)
+                             for k in ("pixel_values_a", "pixel_values_b")}}
     return model(pixel_values=batch["pixel_values_a"], pixel_values_b=batch["pixel_values_b"],
                  audio_log_mel=batch["audio_log_mel"], audio_waveform=batch["audio_waveform"])
 
@@ -158,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model = XPLModel(config)
         weights_report = load_pretrained_backbones(model) if args.pretrained_backbones else {}
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     pretrained_parts = {k for k, v in weights_report.items() if not v.startswith("random")}
     logger.info(f"Backbones: {json.dumps(weights_report, indent=1)}", main_process_only=True)
 
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
             batch = concat_batches(batch, next(unlabeled_iter))
         batch = to_device(batch, accelerator.device)
         with accelerator.accumulate(model):
-            out = forward(model, batch)
+            out = forward(model, batch, args.channels_last)
             loss, logs = compute_losses(
                 out, batch, spec, bank=bank, selector=selector, pl_step=state.step - args.warmup_stage_steps,
                 avc_weight=args.avc_weight, avc_temperature=args.avc_temperature, accelerator=accelerator)

@@ -219,9 +219,9 @@ def test_nan_loss_stops_with_a_checkpoint(tiny_benchmark, tmp_path, monkeypatch)
     real_forward = train_xpl.forward
     calls = {"n": 0}
 
-    def poisoned(model, batch):
+    def poisoned(model, batch, channels_last=False):
         calls["n"] += 1
-        out = real_forward(model, batch)
+        out = real_forward(model, batch, channels_last)
         if calls["n"] == 2:
             out.maps_a = out.maps_a * float("nan")
         return out
