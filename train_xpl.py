@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
             from xpl_hf.data.synthetic import generate_benchmark
 
             size = SYNTHETIC_SIZES[args.synthetic_size]
-            logger.info(f"Offline synthetic benchmark ({args.synthetic_size}) in {args.dataset}", main_process_only=True)
+            logger.info(f"Offline synthetic benchmark ({args.synthetic_size}) in {args.dataset}")
             generate_benchmark(args.dataset, seed=0, progress=accelerator.is_local_main_process, **size)
         accelerator.wait_for_everyone()
     elif not (Path(args.dataset).exists() or "/" in args.dataset):
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     rank = accelerator.process_index
     labeled_batches.load_state_dict(state.labeled[rank] if isinstance(state.labeled, list) else state.labeled)
     if unlabeled_stream is not None:
-        unlabeled_stream.load_state_dict(state.unlabeled[rank] if isinstance(state.unlabeled, list) else state.unlabeled)
+        position = state.unlabeled[rank] if isinstance(state.unlabeled, list) else state.unlabeled
+        unlabeled_stream.load_state_dict(position)
 
     if accelerator.is_main_process:
         accelerator.init_trackers(run_name(args), config={k: v if isinstance(v, (int, float, str, bool)) else str(v)

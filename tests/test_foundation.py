@@ -97,7 +97,8 @@ def test_original_backbone_layouts():
     assert [m.out_features for m in vggish.embeddings if isinstance(m, torch.nn.Linear)] == [4096, 4096, 128]
     assert [m.out_channels for m in vggish.features if isinstance(m, torch.nn.Conv2d)] == [64, 128, 256, 256, 512, 512]
     soundnet = SoundNet8()
-    layout = [(m.kernel_size[0], m.stride[0], m.padding[0]) for m in soundnet.modules() if isinstance(m, torch.nn.Conv1d)]
+    convs = [m for m in soundnet.modules() if isinstance(m, torch.nn.Conv1d)]
+    layout = [(m.kernel_size[0], m.stride[0], m.padding[0]) for m in convs]
     assert layout == [(64, 2, 32), (32, 2, 16), (16, 2, 8), (8, 2, 4), (4, 2, 2), (4, 2, 2), (4, 2, 2)]
     pools = [m.kernel_size for m in soundnet.modules() if isinstance(m, torch.nn.MaxPool1d)]
     assert pools == [8, 8, 4]

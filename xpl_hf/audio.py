@@ -130,7 +130,8 @@ def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     return resample_poly(x, up, down, window=_lowpass(up, down)).astype(np.float32, copy=False)
 
 
-def prepare_clip(waveform, sampling_rate: int, clip_seconds: float, target_rates: tuple[int, ...]) -> dict[int, np.ndarray]:
+def prepare_clip(waveform, sampling_rate: int, clip_seconds: float,
+                 target_rates: tuple[int, ...]) -> dict[int, np.ndarray]:
     """Mono clip of `clip_seconds` around the centre (tiled when short), at each of `target_rates`.
 
     Returns:

@@ -13,29 +13,12 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .curriculum import gather_varlen
+from .modeling_xpl import minmax_normalize  # P̂ of eq. 4; a flat map becomes all zeros ("no confident location")
 
 __all__ = [
     "minmax_normalize", "sharpen", "soft_pseudo_labels", "hard_pseudo_labels", "hash_ids", "PseudoLabelBank",
     "synced_bank_update",
 ]
-
-
-def minmax_normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-sample min-max normalisation to [0, 1]: P̂ = (P - min_u P) / (max_u P - min_u P).
-
-    Args:
-        maps: (B, h, w) (any trailing shape; min and max are taken per sample over all positions).
-    Returns:
-        float tensor of the same shape (dtype kept if floating). A flat map (max - min <= eps) becomes all
-        zeros, i.e. "no confident location": after sharpening it yields a near-zero pseudo-label. (The
-        evaluation protocol's "flat map unchanged" rule lives in ``xpl_hf.evaluation``, not here.)
-    """
-    x = maps if maps.is_floating_point() else maps.float()
-    flat = x.flatten(1)
-    lo = flat.min(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
-    hi = flat.max(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
-    rng = hi - lo
-    return torch.where(rng > eps, (x - lo) / rng.clamp_min(eps), torch.zeros_like(x))
 
 
 def sharpen(p_hat: torch.Tensor, temperature: float | None) -> torch.Tensor:

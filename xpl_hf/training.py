@@ -42,6 +42,7 @@ from .pseudo_labels import PseudoLabelBank, hard_pseudo_labels, soft_pseudo_labe
 logger = logging.getLogger(__name__)
 
 METHODS = ("xpl", "sup_only", "hard_pl", "sup_contrastive", "self_supervised")
+ABLATIONS = ("no_pl_ema", "no_cross_refine", "no_sharpening", "no_data_selection")
 DEFAULT_DATASET = "data/xpl-synthetic"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
@@ -63,8 +64,9 @@ class XPLTrainingArguments:
                                 "the default: 'tiny' (tests), 'demo' (README main job) or 'full' (5,000 samples)."})
     shuffle_buffer: int = field(default=0, metadata={"help": "Rows in the unlabeled stream's shuffle buffer (0 "
                                 "shuffles shards only). Resume is exact either way (see docs)."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes per data loader. Resume is "
-                                        "exact with 0 (default); with more, the unlabeled stream resumes approximately."})
+    dataloader_num_workers: int = field(default=0, metadata={
+        "help": "Worker processes per data loader. Resume is exact with 0 (default); with more, the unlabeled "
+                "stream resumes approximately."})
     on_bad_sample: str = field(default="skip", metadata={"help": "'skip' (warn with the id) or 'raise'."})
     # model
     model_name_or_path: str | None = field(default=None, metadata={"help": "Start from a saved XPL model."})
@@ -126,7 +128,7 @@ class XPLTrainingArguments:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"--method {self.method!r} is unknown; choose one of {METHODS}.")
-        ablations = [n for n in ("no_pl_ema", "no_cross_refine", "no_sharpening", "no_data_selection") if getattr(self, n)]
+        ablations = [n for n in ABLATIONS if getattr(self, n)]
         if ablations and self.method != "xpl":
             raise ValueError(f"--{ablations[0]} is an ablation of --method xpl, not of {self.method!r}.")
         if self.on_bad_sample not in ("skip", "raise"):
@@ -196,7 +198,7 @@ def method_spec(args: XPLTrainingArguments) -> MethodSpec:
 def run_name(args: XPLTrainingArguments) -> str:
     """A short name for the method + ablations, e.g. 'xpl', 'xpl-no_pl_ema', 'xpl-alpha0.5'."""
     parts = [args.method]
-    parts += [n for n in ("no_pl_ema", "no_cross_refine", "no_sharpening", "no_data_selection") if getattr(args, n)]
+    parts += [n for n in ABLATIONS if getattr(args, n)]
     if args.method == "xpl" and not args.no_pl_ema and args.pl_ema_alpha != 0.7:
         parts.append(f"alpha{args.pl_ema_alpha:g}")
     return "-".join(parts)
