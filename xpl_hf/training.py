@@ -100,8 +100,8 @@ class XPLTrainingArguments:
     warmup_stage_steps: int = field(default=100, metadata={"help": "Stage 1 (labeled only) length in steps."})
     train_batch_size: int = field(default=8, metadata={"help": "Labeled samples per step and process."})
     unlabeled_batch_size: int = field(default=8, metadata={"help": "Unlabeled samples per step and process."})
-    learning_rate: float = 1e-4
-    backbone_learning_rate_scale: float = field(default=0.1, metadata={"help": "LR factor of pretrained backbones."})
+    learning_rate: float = 1e-3
+    backbone_learning_rate_scale: float = field(default=1.0, metadata={"help": "LR factor of pretrained backbones."})
     weight_decay: float = 1e-4
     lr_scheduler_type: str = "cosine"
     lr_warmup_steps: int = 20
