@@ -350,10 +350,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [("losses", lambda k: k.startswith("train/loss")),
-              ("curriculum & pseudo-labels", lambda k: k in ("train/admitted_fraction", "train/consensus_mean")
-               or k.startswith("train/pl_ciou_")),
-              ("validation", lambda k: k.startswith("val/") and k.endswith("/ciou"))]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+              ("curriculum (admitted fraction, mean consensus ρ)",
+               lambda k: k in ("train/admitted_fraction", "train/consensus_mean")),
+              ("pseudo-label CIoU vs true boxes (%, diagnostic)", lambda k: k.startswith("train/pl_ciou_")),
+              ("validation CIoU (%)", lambda k: k.startswith("val/") and k.endswith("/ciou"))]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for ax, (title, keep) in zip(axes, panels):
         keys = sorted({k for entry in history for k in entry if keep(k)})
         for key in keys:
