@@ -13,6 +13,7 @@ live in `xpl_hf` (see `xpl_hf/training.py` for the table of methods and ablation
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         step_scheduler_with_optimizer=False,
     )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
     if accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_warning()
         transformers.utils.logging.set_verbosity_warning()

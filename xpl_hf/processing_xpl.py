@@ -83,6 +83,7 @@ class XPLProcessor(FeatureExtractionMixin):
         self._window = torch.hann_window(self.win_length, periodic=True)
         self._mean = torch.tensor(self.image_mean).view(3, 1, 1)
         self._std = torch.tensor(self.image_std).view(3, 1, 1)
+        self._mean255, self._inv_std255 = self._mean * 255.0, 1.0 / (self._std * 255.0)
 
     @classmethod
     def from_config(cls, config) -> XPLProcessor:
@@ -152,8 +153,8 @@ class XPLProcessor(FeatureExtractionMixin):
         """RGB PIL image -> (3, S, S) float32: squashed to S x S (bilinear), ImageNet-normalised."""
         if image.size != (self.image_size, self.image_size):
             image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-        return (x - self._mean) / self._std
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float()
+        return x.sub_(self._mean255).mul_(self._inv_std255)  # (x / 255 - mean) / std, in place
 
     # ------------------------------------------------------------------ audio
     def log_mel_examples(self, waveform_16k: torch.Tensor) -> torch.Tensor:
