@@ -276,3 +276,26 @@ def test_bad_audio_is_rejected_by_name(processor, audio, rate, message):
 def test_batch_length_mismatch(processor):
     with pytest.raises(ValueError, match="2 images but 1 audio"):
         processor(images=[Image.new("RGB", (8, 8))] * 2, audio=[np.zeros(16000, np.float32)], sampling_rate=16000)
+
+
+def test_unreachable_sources_fall_back_to_random_init_with_one_warning(monkeypatch, caplog):
+    """Offline, ResNet-18 and VGGish stay randomly initialised: one warning per backbone kind, said in the report."""
+    import xpl_hf.pretrained as pretrained
+
+    def offline(url):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(pretrained, "_download", offline)
+    monkeypatch.setattr(pretrained, "_warned", set())
+    model = XPLModel(XPLConfig(image_size=64, embed_dim=16))
+    before = model.branch_a.image_encoder.conv1.weight.detach().clone()
+    with caplog.at_level("WARNING", logger="xpl_hf.pretrained"):
+        report = load_pretrained_backbones(model)
+        load_pretrained_backbones(model)  # a second call does not warn again
+    assert report["branch_a.image_encoder"] == "random (source unreachable)"
+    assert report["branch_b.image_encoder"] == "random (source unreachable)"
+    assert report["branch_a.audio_encoder"] == "random (source unreachable)"
+    assert report["branch_b.audio_encoder"].startswith("SoundNet-8")
+    assert torch.equal(model.branch_a.image_encoder.conv1.weight, before)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("ResNet-18" in m for m in messages) == 1 and sum("VGGish" in m for m in messages) == 1

@@ -279,3 +279,23 @@ def test_stream_resume_skips_consumed_rows(tiny_benchmark):
     resumed.load_state_dict({"epoch": 0, "consumed": 12})
     it2 = iter(resumed)
     assert [next(it2)["ids"] for _ in range(7)] == batches[3:10]
+
+
+def test_push_to_hub_uploads_the_final_folder(tiny_benchmark, tmp_path, monkeypatch):
+    """--push_to_hub hands the finished folder (model, processor, card with model-index) to the Hub uploader."""
+    import xpl_hf.hub
+
+    pushed = {}
+
+    def fake_push(folder, repo_id, token=None, private=False, **kwargs):
+        pushed.update(folder=Path(folder), repo_id=repo_id, private=private,
+                      files=sorted(p.name for p in Path(folder).iterdir()))
+
+    monkeypatch.setattr(xpl_hf.hub, "push_model_folder", fake_push)
+    run_main(["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--max_train_steps", "1",
+              "--warmup_stage_steps", "1", "--eval_steps", "1", "--push_to_hub", "true",
+              "--hub_model_id", "org/xpl-tiny", "--hub_private", "true"])
+    assert pushed["repo_id"] == "org/xpl-tiny" and pushed["private"] is True and pushed["folder"] == tmp_path
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_xpl.py"):
+        assert name in pushed["files"], name
+    assert "org/xpl-tiny" in (tmp_path / "README.md").read_text()
