@@ -305,12 +305,13 @@ def aggregate(records: dict[str, list[dict]]) -> dict:
         entry["wall_s"] = [r["wall_s"] for r in runs]
         for key in ("train/admitted_fraction", "train/pl_ciou_a", "train/pl_ciou_b", "train/pl_ciou_admitted_a",
                     "train/pl_ciou_admitted_b", "train/consensus_mean"):
-            firsts, lasts = [], []
+            firsts, lasts = [], []  # mean of the first / last half of the logged windows of stage 2
             for r in runs:
-                s = series(r["log_history"], key)
+                s = [v for _, v in series(r["log_history"], key)]
                 if s:
-                    firsts.append(s[0][1])
-                    lasts.append(s[-1][1])
+                    half = max(len(s) // 2, 1)
+                    firsts.append(sum(s[:half]) / half)
+                    lasts.append(sum(s[-half:]) / half)
             if firsts:
                 entry[key] = {"first": firsts, "last": lasts}
         summary[row] = entry
@@ -344,6 +345,9 @@ def write_report(out: Path, command: str | None = None) -> dict:
     summary = aggregate(records)
     any_run = next((runs[0] for runs in records.values() if runs), None)
     lines = ["# Reproduction on the offline synthetic benchmark", ""]
+    if command is None and (out / "tables.md").is_file():  # --report_only keeps the training command
+        previous = [line for line in (out / "tables.md").read_text().splitlines() if line.startswith("Command: `")]
+        command = previous[0][len("Command: `"):-1] if previous else None
     if command:
         lines += [f"Command: `{command}`", ""]
     if any_run is not None:
@@ -389,7 +393,8 @@ def write_report(out: Path, command: str | None = None) -> dict:
                  ("train/pl_ciou_a", "PL CIoU A"), ("train/pl_ciou_b", "PL CIoU B"),
                  ("train/pl_ciou_admitted_a", "PL CIoU A (admitted)"),
                  ("train/pl_ciou_admitted_b", "PL CIoU B (admitted)"))
-    lines += ["## Diagnostics (stage 2, first → last logged value, mean over seeds)", "",
+    lines += ["## Diagnostics (stage 2: early → late = mean of the first → last half of its logged 5-step windows; "
+              "mean over seeds)", "",
               "Pseudo-label CIoU: the pseudo-labels of the unlabeled batch scored against the true boxes that the "
               "synthetic unlabeled split keeps for diagnostics only (never used in a loss).", "",
               "| row | " + " | ".join(label for _, label in diag_keys) + " |",
@@ -503,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if not args.report_only:
         run_grid(args, passthrough)
-    summary = write_report(Path(args.out), command=args.command)
+    summary = write_report(Path(args.out), command=None if args.report_only else args.command)
     print((Path(args.out) / "tables.md").read_text())
     missing = [(r, s) for s in args.seeds for r in args.rows if not raw_path(Path(args.out), r, s).is_file()]
     if missing and not args.report_only:
