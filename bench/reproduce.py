@@ -62,9 +62,9 @@ METHOD_ROWS = ["sup_only", "hard_pl", "sup_contrastive", "self_supervised", "xpl
 # (title, [(row, label)], paper's numbers note)
 TABLES = [
     ("Table 1 (methods; paper: Flickr-144k, 10% labeled)", [
-        ("sup_only", "Supervised only (L_sup)"),
+        ("sup_only", "Supervised only (L_sup + λ·L_avc on labelled)"),
         ("self_supervised", "Self-supervised (L_avc, EZ-VSL-like)"),
-        ("sup_contrastive", "Supervised + contrastive (L_sup + λ·L_avc)"),
+        ("sup_contrastive", "Supervised + contrastive (L_sup; λ·L_avc on all)"),
         ("hard_pl", "Hard pseudo-labels (vanilla self-training)"),
         ("xpl", "**XPL** (soft, sharpened, PL-EMA, cross, curriculum)"),
     ]),
