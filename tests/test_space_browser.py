@@ -15,13 +15,11 @@ import os
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-import importlib.util  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from test_space import free_port, load_app  # noqa: E402  (the app loader and port helper of the Space tests)
 
 from xpl_hf import XPLConfig, XPLModel, XPLProcessor  # noqa: E402
 
@@ -31,21 +29,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-s
                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-default-apps", "--disable-extensions"]
 TIMEOUT_MS = 30_000
-
-
-def _load_app():
-    if "xpl_space_app" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("xpl_space_app", REPO_ROOT / "space" / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["xpl_space_app"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["xpl_space_app"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +49,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
-    app = _load_app()
+    app = load_app()
     model = os.environ.get("XPL_SCREENSHOT_MODEL")
     if not model:
         config = XPLConfig(image_size=64, embed_dim=32, vggish_fc_dim=64)
@@ -77,7 +60,7 @@ def space(tmp_path_factory):
     examples = app.make_examples(tmp_path_factory.mktemp("examples"), count=2)
     demo = app.build_demo(model, examples_dir=Path(examples[0][0]).parent)
     assert demo.xpl_ready
-    demo.queue().launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
+    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                         **app.launch_kwargs(demo))
     yield demo.local_url, examples
     demo.close()

@@ -153,8 +153,8 @@ def test_sigkill_and_resume_is_exact(tiny_benchmark, tmp_path):
 
     assert losses(killed)[3] == losses(reference)[3] and losses(killed)[4] == losses(reference)[4]
     for index in (0, 1):  # custom_checkpoint_0 = bank, _1 = curriculum window
-        a = torch.load(reference / "checkpoints/checkpoint-4" / f"custom_checkpoint_{index}.pkl", weights_only=False)
-        b = torch.load(killed / "checkpoints/checkpoint-4" / f"custom_checkpoint_{index}.pkl", weights_only=False)
+        a = torch.load(reference / "checkpoints/checkpoint-4" / f"custom_checkpoint_{index}.pkl", weights_only=True)
+        b = torch.load(killed / "checkpoints/checkpoint-4" / f"custom_checkpoint_{index}.pkl", weights_only=True)
         for key in a:
             assert (torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key]), key
     # the final folder is a loadable model with processor, card and curves
