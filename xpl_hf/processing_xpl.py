@@ -81,9 +81,8 @@ class XPLProcessor(FeatureExtractionMixin):
             max_frequency=7500.0, sampling_rate=self.vggish_sample_rate, norm=None, mel_scale="htk",
             triangularize_in_mel_space=True, dtype=np.float32))  # (n_fft/2 + 1, 64)
         self._window = torch.hann_window(self.win_length, periodic=True)
-        self._mean = torch.tensor(self.image_mean).view(3, 1, 1)
-        self._std = torch.tensor(self.image_std).view(3, 1, 1)
-        self._mean255, self._inv_std255 = self._mean * 255.0, 1.0 / (self._std * 255.0)
+        self._mean255 = torch.tensor(self.image_mean) * 255.0  # (3,), broadcast over (S, S, 3)
+        self._inv_std255 = 1.0 / (torch.tensor(self.image_std) * 255.0)
 
     @classmethod
     def from_config(cls, config) -> XPLProcessor:
@@ -153,8 +152,9 @@ class XPLProcessor(FeatureExtractionMixin):
         """RGB PIL image -> (3, S, S) float32: squashed to S x S (bilinear), ImageNet-normalised."""
         if image.size != (self.image_size, self.image_size):
             image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
-        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float()
-        return x.sub_(self._mean255).mul_(self._inv_std255)  # (x / 255 - mean) / std, in place
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).float()  # (S, S, 3)
+        x.sub_(self._mean255).mul_(self._inv_std255)  # (x / 255 - mean) / std, in place
+        return x.permute(2, 0, 1)  # (3, S, S) in channels-last layout: no copy; batches stack channels-last
 
     # ------------------------------------------------------------------ audio
     def log_mel_examples(self, waveform_16k: torch.Tensor) -> torch.Tensor:
@@ -217,7 +217,8 @@ class XPLProcessor(FeatureExtractionMixin):
                     tensors.append(self.image_to_tensor(self.load_image(image)))
                 except ImageError as err:
                     raise ImageError(f"image {i}: {err}") from None
-            data["pixel_values"] = torch.stack(tensors)
+            # stack the (S, S, 3) data (a plain copy) and view it as (B, 3, S, S) in channels-last layout
+            data["pixel_values"] = torch.stack([t.permute(1, 2, 0) for t in tensors]).permute(0, 3, 1, 2)
         if audio is not None:
             single = not isinstance(audio, (list, tuple))
             clips = [audio] if single else list(audio)

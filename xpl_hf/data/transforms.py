@@ -186,13 +186,22 @@ class XPLCollator:
         return collate_samples(samples, same_views=not self.train)
 
 
+def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(3, S, S) tensors -> (B, 3, S, S) in channels-last layout.
+
+    The processor's image tensors are channels-last views of (S, S, 3) data, so stacking those (a plain copy) and
+    permuting back is cheaper than a transposing copy into NCHW, and the convolutions want channels-last anyway.
+    """
+    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+
+
 def collate_samples(samples: Sequence[dict[str, Any]], same_views: bool = False) -> dict[str, Any]:
     """Stack outputs of :class:`XPLSampleTransform` into a batch dict (see :class:`XPLCollator`)."""
-    pixel_a = torch.stack([s["pixel_values_a"] for s in samples])
+    pixel_a = stack_images([s["pixel_values_a"] for s in samples])
     batch = {
         "ids": [s["id"] for s in samples],
         "pixel_values_a": pixel_a,
-        "pixel_values_b": pixel_a if same_views else torch.stack([s["pixel_values_b"] for s in samples]),
+        "pixel_values_b": pixel_a if same_views else stack_images([s["pixel_values_b"] for s in samples]),
         "audio_log_mel": torch.stack([s["audio_log_mel"] for s in samples]),
         "audio_waveform": torch.stack([s["audio_waveform"] for s in samples]),
         "gt_maps": torch.from_numpy(np.stack([s["gt_map"] for s in samples])),
