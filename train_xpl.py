@@ -170,9 +170,10 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info(f"Backbones: {json.dumps(weights_report, indent=1)}", main_process_only=True)
 
     # ------------------------------------------------------------------------------------ optimiser
-    def is_pretrained_backbone(name: str) -> bool:
-        return args.model_name_or_path is not None and (".image_encoder." in name or ".audio_encoder." in name) or \
-            any(name.startswith(part + ".") for part in pretrained_parts)
+    def is_pretrained_backbone(name: str) -> bool:  # trains at --backbone_learning_rate_scale
+        part = ".".join(name.split(".")[:2])  # e.g. "branch_a.image_encoder"
+        from_checkpoint = args.model_name_or_path is not None and part.endswith("_encoder")
+        return from_checkpoint or part in pretrained_parts
 
     params = list(model.named_parameters())
     groups = [
