@@ -23,7 +23,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_scheduler
@@ -71,10 +71,6 @@ def parse_args(argv: list[str] | None = None) -> XPLTrainingArguments:
         argv = config_file_to_argv(argv[i + 1]) + argv  # the command line wins over the file
     (args,) = HfArgumentParser(XPLTrainingArguments).parse_args_into_dataclasses(args=argv)
     return args
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def concat_batches(labeled: dict, unlabeled: dict) -> dict:
@@ -244,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         if in_stage2:
             batch = concat_batches(batch, next(unlabeled_iter))
-        batch = to_device(batch, accelerator.device)
+        batch = send_to_device(batch, accelerator.device, non_blocking=True)
         with accelerator.accumulate(model):
             out = forward(model, batch, args.channels_last)
             loss, logs = compute_losses(

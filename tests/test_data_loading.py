@@ -5,10 +5,10 @@ import shutil
 import datasets
 import pyarrow.parquet as pq
 import pytest
+from conftest import make_benchmark
 
 from xpl_hf.data.loading import load_labeled, load_unlabeled_stream
 from xpl_hf.data.schema import DataValidationError
-from xpl_hf.data.synthetic import generate_benchmark
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 
@@ -16,16 +16,7 @@ datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    generate_benchmark(
-        str(root),
-        num_labeled=16,
-        num_unlabeled=40,
-        num_validation=8,
-        num_test=8,
-        image_size=64,
-        num_workers=1,
-        progress=False,
-    )
+    make_benchmark(str(root), num_unlabeled=40)
     return root
 
 

@@ -8,11 +8,11 @@ import datasets
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import make_benchmark
 
 from xpl_hf.data import prepare
 from xpl_hf.data.loading import load_labeled, load_unlabeled_stream
 from xpl_hf.data.schema import DataValidationError
-from xpl_hf.data.synthetic import generate_benchmark
 from xpl_hf.evaluation import ground_truth_map, vggss_ground_truths
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
@@ -25,16 +25,7 @@ VGGSS_JSON = os.path.join(METADATA, "vggss.json")
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    generate_benchmark(
-        str(root),
-        num_labeled=10,
-        num_unlabeled=8,
-        num_validation=0,
-        num_test=4,
-        image_size=64,
-        num_workers=1,
-        progress=False,
-    )
+    make_benchmark(str(root), num_labeled=10, num_unlabeled=8, num_validation=0, num_test=4)
     return root
 
 

@@ -8,11 +8,12 @@ import PIL.Image
 import pytest
 import soundfile as sf
 import torch
+from conftest import make_benchmark
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from xpl_hf.data.loading import load_labeled, load_unlabeled_stream
-from xpl_hf.data.synthetic import SyntheticConfig, generate_benchmark, generate_sample
+from xpl_hf.data.synthetic import SyntheticConfig, generate_sample
 from xpl_hf.data.transforms import GEOMETRIC_OPS, BadSampleError, ColorRandAugment, XPLCollator
 from xpl_hf.evaluation import ground_truth_map
 from xpl_hf.processing_xpl import XPLProcessor
@@ -126,16 +127,7 @@ def test_bad_sample_skip_and_strict(processor, rows, case, caplog):
 
 
 def test_dataloader_over_loaded_splits(processor, tmp_path):
-    generate_benchmark(
-        str(tmp_path),
-        num_labeled=6,
-        num_unlabeled=8,
-        num_validation=2,
-        num_test=2,
-        image_size=64,
-        num_workers=1,
-        progress=False,
-    )
+    make_benchmark(str(tmp_path), num_labeled=6, num_unlabeled=8, num_validation=2, num_test=2)
     labeled = load_labeled(str(tmp_path), "labeled")
     batches = list(DataLoader(labeled, batch_size=4, collate_fn=XPLCollator(processor, train=True)))
     assert [len(b["ids"]) for b in batches] == [4, 2]

@@ -294,6 +294,14 @@ def _index_dir(directory: str, extensions: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def _index_media(input_dir: str, frames_dir: str, audio_dir: str, what: str) -> tuple[dict[str, str], dict[str, str]]:
+    """{id: frame path} and {id: audio path} of a dataset download; a missing folder is an error naming it."""
+    if not os.path.isdir(input_dir):
+        raise FileNotFoundError(f"{what} folder {input_dir!r} does not exist")
+    return (_index_dir(os.path.join(input_dir, frames_dir), IMAGE_EXTENSIONS),
+            _index_dir(os.path.join(input_dir, audio_dir), AUDIO_EXTENSIONS))
+
+
 def folder_candidates(input_dir: str) -> tuple[list[Candidate], ConversionReport]:
     """Candidates of a ``folder`` input (``annotations.json``)."""
     path = os.path.join(input_dir, "annotations.json")
@@ -344,10 +352,7 @@ def flickr_candidates(
     """Candidates of a Flickr-SoundNet download (see module docstring)."""
     from xpl_hf.evaluation import flickr_boxes_from_xml
 
-    if not os.path.isdir(input_dir):
-        raise FileNotFoundError(f"Flickr-SoundNet folder {input_dir!r} does not exist")
-    frames = _index_dir(os.path.join(input_dir, frames_dir), IMAGE_EXTENSIONS)
-    audio = _index_dir(os.path.join(input_dir, audio_dir), AUDIO_EXTENSIONS)
+    frames, audio = _index_media(input_dir, frames_dir, audio_dir, "Flickr-SoundNet")
     xmls = _index_dir(os.path.join(input_dir, annotations_dir), (".xml",))
     report = ConversionReport("flickr")
     out: list[Candidate] = []
@@ -426,10 +431,7 @@ def vggss_candidates(
     audio_dir: str = "audio",
 ) -> tuple[list[Candidate], ConversionReport]:
     """Candidates of a VGG-Sound / VGG-SS download (see module docstring)."""
-    if not os.path.isdir(input_dir):
-        raise FileNotFoundError(f"VGG-Sound folder {input_dir!r} does not exist")
-    frames = _index_dir(os.path.join(input_dir, frames_dir), IMAGE_EXTENSIONS)
-    audio = _index_dir(os.path.join(input_dir, audio_dir), AUDIO_EXTENSIONS)
+    frames, audio = _index_media(input_dir, frames_dir, audio_dir, "VGG-Sound")
     records, stats = vggss_annotations(annotations)
     report = ConversionReport(
         "vggss",
@@ -493,35 +495,22 @@ def convert(
         candidates, report = vggss_candidates(input_dir, **kwargs)
     else:
         raise ValueError(f"unknown dataset kind {kind!r}; expected folder, flickr or vggss")
+
+    def write(items):
+        return write_dataset(items, output, kind, num_shards=num_shards, num_workers=num_workers, strict=strict,
+                             progress=progress, report=report)
+
     if kind == "vggss":
         # the heard/unheard splits repeat test ids; duplicates are only checked within a split there
         by_split: dict[str, list[Candidate]] = defaultdict(list)
         for c in candidates:
             by_split[c.split].append(c)
         for items in by_split.values():
-            write_dataset(
-                items,
-                output,
-                kind,
-                num_shards=num_shards,
-                num_workers=num_workers,
-                strict=strict,
-                progress=progress,
-                report=report,
-            )
+            write(items)
         return report
     if strict and report.num_skipped:
         raise DataValidationError(f"bad entries: {dict(report.skipped)}")
-    return write_dataset(
-        candidates,
-        output,
-        kind,
-        num_shards=num_shards,
-        num_workers=num_workers,
-        strict=strict,
-        progress=progress,
-        report=report,
-    )
+    return write(candidates)
 
 
 def main(argv: list[str] | None = None) -> ConversionReport:
