@@ -79,7 +79,7 @@ class XPLProcessor(FeatureExtractionMixin):
         self._mel_filters = torch.from_numpy(mel_filter_bank(
             num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=self.num_mel_bins, min_frequency=125.0,
             max_frequency=7500.0, sampling_rate=self.vggish_sample_rate, norm=None, mel_scale="htk",
-            triangularize_in_mel_space=True, dtype=np.float32))  # (n_fft/2 + 1, 64)
+            triangularize_in_mel_space=True).astype(np.float32))  # (n_fft/2 + 1, 64); 5.17 has no dtype=
         self._window = torch.hann_window(self.win_length, periodic=True)
         self._mean255 = torch.tensor(self.image_mean) * 255.0  # (3,), broadcast over (S, S, 3)
         self._inv_std255 = 1.0 / (torch.tensor(self.image_std) * 255.0)
