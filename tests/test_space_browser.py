@@ -1,8 +1,11 @@
-"""The Space in a real browser: headless Debian Chromium driven by Python playwright (no `playwright install`).
+"""The Space in a real browser: headless Chromium (Debian's package in CI) driven by Python playwright.
 
-Needs `apt-get install -y chromium` (the CI script installs it); without it this test FAILS with that instruction,
-on purpose, rather than skipping. It uploads a frame and a WAV, clicks, waits for the three heat maps and ρ,
-saves a screenshot, then checks that a corrupt image gets a readable message in the page.
+The browser is the first of: `$CHROMIUM` (or `$XPL_CHROMIUM`), `chromium` / `chromium-browser` on the PATH,
+/usr/bin/chromium, and a Chromium that playwright already has (`playwright install` fetches one; nothing is downloaded
+here). Without any, the test SKIPS with the install command (`apt-get install -y chromium`), so the README's test
+command passes on a fresh machine; with `XPL_REQUIRE_BROWSER=1` (set by `.ci/run`, which installs Chromium first) it
+FAILS instead. It uploads a frame and a WAV, clicks, waits for the three heat maps and ρ, saves a screenshot, then
+checks that a corrupt image gets a readable message in the page.
 
 Screenshot: written to the test's tmp folder; with XPL_SAVE_SCREENSHOT=1 (or =PATH) also copied to
 docs/space_screenshot.png (or PATH). XPL_SCREENSHOT_MODEL=DIR_OR_HUB_ID uses that model instead of the tiny random
@@ -16,6 +19,7 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import shutil  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -24,25 +28,63 @@ from test_space import free_port, load_app  # noqa: E402  (the app loader and po
 from xpl_hf import XPLConfig, XPLModel, XPLProcessor  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("XPL_CHROMIUM", "/usr/bin/chromium")
+INSTALL_HINT = ("install it with `apt-get install -y chromium` (Debian/Ubuntu) or point $CHROMIUM at a Chromium/Chrome "
+                "binary")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-default-apps", "--disable-extensions"]
 TIMEOUT_MS = 30_000
+SYSTEM_CHROMIUM = "/usr/bin/chromium"
+
+
+def browser_required() -> bool:
+    """`XPL_REQUIRE_BROWSER=1` (CI) turns a missing browser or playwright into a failure instead of a skip."""
+    return os.environ.get("XPL_REQUIRE_BROWSER", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _missing(reason: str):
+    """Skip (fresh machine) or fail (XPL_REQUIRE_BROWSER=1) with `reason`."""
+    if browser_required():
+        pytest.fail(f"{reason} (XPL_REQUIRE_BROWSER=1: the real-browser test must run)")
+    pytest.skip(reason)
+
+
+def find_chromium(playwright=None) -> str | None:
+    """The Chromium binary to drive, or None: $CHROMIUM / $XPL_CHROMIUM, the PATH, /usr/bin/chromium, playwright's.
+
+    An environment variable that names a missing file is an error (a typo should not turn into a skip).
+    """
+    for variable in ("CHROMIUM", "XPL_CHROMIUM"):
+        value = os.environ.get(variable)
+        if value:
+            path = shutil.which(value) or (value if Path(value).is_file() else None)
+            if path is None:
+                pytest.fail(f"${variable}={value!r} is not an executable file; {INSTALL_HINT}.")
+            return path
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if Path(SYSTEM_CHROMIUM).is_file():
+        return SYSTEM_CHROMIUM
+    if playwright is not None:  # a browser playwright already holds (`playwright install`); never downloaded here
+        bundled = playwright.chromium.executable_path
+        if bundled and Path(bundled).is_file():
+            return bundled
+    return None
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` (Debian) or set "
-                    "XPL_CHROMIUM to a Chromium binary. This real-browser test does not skip.")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("The Python package `playwright` is missing: `pip install playwright` (no `playwright install` "
-                    "needed, the system Chromium is used).")
+        _missing("The Python package `playwright` is missing: `pip install playwright` (or `pip install -e .[dev]`); "
+                 "no `playwright install` is needed when a system Chromium is used.")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        chromium = find_chromium(p)
+        if chromium is None:
+            _missing(f"No Chromium found for the real-browser test of the Space: {INSTALL_HINT}.")
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
@@ -104,3 +146,36 @@ def test_upload_click_and_see_heat_maps(browser, space, tmp_path):
     page.get_by_text("Could not read the image").first.wait_for(state="visible")
     page.screenshot(path=str(tmp_path / "space_error.png"))
     page.close()
+
+
+# --------------------------------------------------------------------- discovery: skip on a fresh machine, fail in CI
+@pytest.fixture
+def no_browser(monkeypatch, tmp_path):
+    """A machine without any Chromium: empty PATH, no $CHROMIUM, no system binary."""
+    for variable in ("CHROMIUM", "XPL_CHROMIUM", "XPL_REQUIRE_BROWSER"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(sys.modules[__name__], "SYSTEM_CHROMIUM", str(tmp_path / "no-chromium"))
+
+
+def test_missing_browser_skips_with_the_install_command(no_browser):
+    assert find_chromium() is None
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):
+        _missing(f"No Chromium found: {INSTALL_HINT}.")
+
+
+def test_missing_browser_fails_when_required(no_browser, monkeypatch):
+    monkeypatch.setenv("XPL_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="XPL_REQUIRE_BROWSER=1"):
+        _missing(f"No Chromium found: {INSTALL_HINT}.")
+
+
+def test_browser_from_environment(no_browser, monkeypatch, tmp_path):
+    fake = tmp_path / "my-chrome"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CHROMIUM", str(fake))
+    assert find_chromium() == str(fake)
+    monkeypatch.setenv("CHROMIUM", str(tmp_path / "typo"))
+    with pytest.raises(pytest.fail.Exception, match="not an executable file"):
+        find_chromium()
