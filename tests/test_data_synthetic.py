@@ -9,7 +9,15 @@ import PIL.Image
 import pyarrow.parquet as pq
 import soundfile as sf
 
-from xpl_hf.data.synthetic import CLASSES, MANIFEST_NAME, SyntheticConfig, generate_benchmark, generate_sample, main
+from xpl_hf.data.synthetic import (
+    CLASSES,
+    GENERATOR_VERSION,
+    MANIFEST_NAME,
+    SyntheticConfig,
+    generate_benchmark,
+    generate_sample,
+    main,
+)
 
 SIZES = dict(num_labeled=12, num_unlabeled=16, num_validation=6, num_test=6, image_size=64)
 
@@ -24,8 +32,9 @@ def test_generate_splits_and_schema(tmp_path):
     }
     assert len(manifest["splits"]["unlabeled"]["files"]) == 4  # shardable across 2 ranks
     table = pq.read_table(tmp_path / manifest["splits"]["labeled"]["files"][0])
-    assert table.column_names == ["id", "image", "audio", "boxes", "gt_rule", "label"]
+    assert table.column_names == ["id", "image", "audio", "boxes", "gt_rule", "label", "true_boxes"]
     row = table.slice(0, 1).to_pylist()[0]
+    assert row["true_boxes"] is None  # labeled splits: the box is in `boxes`
     image = PIL.Image.open(io.BytesIO(row["image"]["bytes"]))
     assert image.format == "JPEG" and image.size == (64, 64)
     wave, sr = sf.read(io.BytesIO(row["audio"]["bytes"]))
@@ -42,6 +51,15 @@ def test_reuse_and_regenerate(tmp_path):
     stamp = os.path.getmtime(tmp_path / MANIFEST_NAME)
     m2 = generate_benchmark(str(tmp_path), **SIZES, num_workers=1, progress=False)
     assert m1 == m2 and os.path.getmtime(tmp_path / MANIFEST_NAME) == stamp  # reused
+    # A folder written by an older generator (another on-disk format) is regenerated, not reused.
+    stale = {**m1, "version": GENERATOR_VERSION - 1}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(stale))
+    m2 = generate_benchmark(str(tmp_path), **SIZES, num_workers=1, progress=False)
+    assert m2["version"] == GENERATOR_VERSION and os.path.getmtime(tmp_path / MANIFEST_NAME) > stamp
+    stamp = os.path.getmtime(tmp_path / MANIFEST_NAME)
+    (tmp_path / "README.md").unlink()  # a folder without its dataset card is not complete either
+    generate_benchmark(str(tmp_path), **SIZES, num_workers=1, progress=False)
+    assert (tmp_path / "README.md").is_file() and os.path.getmtime(tmp_path / MANIFEST_NAME) > stamp
     m3 = generate_benchmark(str(tmp_path), **{**SIZES, "num_test": 4}, num_workers=1, progress=False)
     assert m3["splits"]["test"]["num_rows"] == 4
     assert json.load(open(tmp_path / MANIFEST_NAME))["params"]["num_test"] == 4

@@ -1,4 +1,4 @@
-"""The xpl-hf dataset schema (DESIGN §3) and the validation rules every dataset goes through.
+"""The xpl-hf dataset schema and the validation rules every dataset goes through.
 
 Every split of every dataset (Flickr-SoundNet, VGG-SS, a user folder, the synthetic benchmark) is stored with the
 same :class:`datasets.Features`:
@@ -14,7 +14,10 @@ column      feature                                meaning
 ``label``   ``Value("string")``                    class name (may be empty)
 =========== ====================================== =====================================================
 
-The synthetic benchmark's unlabeled split adds ``true_boxes`` (same type as ``boxes``), used only for diagnostics.
+The synthetic benchmark adds ``true_boxes`` (same type as ``boxes``) to **every** split, so that all its splits share
+one feature set and ``datasets.load_dataset(folder)`` reads them together: the exact box of the sounding object in the
+unlabeled split (diagnostics only, never used for training), ``None`` in the labeled and evaluation splits (their
+``boxes`` already hold it).
 
 Audio is stored undecoded on purpose: ``datasets`` 5 decodes ``Audio`` only through torchcodec + system FFmpeg,
 so every reader here decodes the bytes with soundfile instead.
@@ -51,10 +54,10 @@ class DataValidationError(ValueError):
 
 
 def xpl_features(with_true_boxes: bool = False, decode_image: bool = True) -> Features:
-    """The DESIGN §3 schema as :class:`datasets.Features`.
+    """The xpl-hf schema as :class:`datasets.Features`.
 
     Args:
-        with_true_boxes: add the diagnostic ``true_boxes`` column (synthetic unlabeled split).
+        with_true_boxes: add the diagnostic ``true_boxes`` column (every split of the synthetic benchmark).
         decode_image: ``Image(decode=...)``. Training loaders use ``False`` so that a corrupt image reaches the
             transform (which names the sample) instead of failing inside the dataset iterator.
     """
@@ -74,8 +77,24 @@ def xpl_features(with_true_boxes: bool = False, decode_image: bool = True) -> Fe
 XPL_FEATURES = xpl_features()
 """The schema of every labeled / evaluation split."""
 
-SYNTHETIC_UNLABELED_FEATURES = xpl_features(with_true_boxes=True)
-"""The schema of the synthetic benchmark's unlabeled split (adds ``true_boxes``)."""
+SYNTHETIC_FEATURES = xpl_features(with_true_boxes=True)
+"""The schema of every split of the synthetic benchmark (adds ``true_boxes``; ``None`` outside the unlabeled split)."""
+
+SYNTHETIC_UNLABELED_FEATURES = SYNTHETIC_FEATURES
+"""Former name of :data:`SYNTHETIC_FEATURES` (the unlabeled split used to be the only one with ``true_boxes``)."""
+
+COLUMN_DESCRIPTIONS = {
+    "id": "unique sample id (keys the pseudo-label bank)",
+    "image": "the video frame, encoded image bytes (JPEG/PNG), decoded by PIL",
+    "audio": "encoded bytes of a WAV/FLAC/OGG file (`Audio(decode=False)`: decode with soundfile, no FFmpeg needed)",
+    "boxes": "boxes of the sounding object(s), `[x0, y0, x1, y1]` normalised to [0, 1]; empty when unlabeled",
+    "gt_rule": "how boxes become a ground-truth map: `union` (VGG-SS), `flickr` (sum of annotators' boxes / 2, "
+               "clipped to 1) or `none` (unlabeled)",
+    "label": "class name of the sounding object (may be empty)",
+    "true_boxes": "diagnostics only: the hidden exact box of an unlabeled sample (never used for training); null in "
+                  "splits whose `boxes` already hold it",
+}
+"""One line per column of the schema, for dataset cards and error messages."""
 
 
 def check_columns(column_names: Iterable[str], *, where: str = "dataset", require_boxes: bool = True) -> None:

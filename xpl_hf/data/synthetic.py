@@ -12,9 +12,12 @@ classes, two triangular ones, similar reds and yellows, similar pitch ranges), s
 Splits (all in the xpl-hf schema, see :mod:`xpl_hf.data.schema`):
 
 * ``labeled``: boxes of the sounding object, ``gt_rule="union"``;
-* ``unlabeled``: empty ``boxes``, ``gt_rule="none"``, plus ``true_boxes`` (diagnostics only, never for training);
-  written as several shards so that streaming can split it across processes;
+* ``unlabeled``: empty ``boxes``, ``gt_rule="none"``, and the hidden box in ``true_boxes`` (diagnostics only, never
+  for training); written as several shards so that streaming can split it across processes;
 * ``validation`` and ``test``: like ``labeled``.
+
+Every split has the same columns (``true_boxes`` is ``None`` outside the unlabeled split), and the folder gets a
+dataset card (``README.md``), so ``datasets.load_dataset(DIR)`` returns all four splits, with ``streaming=True`` too.
 
 Everything is seeded per sample (``seed``, split, index), so the output does not depend on the number of worker
 processes. Command line::
@@ -44,15 +47,21 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from .schema import SYNTHETIC_UNLABELED_FEATURES, XPL_FEATURES
-from .shards import ShardWriter, even_shard_sizes, split_shard_paths
+from .schema import SYNTHETIC_FEATURES
+from .shards import CARD_NAME, ShardWriter, even_shard_sizes, split_shard_paths, write_dataset_card
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "xpl_synthetic.json"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # of the folder's format: a manifest of another version is regenerated
+SAMPLE_VERSION = 2  # of the samples themselves (part of every sample's seed): bump only when the content changes
 SCALE_RANGE = {1: (0.3, 0.45), 2: (0.26, 0.4), 3: (0.23, 0.33)}  # object radius / image side, by count
 SPLITS = ("labeled", "unlabeled", "validation", "test")
+SIZES = {  # named benchmark sizes of `train_xpl.py --synthetic_size`: 10% of the training pool labelled
+    "tiny": dict(num_labeled=16, num_unlabeled=48, num_validation=12, num_test=12, image_size=64),
+    "demo": dict(num_labeled=150, num_unlabeled=1350, num_validation=150, num_test=300, image_size=128),
+    "full": dict(num_labeled=450, num_unlabeled=4050, num_validation=250, num_test=500, image_size=224),
+}
 _SPLIT_CODES = {name: i for i, name in enumerate(SPLITS)}
 
 
@@ -417,7 +426,7 @@ def _encode_wav(wave: np.ndarray, sr: int) -> bytes:
 
 def generate_sample(config: SyntheticConfig, split: str, index: int) -> dict[str, Any]:
     """Generate row ``index`` of ``split`` (deterministic in ``config.seed``, split and index)."""
-    rng = np.random.default_rng(np.random.SeedSequence([config.seed, _SPLIT_CODES[split], index, GENERATOR_VERSION]))
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, _SPLIT_CODES[split], index, SAMPLE_VERSION]))
     n_obj = int(rng.integers(2, 4))
     classes = [int(c) for c in rng.choice(len(CLASSES), size=n_obj, replace=False)]
     k = int(rng.integers(0, n_obj))
@@ -434,6 +443,7 @@ def generate_sample(config: SyntheticConfig, split: str, index: int) -> dict[str
         "boxes": [boxes[k]],
         "gt_rule": "union",
         "label": CLASSES[classes[k]].name,
+        "true_boxes": None,
     }
     if split == "unlabeled":
         row["true_boxes"] = row["boxes"]
@@ -482,7 +492,7 @@ def generate_benchmark(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Generate the synthetic benchmark into ``out_dir`` (parquet shards + ``xpl_synthetic.json`` manifest).
+    """Generate the synthetic benchmark into ``out_dir`` (parquet shards, dataset card, ``xpl_synthetic.json``).
 
     If ``out_dir`` already holds a complete benchmark generated with the same parameters (and generator version),
     nothing is generated and its manifest is returned; otherwise the splits are (re)written.
@@ -521,6 +531,7 @@ def generate_benchmark(
         and existing.get("version") == GENERATOR_VERSION
         and existing.get("params") == config.to_json()
         and all(os.path.exists(os.path.join(out_dir, p)) for s in existing["splits"].values() for p in s["files"])
+        and (not existing["splits"] or os.path.exists(os.path.join(out_dir, CARD_NAME)))
     ):
         logger.info("reusing the synthetic benchmark in %s", out_dir)
         return existing
@@ -542,7 +553,7 @@ def generate_benchmark(
         from tqdm.auto import tqdm
 
         for split, n in config.split_sizes().items():
-            features = SYNTHETIC_UNLABELED_FEATURES if split == "unlabeled" else XPL_FEATURES
+            features = SYNTHETIC_FEATURES  # one feature set for every split: load_dataset(out_dir) reads them together
             shards = config.unlabeled_shards if split == "unlabeled" else 1
             if n == 0:  # drop the split's old shards, write nothing
                 for old in split_shard_paths(out_dir, split):
@@ -557,6 +568,9 @@ def generate_benchmark(
         if pool is not None:
             pool.close()
             pool.join()
+    if splits:
+        write_dataset_card(out_dir, "synthetic", details={"generator_version": GENERATOR_VERSION, **config.to_json(),
+                                                          "classes": ", ".join(CLASS_NAMES)})
     manifest = {
         "generator": "xpl_hf.data.synthetic",
         "version": GENERATOR_VERSION,
