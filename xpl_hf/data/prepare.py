@@ -54,7 +54,7 @@ from typing import Any
 
 from .decoding import decode_audio, decode_image
 from .schema import XPL_FEATURES, BoxReport, DataValidationError, check_gt_rule, clean_boxes
-from .shards import ShardWriter, even_shard_sizes, split_shard_paths
+from .shards import ShardWriter, even_shard_sizes, split_shard_paths, write_dataset_card
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +246,7 @@ def write_dataset(
             pool.join()
     with open(os.path.join(output, REPORT_NAME), "w") as f:
         json.dump(report.as_dict(), f, indent=2)
+    write_dataset_card(output, kind)  # README.md: configs, features, provenance and licence of every split written
     return report
 
 
