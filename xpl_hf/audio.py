@@ -8,7 +8,10 @@ Rules applied to every clip (also documented in the README, "Input rules"):
   peak (no clipping);
 - several channels are averaged to mono; a 2-D array is read as (channels, samples) when it has fewer rows than
   columns, else as (samples, channels);
-- empty clips, clips shorter than `MIN_SECONDS`, and clips holding NaN or infinite values are rejected;
+- empty clips, clips shorter than `MIN_SECONDS`, clips holding NaN or infinite values, and sample rates outside
+  [`MIN_SAMPLE_RATE`, `MAX_SAMPLE_RATE`] are rejected. `check_waveform` holds these rules; the processor (through
+  `prepare_clip`) and the dataset converters (`xpl_hf.data.prepare`) both call it, so a clip a converter accepts is
+  a clip training and inference accept;
 - silent clips are accepted (they are valid, if uninformative, input);
 - a clip is cut to `clip_seconds` around its centre, or tiled (repeated) to that length when shorter.
 """
@@ -29,18 +32,31 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
 
 
 class AudioError(ValueError):
-    """An audio input that cannot be used; the message names the problem."""
+    """An audio input that cannot be used; the message names the problem.
+
+    `reason` is a short category of the problem ("empty audio", "NaN audio", "audio too short", "bad sample rate",
+    "bad audio array", "unreadable audio"), used to group problems in reports.
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable audio"):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # keep `reason` across processes (converter workers)
+        return type(self), (str(self), self.reason)
 
 
 def check_sample_rate(sampling_rate) -> int:
     """Return `sampling_rate` as an int, or raise AudioError if it is missing, not a whole number or implausible."""
     if sampling_rate is None:
-        raise AudioError("sampling_rate is required for audio given as an array (e.g. sampling_rate=16000).")
+        raise AudioError("sampling_rate is required for audio given as an array (e.g. sampling_rate=16000).",
+                         "bad sample rate")
     if isinstance(sampling_rate, bool) or not float(sampling_rate).is_integer():
-        raise AudioError(f"sampling_rate={sampling_rate!r} is not a whole number of Hz.")
+        raise AudioError(f"sampling_rate={sampling_rate!r} is not a whole number of Hz.", "bad sample rate")
     rate = int(sampling_rate)
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise AudioError(f"sampling_rate={rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}].")
+        raise AudioError(f"sampling_rate={rate} Hz is outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}].",
+                         "bad sample rate")
     return rate
 
 
@@ -48,7 +64,7 @@ def _open(source) -> sf.SoundFile:
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):
             if len(source) == 0:
-                raise AudioError("the audio file is empty (0 bytes).")
+                raise AudioError("the audio file is empty (0 bytes).", "empty audio")
             return sf.SoundFile(io.BytesIO(bytes(source)))
         if isinstance(source, (str, os.PathLike)):
             if not os.path.exists(source):
@@ -80,28 +96,56 @@ def decode_audio(source, clip_seconds: float | None = None) -> tuple[np.ndarray,
     return np.ascontiguousarray(data.T), rate
 
 
-def to_mono_float(waveform) -> np.ndarray:
-    """Any 1-D or 2-D array of samples -> float32 mono (samples,) in [-1, 1] (see the module rules)."""
+def to_mono_float(waveform, what: str = "audio") -> np.ndarray:
+    """Any 1-D or 2-D array of samples -> float32 mono (samples,) in [-1, 1] (see the module rules).
+
+    `what` names the clip in error messages (e.g. "audio 'clip.wav'").
+    """
     x = np.asarray(waveform)
     if x.dtype == object or x.dtype.kind not in "iuf":
-        raise AudioError(f"audio array has dtype {x.dtype}; expected integer or floating-point samples.")
+        raise AudioError(f"{what} array has dtype {x.dtype}; expected integer or floating-point samples.",
+                         "bad audio array")
     if x.ndim == 2:
         if x.shape[0] > x.shape[1]:  # (samples, channels)
             x = x.T
     elif x.ndim != 1:
-        raise AudioError(f"audio array has shape {x.shape}; expected (samples,) or (channels, samples).")
+        raise AudioError(f"{what} array has shape {x.shape}; expected (samples,) or (channels, samples).",
+                         "bad audio array")
     if x.size == 0:
-        raise AudioError("audio is empty (0 samples).")
+        raise AudioError(f"{what} is empty (0 samples).", "empty audio")
     if x.dtype.kind in "iu":
         info = np.iinfo(x.dtype)
         x = (x.astype(np.float32) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
     x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
-        raise AudioError("audio contains NaN or infinite samples.")
+        raise AudioError(f"{what} contains NaN or infinite samples.", "NaN audio")
     if x.ndim == 2:
         x = x.mean(axis=0)
     peak = float(np.abs(x).max())
     return x / peak if peak > 1.0 else x
+
+
+def check_waveform(waveform, sampling_rate, what: str = "audio") -> tuple[np.ndarray, int]:
+    """Apply the input rules (module docstring) to one clip; the one check behind the processor and the converters.
+
+    Args:
+        waveform: array (samples,) or (channels, samples) / (samples, channels), integer or float samples.
+        sampling_rate: its rate in Hz.
+        what: names the clip in error messages (e.g. "audio 'clip.wav'").
+
+    Returns:
+        `(mono, rate)`: float32 (samples,) in [-1, 1] and the rate as an int.
+
+    Raises:
+        AudioError: bad rate, dtype or shape, empty, NaN/infinite, or shorter than `MIN_SECONDS`; its `reason` says
+            which.
+    """
+    rate = check_sample_rate(sampling_rate)
+    x = to_mono_float(waveform, what)
+    if len(x) < MIN_SECONDS * rate:
+        raise AudioError(f"{what} is {len(x) / rate * 1000:.1f} ms long; at least {MIN_SECONDS * 1000:.0f} ms is "
+                         "needed (shorter clips are tiled to the clip length).", "audio too short")
+    return x, rate
 
 
 def fix_length(x: np.ndarray, length: int) -> np.ndarray:
@@ -136,11 +180,11 @@ def prepare_clip(waveform, sampling_rate: int, clip_seconds: float,
 
     Returns:
         {rate: float32 array of exactly round(clip_seconds * rate) samples}.
+
+    Raises:
+        AudioError: the clip breaks a rule of `check_waveform`.
     """
-    x = to_mono_float(waveform)
-    if len(x) < MIN_SECONDS * sampling_rate:
-        raise AudioError(f"audio is {len(x) / sampling_rate * 1000:.1f} ms long; at least {MIN_SECONDS * 1000:.0f} ms "
-                         "is needed (shorter clips are tiled to the clip length).")
+    x, sampling_rate = check_waveform(waveform, sampling_rate)
     # Cut at the source rate first (with a margin for the filter) so long inputs cost no more than short ones.
     margin = math.ceil(0.05 * sampling_rate)
     source_length = math.ceil(clip_seconds * sampling_rate)
