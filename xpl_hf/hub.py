@@ -48,6 +48,13 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 TASK_TYPE = "audio-visual-source-localization"
 TASK_NAME = "Audio-visual source localization"
+# The Hub's task list (@huggingface/tasks 0.21.54) has no audio-visual localization task, and no listed task fits a
+# model that maps an (image, sound) pair to a heat map. "other" is a valid value that claims no widget; without any
+# pipeline_tag the Hub would guess one from the config's AutoModel entry (feature-extraction), which is wrong here.
+# The real task is in `tags` and in the model-index (TASK_TYPE).
+PIPELINE_TAG = "other"
+CARD_TAGS = ("audio-visual", TASK_TYPE, "sound-source-localization", "semi-supervised", "pseudo-labeling", "xpl",
+             "xpl-hf", "custom_code")
 MODEL_KEYS = {"fused": "fused (A+B)", "a": "branch A", "b": "branch B"}
 METRIC_NAMES = {"ciou": "CIoU", "auc": "AUC", "mean_ciou": "mean cIoU"}
 EVAL_PROTOCOL = (
@@ -72,11 +79,44 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "dataset"
 
 
-def _dataset_name(dataset) -> str:
-    """A local dataset folder is named by its last component (a Hub id or a plain name is kept as is)."""
-    text = str(dataset)
+def _is_local_path(text: str) -> bool:
+    """Whether `text` names a local file or folder rather than a Hub id ("org/name") or a plain name."""
     path = Path(text).expanduser()
-    return path.resolve().name if ("/" in text or os.sep in text) and path.exists() else text
+    separators = "/" in text or os.sep in text
+    return (path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1
+            or (os.sep != "/" and os.sep in text) or (separators and path.exists()))
+
+
+def _dataset_name(dataset) -> str:
+    """A local dataset folder is named by its last component, never by its path; a Hub id or a name is kept."""
+    text = str(dataset)
+    return Path(text).expanduser().resolve().name if _is_local_path(text) else text
+
+
+def _hub_dataset_id(dataset) -> str | None:
+    """`dataset` if it is a Hub dataset id ("org/name"), else None."""
+    text = str(dataset)
+    return text if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not _is_local_path(text) else None
+
+
+def _public_value(value):
+    """A training argument as the card may show it: local paths become their last component."""
+    if isinstance(value, str) and _is_local_path(value):
+        return Path(value).expanduser().resolve().name
+    if isinstance(value, (list, tuple)):
+        return [_public_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _public_value(v) for k, v in value.items()}
+    return value
+
+
+def _setting(value) -> str:
+    """One cell of the method-settings table: None is "off"."""
+    if value is None:
+        return "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(_public_value(value))
 
 
 def _as_result_list(results) -> list[Mapping[str, Any]]:
@@ -166,6 +206,8 @@ def build_model_card(
     results=None,
     training_args: Mapping[str, Any] | None = None,
     *,
+    method_settings: Mapping[str, Any] | None = None,
+    best_step: int | None = None,
     model_name: str = "xpl",
     repo_id: str | None = None,
     pretrained_report: Mapping[str, str] | None = None,
@@ -176,33 +218,45 @@ def build_model_card(
     """The model card (README.md) of an XPL checkpoint, with model-index metadata when `results` are given.
 
     Args:
-        config: the model's `XPLConfig` (or its dict).
+        config: the model's `XPLConfig` (or its dict): the architecture, image size and clip length.
         results: evaluation results in this module's format (see the module docstring), or None.
-        training_args: the training recipe (any flat dict: method, steps, batch size, learning rate, data, ...).
+        training_args: the training recipe (any flat dict: steps, batch size, learning rate, data, ...). Local paths
+            in it are shown as their last component.
+        method_settings: the method's settings the run actually used, name -> value (e.g. `{"method": "xpl",
+            "sharpen_temperature": None, "pl_ema_alpha": 0.7}`), rendered as the hyper-parameter table; None values
+            read "off" (a switched-off component).
+        best_step: the training step of the checkpoint (best validation score); default: `best_step` of the first
+            results entry, if any.
         model_name: the model-index name.
         repo_id: the Hub id the card is for (used in the usage snippet; a placeholder otherwise).
         pretrained_report: `xpl_hf.pretrained.load_pretrained_backbones`'s report {module: source}.
-        datasets: Hub dataset ids for the card's `datasets:` metadata (only real Hub ids).
+        datasets: Hub dataset ids for the card's `datasets:` metadata; Hub ids among the results' datasets are added,
+            local folders never are.
         license: SPDX id for the `license:` metadata.
         extra_text: Markdown appended at the end (e.g. notes of the trainer).
     """
     cfg = _config_dict(config)
     eval_results = eval_results_from_dict(results) or None
+    entries = _as_result_list(results)
+    if best_step is None and entries and entries[0].get("best_step") is not None:
+        best_step = int(entries[0]["best_step"])
+    hub_datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
+    hub_datasets += [d for d in (_hub_dataset_id(e["dataset"]) for e in entries) if d and d not in hub_datasets]
     card_data = ModelCardData(
         model_name=model_name if eval_results else None,
         eval_results=eval_results,
         license=license,
         library_name="transformers",
-        datasets=datasets,
-        tags=["audio-visual", "sound-source-localization", "semi-supervised", "pseudo-labeling", "xpl", "xpl-hf",
-              "custom_code"],
+        pipeline_tag=PIPELINE_TAG,
+        datasets=hub_datasets or None,
+        tags=list(CARD_TAGS),
     )
     repo = repo_id or "path/or/hub-id"
     branches = (f"branch A = {cfg.get('image_backbone_a', 'resnet18')} + {cfg.get('audio_backbone_a', 'vggish')}, "
                 f"branch B = {cfg.get('image_backbone_b', 'resnet18')} + {cfg.get('audio_backbone_b', 'soundnet8')}")
-    hyper = {k: cfg[k] for k in ("embed_dim", "image_size", "clip_seconds", "avc_weight", "avc_temperature",
-                                 "sharpen_temperature", "pl_ema_alpha", "consensus_min", "curriculum_r0",
-                                 "curriculum_rampup_steps", "curriculum_window") if k in cfg}
+    image_size = int(cfg.get("image_size", 224))
+    clip_seconds = float(cfg.get("clip_seconds", 3.0))
+    cells = image_size // 32
     table = _results_table(results)
     sections = [
         f"# {model_name}: XPL audio-visual source localization",
@@ -219,31 +273,40 @@ def build_model_card(
         "out.maps    # (1, h, w) fused heat map in [0, 1]\n"
         "out.maps_a  # branch A, out.maps_b: branch B\n```\n\n"
         "Without installing xpl-hf: `AutoModel.from_pretrained(repo, trust_remote_code=True)` (the code ships with "
-        "the checkpoint). Audio: WAV/FLAC/OGG files or arrays with `sampling_rate`; a 3 s clip around the centre is "
-        "used. Try it in a browser with the Gradio Space of xpl-hf (`space/`).",
+        f"the checkpoint). Images: resized to {image_size} x {image_size} px. Audio: WAV/FLAC/OGG files or arrays "
+        f"with `sampling_rate`; a {clip_seconds:g} s clip around the centre is used. Try it in a browser with the "
+        "Gradio Space of xpl-hf (`space/`).",
     ]
+    step = [f"The checkpoint is the one of training step {best_step} (best validation score)."] if best_step else []
     if table:
-        sections += ["## Evaluation results", table, f"Protocol: {EVAL_PROTOCOL}"]
+        sections += ["## Evaluation results", table, *step, f"Protocol: {EVAL_PROTOCOL}"]
     else:
-        sections += ["## Evaluation results", "No evaluation results were recorded for this checkpoint.",
+        sections += ["## Evaluation results", "No evaluation results were recorded for this checkpoint.", *step,
                      f"Protocol used by `python -m xpl_hf.evaluate`: {EVAL_PROTOCOL}"]
-    recipe = ["## Training recipe",
-              "Objective (paper eq. 9): for each branch, supervised BCE on labeled maps + cross BCE against the "
-              "other branch's sharpened, EMA-smoothed soft pseudo-labels on unlabeled samples admitted by the "
-              "consensus curriculum + λ x InfoNCE (global max pooling). Stage 1 trains on labeled data only; stage 2 "
-              "adds the unlabeled stream."]
-    if hyper:
-        recipe.append("| hyper-parameter | value |\n| --- | --- |\n" +
-                      "\n".join(f"| `{k}` | {v} |" for k, v in hyper.items()))
+    method = (method_settings or {}).get("method")
+    xpl_objective = ("XPL's objective (paper eq. 9): for each branch, supervised BCE on labeled maps + cross BCE "
+                     "against the other branch's sharpened, EMA-smoothed soft pseudo-labels on unlabeled samples "
+                     "admitted by the consensus curriculum + λ x InfoNCE (global max pooling). Stage 1 trains on "
+                     "labeled data only; stage 2 adds the unlabeled stream.")
+    recipe = ["## Training recipe", xpl_objective if method in (None, "xpl") else
+              f"This run used the `{method}` method of the xpl-hf trainer (a baseline or ablation of XPL; the table "
+              f"below lists its settings). For comparison, {xpl_objective}"]
+    if method_settings:
+        recipe.append("Method settings of this run (\"off\": the component was switched off):\n\n"
+                      "| hyper-parameter | value |\n| --- | --- |\n" +
+                      "\n".join(f"| `{k}` | {_setting(v)} |" for k, v in method_settings.items()))
+    else:
+        recipe.append("The method settings of this run were not recorded.")
     if training_args:
+        public = {k: _public_value(v) for k, v in training_args.items()}
         recipe.append("Training arguments:\n\n```json\n" +
-                      json.dumps(dict(training_args), indent=2, sort_keys=True, default=str) + "\n```")
+                      json.dumps(public, indent=2, sort_keys=True, default=str) + "\n```")
     sections += recipe
     sections += ["## Initialisation of the backbones", _weights_note(pretrained_report, cfg)]
     sections += [
         "## Limitations",
         "- The model localizes *where* a sound comes from in one frame; it does not separate or classify sounds.\n"
-        "- Maps are coarse (image_size / 32 cells a side, 7 x 7 at 224 px) and upsampled for display.\n"
+        f"- Maps are coarse ({cells} x {cells} cells for {image_size} px frames) and upsampled for display.\n"
         "- Off-screen sounds, silence and several simultaneous sources give diffuse or misleading maps; the "
         "branches' consensus (Pearson ρ between the A and B maps) is a rough indicator of reliability.\n"
         "- Results depend on the data the checkpoint was trained on (see the recipe above); a model trained on the "
@@ -255,7 +318,9 @@ def build_model_card(
     return ModelCard(content)
 
 
-def write_model_card(folder, results=None, config=None, training_args=None, **kwargs) -> Path:
+def write_model_card(folder, results=None, config=None, training_args=None, *,
+                     method_settings: Mapping[str, Any] | None = None, best_step: int | None = None,
+                     **kwargs) -> Path:
     """Write `folder/README.md` (see `build_model_card` for the arguments); returns its path.
 
     `config=None` reads `folder/config.json` when it exists.
@@ -264,7 +329,8 @@ def write_model_card(folder, results=None, config=None, training_args=None, **kw
     folder.mkdir(parents=True, exist_ok=True)
     if config is None and (folder / "config.json").is_file():
         config = json.loads((folder / "config.json").read_text())
-    card = build_model_card(config, results, training_args, **kwargs)
+    card = build_model_card(config, results, training_args, method_settings=method_settings, best_step=best_step,
+                            **kwargs)
     path = folder / "README.md"
     card.save(path)
     return path
