@@ -1,4 +1,4 @@
-"""Pseudo-label bank memory and per-step cost (DESIGN §7: bank for 144k samples <= 64 MB; XPL overhead <= 10%).
+"""Pseudo-label bank memory and per-step cost (quality bars: bank for 144k samples <= 64 MB; XPL overhead <= 10%).
 
     python bench/bank_memory.py [--samples 144000] [--batch 128] [--map 7] [--capacity 144000]
 
@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from xpl_hf.curriculum import CurriculumSelector, pearson_consensus
+from xpl_hf.curriculum import CurriculumSelector
+from xpl_hf.maps import pearson_consensus
 from xpl_hf.pseudo_labels import PseudoLabelBank, soft_pseudo_labels
 
 

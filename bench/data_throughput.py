@@ -4,7 +4,7 @@ Per sample: decode a 224 x 224 JPEG and a 3 s WAV (16 kHz, 16-bit), build branch
 (training: two independently drawn colour RandAugments; evaluation: one shared tensor), the VGGish log-mel
 examples (16 kHz) and the SoundNet waveform (22.05 kHz), and the 224 x 224 ground-truth map, then collate into
 batches -- exactly what ``XPLCollator`` does inside a DataLoader worker. One process, one torch thread.
-DESIGN §7 target: >= 300 samples/s per CPU core. The per-core figure is samples per CPU-second of this process
+Quality bar: >= 300 samples/s per CPU core. The per-core figure is samples per CPU-second of this process
 (``time.process_time``), which a busy machine does not distort; the wall-clock rate is printed next to it with the
 load average.
 

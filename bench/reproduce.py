@@ -175,7 +175,7 @@ def run_one(args, row: str, seed: int, passthrough: list[str]) -> dict:
 
     output_dir = Path(args.scratch) / "runs" / row / f"seed{seed}"
     argv = train_argv(args, row, seed, output_dir, passthrough)
-    resolved = {k: v for k, v in vars(train_xpl.parse_args(argv)).items() if k != "hub_token"}
+    resolved = train_xpl.parse_args(argv).public_dict()
     start = time.time()
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
@@ -238,7 +238,8 @@ def trivial_baselines(data_dir: Path) -> dict:
     import numpy as np
 
     from xpl_hf.data import load_labeled
-    from xpl_hf.evaluation import ground_truth_map, localization_metrics
+    from xpl_hf.data.ground_truth import ground_truth_map
+    from xpl_hf.metrics.protocol import localization_metrics
 
     test = load_labeled(str(data_dir), "test")
     gts = [ground_truth_map(r["boxes"], r["gt_rule"]) for r in test.select_columns(["boxes", "gt_rule"])]

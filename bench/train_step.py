@@ -19,10 +19,9 @@ import time
 import torch
 
 from xpl_hf import XPLConfig, XPLModel
-from xpl_hf.curriculum import CurriculumSelector
 from xpl_hf.losses import pixel_bce
+from xpl_hf.method import XPLMethod, compute_losses
 from xpl_hf.pseudo_labels import PseudoLabelBank
-from xpl_hf.training import MethodSpec, compute_losses
 
 
 def main() -> None:
@@ -47,21 +46,20 @@ def main() -> None:
     b, s = args.batch_size, args.image_size
     half = b // 2
     batch = {
-        "pixel_values_a": torch.randn(b, 3, s, s, device=device),
+        "pixel_values": torch.randn(b, 3, s, s, device=device),
         "pixel_values_b": torch.randn(b, 3, s, s, device=device),
         "audio_log_mel": torch.randn(b, 3, 96, 64, device=device),
         "audio_waveform": torch.randn(b, 66150, device=device) * 30,
         "gt_maps": (torch.rand(b, 224, 224, device=device) > 0.7).float(),
         "is_labeled": torch.arange(b, device=device) < half,
     }
-    spec = MethodSpec("xpl")
-    bank = PseudoLabelBank(config.map_size, alpha=0.7, device=device)
-    selector = CurriculumSelector(window=2048, r0=0.2, rampup_steps=1000)
+    method = XPLMethod(curriculum_rampup_steps=1000)
+    bank = PseudoLabelBank(config.map_size, alpha=method.pl_ema_alpha, device=device)
+    selector = method.make_selector()
     step_counter = {"n": 0}
 
     def forward():
-        return model(pixel_values=batch["pixel_values_a"], pixel_values_b=batch["pixel_values_b"],
-                     audio_log_mel=batch["audio_log_mel"], audio_waveform=batch["audio_waveform"])
+        return model(**batch)
 
     def plain_step():
         out = forward()
@@ -75,7 +73,7 @@ def main() -> None:
         n = step_counter["n"] = step_counter["n"] + 1
         batch["ids"] = [f"sample-{(n * b + i) % 5000}" for i in range(b)]  # new and revisited ids
         out = forward()
-        loss, _ = compute_losses(out, batch, spec, bank=bank, selector=selector, pl_step=n)
+        loss, _ = compute_losses(out, batch, method, bank=bank, selector=selector, pl_step=n)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -45,7 +45,9 @@ except ImportError:  # pragma: no cover - depends on how the app is started
 
 from xpl_hf import XPLModel, XPLProcessor  # noqa: E402
 from xpl_hf.audio import AudioError, decode_audio  # noqa: E402
-from xpl_hf.curriculum import pearson_consensus  # noqa: E402
+from xpl_hf.loading import WEIGHT_FILES, load_model_and_processor  # noqa: E402
+from xpl_hf.maps import pearson_consensus  # noqa: E402
+from xpl_hf.paths import looks_like_hub_id  # noqa: E402
 
 logger = logging.getLogger("xpl_space")
 
@@ -113,14 +115,8 @@ def candidate_sources(model: str | None = None) -> list[str]:
     return out
 
 
-def _looks_like_hub_id(source: str) -> bool:
-    parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.startswith((".", "~")) and "\\" not in source
-
-
 def _has_weights(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in (
-        "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+    return any((folder / name).is_file() for name in WEIGHT_FILES)
 
 
 def _describe(model: XPLModel, source: str, kind: str) -> str:
@@ -164,20 +160,14 @@ def load_model(source: str, device: str | None = None) -> LoadedModel:
                         "yet.") if in_progress else ""
                 raise ModelNotFound(f"`{source}` exists but holds no saved model (config.json + model.safetensors)."
                                     f"{hint}")
-    elif _looks_like_hub_id(source):
+    elif looks_like_hub_id(source):
         kind, location = "Hub", source
     else:
         raise ModelNotFound(f"`{source}` does not exist.")
     try:
-        model = XPLModel.from_pretrained(location)
+        model, processor = load_model_and_processor(location, device=device)
     except Exception as err:  # noqa: BLE001 - turn any loading failure into a plain message
         raise ModelNotFound(f"could not load `{source}` ({kind}): {type(err).__name__}: {err}") from err
-    try:
-        processor = XPLProcessor.from_pretrained(location)
-    except Exception:  # noqa: BLE001 - older folders may lack processor_config.json
-        logger.warning("no processor config in %s; using the model config's settings", source)
-        processor = XPLProcessor.from_config(model.config)
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     return LoadedModel(model=model, processor=processor, source=source, description=_describe(model, source, kind))
 
 

@@ -12,10 +12,10 @@ from conftest import make_benchmark
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from xpl_hf.data.ground_truth import ground_truth_map
 from xpl_hf.data.loading import load_labeled, load_unlabeled_stream
 from xpl_hf.data.synthetic import SyntheticConfig, generate_sample
 from xpl_hf.data.transforms import GEOMETRIC_OPS, BadSampleError, ColorRandAugment, XPLCollator
-from xpl_hf.evaluation import ground_truth_map
 from xpl_hf.processing_xpl import XPLProcessor
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
@@ -61,8 +61,8 @@ def test_training_batch_matches_contract(processor, rows):
     torch.manual_seed(0)
     batch = XPLCollator(processor, train=True)(rows)
     assert batch["ids"] == [r["id"] for r in rows]
-    assert batch["pixel_values_a"].shape == batch["pixel_values_b"].shape == (4, 3, 64, 64)
-    assert not torch.equal(batch["pixel_values_a"], batch["pixel_values_b"])  # independent augmentations
+    assert batch["pixel_values"].shape == batch["pixel_values_b"].shape == (4, 3, 64, 64)
+    assert not torch.equal(batch["pixel_values"], batch["pixel_values_b"])  # independent augmentations
     assert batch["audio_log_mel"].shape == (4, 3, 96, 64)
     assert batch["audio_waveform"].shape == (4, 66150)
     assert batch["gt_maps"].shape == (4, 224, 224) and batch["gt_maps"].dtype == torch.float32
@@ -75,11 +75,11 @@ def test_training_batch_matches_contract(processor, rows):
 def test_eval_batch_is_deterministic(processor, rows):
     collate = XPLCollator(processor, train=False)
     b1, b2 = collate(rows), collate(rows)
-    assert b1["pixel_values_b"] is b1["pixel_values_a"]
-    assert torch.equal(b1["pixel_values_a"], b2["pixel_values_a"])
+    assert b1["pixel_values_b"] is b1["pixel_values"]
+    assert torch.equal(b1["pixel_values"], b2["pixel_values"])
     # evaluation view == the processor's own preprocessing
     direct = processor.image_to_tensor(processor.load_image(PIL.Image.open(io.BytesIO(rows[0]["image"]["bytes"]))))
-    assert torch.allclose(b1["pixel_values_a"][0], direct)
+    assert torch.allclose(b1["pixel_values"][0], direct)
 
 
 def test_unlabeled_batch_has_true_maps(processor):

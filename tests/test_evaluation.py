@@ -1,4 +1,5 @@
-"""The cIoU / AUC protocol, the ground-truth rules and the `evaluate` metric (xpl_hf.evaluation)."""
+"""The cIoU / AUC protocol (xpl_hf.metrics), the ground-truth rules (xpl_hf.data.ground_truth), the `evaluate`
+metric, the model loop (xpl_hf.evaluation) and the overlays (xpl_hf.visualization)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xpl_hf import evaluation as ev
-from xpl_hf.evaluation import (
-    METRIC_PATH,
-    evaluate_model,
-    flickr_boxes_from_xml,
-    flickr_ground_truth_from_xml,
-    ground_truth_map,
-    localization_metrics,
-    pick_best_median_worst,
-    read_id_list,
-    summarize_ciou,
-    vggss_ground_truths,
-)
+from xpl_hf import METRIC_PATH
+from xpl_hf.data.ground_truth import flickr_boxes_from_xml, ground_truth_map, read_id_list
+from xpl_hf.evaluation import evaluate_model
+from xpl_hf.metrics import protocol as ev
+from xpl_hf.metrics.protocol import localization_metrics, summarize_ciou
+from xpl_hf.visualization import pick_best_median_worst, save_overlay_grid
+
+
+def flickr_ground_truth_from_xml(path):
+    return ground_truth_map(flickr_boxes_from_xml(path), "flickr")
+
+
+def vggss_ground_truths(path):
+    return {str(e["file"]): ground_truth_map(e["bbox"], "union") for e in json.load(open(path))}
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -347,7 +349,7 @@ def fake_batches(gts, labels, ids, batch_size=3, unlabeled_every=0):
         labeled = [not (unlabeled_every and i % unlabeled_every == 0) for i in chunk]
         yield {
             "ids": [ids[i] for i in chunk],
-            "pixel_values_a": torch.zeros(n, 3, 8, 8),
+            "pixel_values": torch.zeros(n, 3, 8, 8),
             "pixel_values_b": torch.zeros(n, 3, 8, 8),
             "audio_log_mel": torch.zeros(n, 1, 96, 64),
             "audio_waveform": torch.zeros(n, 100),
@@ -403,7 +405,7 @@ def test_pick_best_median_worst_and_id_lists(tmp_path):
 def test_overlay_grid(tmp_path):
     rng = np.random.default_rng(4)
     images = [rng.integers(0, 255, (32, 48, 3), dtype=np.uint8) for _ in range(3)]
-    path = ev.save_overlay_grid(
+    path = save_overlay_grid(
         tmp_path / "grid.png",
         images,
         [rng.random((7, 7)) for _ in range(3)],

@@ -45,8 +45,13 @@ def _pair(processor, n=2, seconds=3.0, rate=16000):
 
 
 def test_config_defaults_are_the_papers():
+    from xpl_hf.method import XPLMethod
+
     c = XPLConfig()
-    assert (c.avc_weight, c.pl_ema_alpha, c.avc_temperature, c.embed_dim) == (0.5, 0.7, 0.03, 512)
+    m = XPLMethod()  # the method's settings live there, not in the architecture's config
+    assert (m.avc_weight, m.pl_ema_alpha, m.avc_temperature, m.sharpen_temperature, c.embed_dim) == (0.5, 0.7, 0.03,
+                                                                                                    0.1, 512)
+    assert not hasattr(XPLConfig(pl_ema_alpha=0.3), "pl_ema_alpha")  # a 0.1 config's method keys are dropped
     assert (c.audio_backbone_a, c.audio_backbone_b) == ("vggish", "soundnet8")
     assert c.map_size == 7
     with pytest.raises(ValueError, match="audio_backbone_a"):
@@ -299,3 +304,15 @@ def test_unreachable_sources_fall_back_to_random_init_with_one_warning(monkeypat
     assert torch.equal(model.branch_a.image_encoder.conv1.weight, before)
     messages = [r.getMessage() for r in caplog.records]
     assert sum("ResNet-18" in m for m in messages) == 1 and sum("VGGish" in m for m in messages) == 1
+
+
+@pytest.mark.parametrize("kind", ["constant", "int32_noise"])
+def test_soundnet_waveform_stays_in_its_documented_range(kind):
+    """Resampling rings above full scale (291 for a constant clip, 429 for full-scale int32 noise before the fix)."""
+    processor = XPLProcessor(image_size=64, clip_seconds=1.0)
+    if kind == "constant":
+        clip = np.ones(44100, dtype=np.float32)
+    else:
+        clip = np.random.default_rng(0).integers(-(2**31), 2**31 - 1, 44100, dtype=np.int64).astype(np.int32)
+    waveform = processor(audio=clip, sampling_rate=44100)["audio_waveform"]
+    assert waveform.abs().max() <= 256

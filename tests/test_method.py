@@ -6,13 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xpl_hf.curriculum import CurriculumSelector, admitted_fraction, gather_varlen, pearson_consensus
+from xpl_hf.curriculum import CurriculumSelector, admitted_fraction
+from xpl_hf.distributed import gather_varlen
 from xpl_hf.losses import cross_bce, cross_modal_logits, downsample_gt, infonce_max_pool, supervised_bce, total_loss
+from xpl_hf.maps import minmax_normalize, pearson_consensus
 from xpl_hf.pseudo_labels import (
     PseudoLabelBank,
     hard_pseudo_labels,
     hash_ids,
-    minmax_normalize,
     sharpen,
     soft_pseudo_labels,
     synced_bank_update,

@@ -1,4 +1,5 @@
-"""The XPL trainer: every method and ablation, exact resume after SIGKILL, 2-process DDP, bad runs fail early."""
+"""The recipe train_xpl.py end to end: every method and ablation, exact resume after SIGKILL, 2-process DDP, bad runs
+fail early, a label-carrying unlabelled split is never trained on, the card reports the run's method settings."""
 
 import json
 import os
@@ -12,22 +13,14 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
+import train_xpl
 from xpl_hf import XPLConfig, XPLModel, XPLProcessor
-from xpl_hf.curriculum import CurriculumSelector
+from xpl_hf.checkpointing import COMPLETE_MARKER, list_checkpoints
 from xpl_hf.data import load_labeled, load_unlabeled_stream
+from xpl_hf.data.streams import concat_batches
 from xpl_hf.data.transforms import XPLCollator
-from xpl_hf.pseudo_labels import PseudoLabelBank
-from xpl_hf.training import (
-    COMPLETE_MARKER,
-    LabeledBatches,
-    UnlabeledStream,
-    XPLTrainingArguments,
-    compute_losses,
-    list_checkpoints,
-    method_spec,
-    model_kwargs_from_args,
-    resolve_checkpoint,
-)
+from xpl_hf.method import compute_losses
+from xpl_hf.training_args import XPLTrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image_size", "64", "--embed_dim", "32", "--vggish_fc_dim", "64", "--clip_seconds", "1.0",
@@ -49,8 +42,6 @@ VARIANTS = {
 
 
 def run_main(argv):
-    import train_xpl
-
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         return train_xpl.main(argv)
@@ -61,13 +52,11 @@ def run_main(argv):
 @pytest.fixture(scope="module")
 def mixed_batch(tiny_benchmark):
     """4 labeled + 4 unlabeled samples, collated like a stage-2 training batch."""
-    import train_xpl
-
     processor = XPLProcessor(image_size=64, clip_seconds=1.0)
     collate = XPLCollator(processor, train=True)
     labeled = load_labeled(tiny_benchmark, "labeled")
     unlabeled = list(load_unlabeled_stream(tiny_benchmark, "unlabeled", shuffle_buffer=0).take(4))
-    return train_xpl.concat_batches(collate([labeled[i] for i in range(4)]), collate(unlabeled))
+    return concat_batches(collate([labeled[i] for i in range(4)]), collate(unlabeled))
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -75,16 +64,14 @@ def test_every_method_and_ablation_trains(variant, mixed_batch):
     """Two optimiser steps of each method on a stage-2 batch: finite loss, the right terms, parameters move."""
     args = XPLTrainingArguments(image_size=64, embed_dim=32, vggish_fc_dim=64, clip_seconds=1.0,
                                 curriculum_rampup_steps=10, **VARIANTS[variant])
-    spec = method_spec(args)
+    spec = args.to_method()
     torch.manual_seed(0)
-    model = XPLModel(XPLConfig(**model_kwargs_from_args(args)))
+    model = XPLModel(XPLConfig(**args.model_config_kwargs()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    bank = PseudoLabelBank(2, alpha=spec.pl_ema_alpha)
-    selector = CurriculumSelector(window=64, r0=0.2, rampup_steps=10, enabled=spec.data_selection)
+    bank, selector = spec.make_bank(2), spec.make_selector()
     before = model.branch_a.visual_proj.weight.detach().clone()
     for step in range(2):
-        out = model(pixel_values=mixed_batch["pixel_values_a"], pixel_values_b=mixed_batch["pixel_values_b"],
-                    audio_log_mel=mixed_batch["audio_log_mel"], audio_waveform=mixed_batch["audio_waveform"])
+        out = model(**mixed_batch)  # the collator emits the model's argument names
         loss, logs = compute_losses(out, mixed_batch, spec, bank=bank, selector=selector, pl_step=step)
         assert torch.isfinite(loss)
         optimizer.zero_grad()
@@ -107,7 +94,7 @@ def test_every_method_and_ablation_trains(variant, mixed_batch):
 
 
 def test_methods_table_matches_design():
-    spec = lambda **kw: method_spec(XPLTrainingArguments(**kw))  # noqa: E731
+    spec = lambda **kw: XPLTrainingArguments(**kw).to_method()  # noqa: E731
     assert spec().cross_refine and spec().pseudo_labels == "soft" and spec().pl_ema_alpha == 0.7
     assert spec(no_pl_ema=True).pl_ema_alpha == 0.0
     assert spec(no_sharpening=True).sharpen_temperature is None
@@ -152,17 +139,19 @@ def test_sigkill_and_resume_is_exact(tiny_benchmark, tmp_path):
         return {e["step"]: e["train/loss"] for e in log if "train/loss" in e}
 
     assert losses(killed)[3] == losses(reference)[3] and losses(killed)[4] == losses(reference)[4]
-    for index in (0, 1):  # custom_checkpoint_0 = bank, _1 = curriculum window
-        a = torch.load(reference / "checkpoints/checkpoint-4" / f"custom_checkpoint_{index}.pkl", weights_only=True)
-        b = torch.load(killed / "checkpoints/checkpoint-4" / f"custom_checkpoint_{index}.pkl", weights_only=True)
-        for key in a:
-            assert (torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key]), key
+    from safetensors.torch import load_file
+
+    a = load_file(reference / "checkpoints/checkpoint-4/xpl_state.safetensors")  # bank + curriculum window
+    b = load_file(killed / "checkpoints/checkpoint-4/xpl_state.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len(a["bank_keys"]) > 0
     # the final folder is a loadable model with processor, card and curves
     model = XPLModel.from_pretrained(killed)
     assert model.config.image_size == 64
     for name in ("preprocessor_config.json", "README.md", "training_curves.png", "eval_results.json"):
         assert (killed / name).is_file(), name
     assert "model-index" in (killed / "README.md").read_text()
+    assert not (killed / "best").exists()  # the best model is moved to the root, not copied: weights stored once
 
 
 def test_two_cpu_processes_with_accelerate_launch(tiny_benchmark, tmp_path):
@@ -178,8 +167,6 @@ def test_two_cpu_processes_with_accelerate_launch(tiny_benchmark, tmp_path):
 
 
 def test_config_file_and_cli_override(tmp_path):
-    import train_xpl
-
     (tmp_path / "recipe.yaml").write_text("method: hard_pl\nlearning_rate: 0.01\nmax_train_steps: 7\n")
     args = train_xpl.parse_args(["--config", str(tmp_path / "recipe.yaml"), "--learning_rate", "0.5"])
     assert (args.method, args.learning_rate, args.max_train_steps) == ("hard_pl", 0.5, 7)
@@ -208,77 +195,27 @@ def test_unlabeled_split_as_labeled_is_refused(tiny_benchmark, tmp_path):
 def test_resume_with_other_method_is_refused(tiny_benchmark, tmp_path):
     run_main(["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--max_train_steps", "1",
               "--warmup_stage_steps", "1", "--checkpointing_steps", "1", "--eval_steps", "1"])
-    with pytest.raises(ValueError, match="method: checkpoint 'xpl' vs now 'hard_pl'"):
+    with pytest.raises(ValueError, match="--method: checkpoint 'xpl', now 'hard_pl'"):
         run_main(["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--max_train_steps", "2",
                   "--method", "hard_pl", "--resume_from_checkpoint", "latest"])
 
 
 def test_nan_loss_stops_with_a_checkpoint(tiny_benchmark, tmp_path, monkeypatch):
-    import train_xpl
-
-    real_forward = train_xpl.forward
+    real_forward = XPLModel.forward
     calls = {"n": 0}
 
-    def poisoned(model, batch, channels_last=False):
+    def poisoned(self, *args, **kwargs):
         calls["n"] += 1
-        out = real_forward(model, batch, channels_last)
+        out = real_forward(self, *args, **kwargs)
         if calls["n"] == 2:
             out.maps_a = out.maps_a * float("nan")
         return out
 
-    monkeypatch.setattr(train_xpl, "forward", poisoned)
+    monkeypatch.setattr(XPLModel, "forward", poisoned)
     with pytest.raises(FloatingPointError, match="non-finite loss at step 1"):
         run_main(["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--max_train_steps", "3",
                   "--eval_steps", "100", "--checkpointing_steps", "100"])
     assert [p.name for p in list_checkpoints(str(tmp_path))] == ["checkpoint-1"]
-
-
-def test_partial_checkpoints_are_never_latest(tmp_path):
-    root = tmp_path / "checkpoints"
-    (root / "checkpoint-5").mkdir(parents=True)
-    (root / "checkpoint-5" / COMPLETE_MARKER).write_text("{}")
-    (root / "checkpoint-9").mkdir()  # killed before its marker was written
-    (root / ".tmp-checkpoint-12").mkdir()  # killed inside save_state
-    assert resolve_checkpoint(str(tmp_path), "latest").name == "checkpoint-5"
-    assert resolve_checkpoint(str(tmp_path / "fresh"), "latest") is None
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        resolve_checkpoint(str(tmp_path), str(root / "checkpoint-9"))
-
-
-def test_labeled_batches_resume_position():
-    full = LabeledBatches(10, 3, seed=1)
-    it = iter(full)
-    first = [next(it) for _ in range(5)]  # crosses an epoch (3 batches per epoch)
-    resumed = LabeledBatches(10, 3, seed=1)
-    resumed.load_state_dict({"epoch": 1, "batch": 1})
-    assert next(iter(resumed)) == first[4]
-    ranks = [next(iter(LabeledBatches(10, 2, seed=1, rank=r, world_size=2))) for r in (0, 1)]
-    assert not set(ranks[0]) & set(ranks[1])
-    with pytest.raises(ValueError, match="cannot fill one batch"):
-        LabeledBatches(3, 4, seed=0)
-
-
-def test_empty_unlabeled_stream_is_an_error():
-    stream = UnlabeledStream(make_stream=lambda epoch: [], make_loader=lambda s: iter(()))
-    with pytest.raises(ValueError, match="unlabeled stream is empty"):
-        next(iter(stream))
-
-
-def test_stream_resume_skips_consumed_rows(tiny_benchmark):
-    def make_stream(epoch):
-        return load_unlabeled_stream(tiny_benchmark, "unlabeled", seed=3, shuffle_buffer=8, epoch=epoch)
-
-    def make_loader(stream):
-        rows = list(stream)
-        return [{"ids": [r["id"] for r in rows[i:i + 4]]} for i in range(0, len(rows), 4)]
-
-    full = UnlabeledStream(make_stream, make_loader)
-    it = iter(full)
-    batches = [next(it)["ids"] for _ in range(10)]  # 8 batches per epoch: crosses into epoch 1
-    resumed = UnlabeledStream(make_stream, make_loader)
-    resumed.load_state_dict({"epoch": 0, "consumed": 12})
-    it2 = iter(resumed)
-    assert [next(it2)["ids"] for _ in range(7)] == batches[3:10]
 
 
 def test_push_to_hub_uploads_the_final_folder(tiny_benchmark, tmp_path, monkeypatch):

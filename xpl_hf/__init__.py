@@ -3,6 +3,8 @@
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_xpl import XPLConfig
+from .loading import load_model_and_processor
+from .metrics.protocol import METRIC_PATH
 from .modeling_xpl import AVSLBranch, XPLModel, XPLModelOutput, XPLPreTrainedModel
 from .processing_xpl import AudioError, ImageError, XPLProcessor
 
@@ -17,4 +19,4 @@ XPLModel.register_for_auto_class("AutoModel")
 XPLProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = ["XPLConfig", "XPLModel", "XPLModelOutput", "XPLPreTrainedModel", "AVSLBranch", "XPLProcessor",
-           "AudioError", "ImageError", "__version__"]
+           "AudioError", "ImageError", "load_model_and_processor", "METRIC_PATH", "__version__"]

@@ -1,7 +1,7 @@
-"""Configuration of an XPL dual audio-visual source-localization model.
+"""Configuration of an XPL dual audio-visual source-localization model: the architecture only.
 
-Every hyper-parameter of the method (DESIGN §2, XPL paper eq. 1-9) lives here with the paper's default, so a
-checkpoint carries the exact recipe it was trained with.
+The training method's settings (λ, τ, T, α, the curriculum) are not part of the model: they live in
+`xpl_hf.method.XPLMethod`, and a trained model's card reports the ones its run used.
 """
 
 from __future__ import annotations
@@ -31,14 +31,6 @@ class XPLConfig(PreTrainedConfig):
         vggish_sample_rate (`int`, defaults to 16000), soundnet_sample_rate (`int`, defaults to 22050).
         map_init_scale (`float`, defaults to 5.0), map_init_bias (`float`, defaults to 0.0):
             initial scale w and bias b of the learnable monotone map P = sigmoid(w * S + b), w > 0.
-        avc_weight (`float`, defaults to 0.5): λ of eq. 9 (weight of the audio-visual contrastive loss).
-        avc_temperature (`float`, defaults to 0.03): τ of eq. 8 (EZ-VSL's value).
-        sharpen_temperature (`float`, defaults to 0.1): T of eq. 4; 0 disables sharpening.
-        pl_ema_alpha (`float`, defaults to 0.7): α of eq. 5 (Table 2(c)); 0 disables PL-EMA.
-        consensus_min (`float`, defaults to 0.0): ρ_min of eq. 2; samples whose branches disagree more are rejected.
-        curriculum_r0 (`float`, defaults to 0.2): admitted fraction r(0) at the start of stage 2.
-        curriculum_rampup_steps (`int`, defaults to 2000): steps over which r(t) ramps linearly from r0 to 1.
-        curriculum_window (`int`, defaults to 2048): recent consensus scores (all processes) used for the quantile.
     """
 
     model_type = "xpl"
@@ -57,14 +49,6 @@ class XPLConfig(PreTrainedConfig):
         soundnet_sample_rate: int = 22050,
         map_init_scale: float = 5.0,
         map_init_bias: float = 0.0,
-        avc_weight: float = 0.5,
-        avc_temperature: float = 0.03,
-        sharpen_temperature: float = 0.1,
-        pl_ema_alpha: float = 0.7,
-        consensus_min: float = 0.0,
-        curriculum_r0: float = 0.2,
-        curriculum_rampup_steps: int = 2000,
-        curriculum_window: int = 2048,
         **kwargs,
     ):
         for name, value, allowed in (
@@ -77,10 +61,6 @@ class XPLConfig(PreTrainedConfig):
                 raise ValueError(f"{name}={value!r} is not supported; choose one of {allowed}.")
         if image_size < FEATURE_STRIDE or image_size % FEATURE_STRIDE:
             raise ValueError(f"image_size={image_size} must be a positive multiple of {FEATURE_STRIDE}.")
-        if not 0.0 <= pl_ema_alpha < 1.0:
-            raise ValueError(f"pl_ema_alpha={pl_ema_alpha} must be in [0, 1).")
-        if not 0.0 < curriculum_r0 <= 1.0:
-            raise ValueError(f"curriculum_r0={curriculum_r0} must be in (0, 1].")
         if clip_seconds < 0.96:
             raise ValueError(f"clip_seconds={clip_seconds} must be >= 0.96 (one VGGish example).")
         self.image_backbone_a = image_backbone_a
@@ -95,14 +75,9 @@ class XPLConfig(PreTrainedConfig):
         self.soundnet_sample_rate = soundnet_sample_rate
         self.map_init_scale = map_init_scale
         self.map_init_bias = map_init_bias
-        self.avc_weight = avc_weight
-        self.avc_temperature = avc_temperature
-        self.sharpen_temperature = sharpen_temperature
-        self.pl_ema_alpha = pl_ema_alpha
-        self.consensus_min = consensus_min
-        self.curriculum_r0 = curriculum_r0
-        self.curriculum_rampup_steps = curriculum_rampup_steps
-        self.curriculum_window = curriculum_window
+        for legacy in ("avc_weight", "avc_temperature", "sharpen_temperature", "pl_ema_alpha", "consensus_min",
+                       "curriculum_r0", "curriculum_rampup_steps", "curriculum_window"):
+            kwargs.pop(legacy, None)  # method settings stored by version 0.1; they never configured the model
         super().__init__(**kwargs)
 
     @property

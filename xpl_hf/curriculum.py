@@ -1,8 +1,8 @@
-"""Curriculum data selection for XPL (DESIGN §2, eq. 1-3).
+"""Curriculum data selection for XPL (docs/method.md, eq. 1-3).
 
-Two models A and B each predict a localization map for an unlabeled sample. Their agreement (Pearson
-correlation, eq. 1) measures how trustworthy the cross pseudo-labels are. A sample is admitted to the
-cross loss when its consensus passes a hard floor ρ_min (eq. 2) and lies in the top r(t) fraction of recent
+Two models A and B each predict a localization map for an unlabeled sample. Their agreement (Pearson correlation,
+eq. 1: `xpl_hf.maps.pearson_consensus`) measures how trustworthy the cross pseudo-labels are. A sample is admitted to
+the cross loss when its consensus passes a hard floor ρ_min (eq. 2) and lies in the top r(t) fraction of recent
 consensus scores (eq. 3), where r(t) ramps from r_0 to 1 during training. "Recent" is a fixed-size sliding
 window gathered across processes, so the curriculum works on streamed data without a full pass.
 """
@@ -11,28 +11,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pearson_consensus", "admitted_fraction", "gather_varlen", "CurriculumSelector"]
+from .distributed import gather_varlen
 
-
-def pearson_consensus(maps_a: torch.Tensor, maps_b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Consensus ρ_i between two models' maps (eq. 1).
-
-    ρ_i = Σ_u (P_A(u) - mean P_A)(P_B(u) - mean P_B) / sqrt(Σ_u (P_A(u) - mean P_A)² · Σ_u (P_B(u) - mean P_B)²)
-
-    Args:
-        maps_a, maps_b: (B, h, w) (any trailing shape; positions are flattened per sample).
-    Returns:
-        (B,) float32 in [-1, 1], detached (a selection statistic, not a loss). A sample where either map is
-        flat (zero spatial variance) gets ρ = 0, never NaN.
-    """
-    a = maps_a.detach().flatten(1).float()
-    b = maps_b.detach().flatten(1).float()
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    cov = (a * b).sum(dim=1)
-    denom = ((a * a).sum(dim=1) * (b * b).sum(dim=1)).sqrt()
-    rho = torch.where(denom > eps, cov / denom.clamp_min(eps), torch.zeros_like(cov))
-    return rho.clamp(-1.0, 1.0)
+__all__ = ["admitted_fraction", "CurriculumSelector"]
 
 
 def admitted_fraction(step: int, r0: float, rampup_steps: int) -> float:
@@ -45,26 +26,6 @@ def admitted_fraction(step: int, r0: float, rampup_steps: int) -> float:
         return 1.0
     progress = min(max(step, 0) / rampup_steps, 1.0)
     return float(r0 + (1.0 - r0) * progress)
-
-
-def gather_varlen(accelerator, tensor: torch.Tensor) -> torch.Tensor:
-    """All-gather a tensor whose first dimension may differ between processes (including 0).
-
-    Returns the concatenation over ranks, in rank order, on every rank: (Σ_r n_r, ...). Works with an
-    ``accelerate.Accelerator`` (uses its ``gather`` and ``pad_across_processes``); ``accelerator=None`` or a
-    single process returns ``tensor`` unchanged. Tensors travel on ``accelerator.device`` (needed by NCCL)
-    and come back on the input's device.
-    """
-    if accelerator is None or accelerator.num_processes == 1:
-        return tensor
-    device = tensor.device
-    x = tensor.to(accelerator.device)
-    sizes = accelerator.gather(torch.tensor([x.shape[0]], device=accelerator.device)).cpu()
-    padded = accelerator.pad_across_processes(x, dim=0)  # (max_n, ...) on every rank
-    allx = accelerator.gather(padded).to(device)  # (world * max_n, ...)
-    max_n = int(sizes.max())
-    keep = torch.arange(max_n).unsqueeze(0) < sizes.unsqueeze(1)  # (world, max_n)
-    return allx[keep.flatten().to(device)]
 
 
 class CurriculumSelector:

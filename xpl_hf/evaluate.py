@@ -7,7 +7,8 @@
 Reports CIoU / AUC for branch A (VGGish), branch B (SoundNet-8) and the fused map, per class (``label`` column) and
 per named id list (e.g. the heard / unheard open-set split), and writes ``results.json`` plus ``overlays.png``: the
 fused heat maps of the best, median and worst samples (by fused cIoU) over their frames, ground truth outlined.
-The metric code lives in :mod:`xpl_hf.evaluation`; this module only loads, runs and reports.
+The protocol lives in :mod:`xpl_hf.metrics.protocol` and the model loop in :mod:`xpl_hf.evaluation`; this module only
+loads, runs and reports.
 """
 
 from __future__ import annotations
@@ -22,14 +23,10 @@ from typing import Any
 
 import torch
 
-from xpl_hf.evaluation import (
-    BRANCHES,
-    evaluate_model,
-    ground_truth_map,
-    pick_best_median_worst,
-    read_id_list,
-    save_overlay_grid,
-)
+from xpl_hf.data.ground_truth import ground_truth_map, read_id_list
+from xpl_hf.evaluation import BRANCHES, evaluate_model
+from xpl_hf.loading import load_model_and_processor
+from xpl_hf.visualization import pick_best_median_worst, save_overlay_grid
 
 logger = logging.getLogger("xpl_hf.evaluate")
 
@@ -86,21 +83,6 @@ def load_subsets(args: argparse.Namespace) -> dict[str, list[str]]:
     return subsets
 
 
-def load_model_and_processor(model_id: str, device: torch.device, revision: str | None, token: str | None):
-    from xpl_hf import XPLModel, XPLProcessor
-
-    looks_local = model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
-    if looks_local and not Path(model_id).expanduser().is_dir():
-        raise FileNotFoundError(f"model folder {model_id!r} does not exist (pass a saved folder or a Hub model id)")
-    model = XPLModel.from_pretrained(model_id, revision=revision, token=token).to(device).eval()
-    try:
-        processor = XPLProcessor.from_pretrained(model_id, revision=revision, token=token)
-    except (OSError, ValueError) as error:
-        logger.warning("no processor saved with %s (%s); building one from the model config", model_id, error)
-        processor = XPLProcessor.from_config(model.config)
-    return model, processor
-
-
 def format_table(result: dict[str, Any], title: str) -> str:
     lines = [title, "| branch | CIoU | AUC | mean cIoU |", "| --- | --- | --- | --- |"]
     for branch in BRANCHES:
@@ -142,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     subsets = load_subsets(args)
-    model, processor = load_model_and_processor(args.model, device, args.revision, args.token)
+    model, processor = load_model_and_processor(args.model, revision=args.revision, token=args.token, device=device)
     dataset = load_labeled(args.dataset, args.split, revision=args.dataset_revision, token=args.token)
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
@@ -174,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              f"({report['num_samples']} samples, {seconds:.1f} s):")
     print(format_table(result, title))
     print(f"results: {output_dir / 'results.json'}")
+    if "overlays" in report:
+        print(f"overlays (best, median, worst): {output_dir / report['overlays']}")
     return report
 
 

@@ -1,4 +1,4 @@
-"""Loss terms of XPL (DESIGN §2, eq. 6-9).
+"""Loss terms of XPL (docs/method.md, eq. 6-9).
 
 All maps P are probabilities in (0, 1) at the model's map resolution (B, h, w). BCE is computed in fp32 from
 clamped probabilities (written out, not ``F.binary_cross_entropy``, which autocast refuses), so the losses

@@ -1,6 +1,6 @@
 """XPL: two audio-visual source-localization (AVSL) branches that teach each other.
 
-One branch (DESIGN §2), for an image x and its audio a:
+One branch (docs/method.md), for an image x and its audio a:
 
     V = normalize(conv1x1(image_encoder(x)))         (B, D, h, w)   unit norm at each position u
     e = normalize(linear(audio_encoder(a)))          (B, D)
@@ -25,13 +25,7 @@ from transformers.utils import ModelOutput
 
 from .backbones import build_audio_encoder, build_image_encoder
 from .configuration_xpl import XPLConfig
-
-
-def minmax_normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-sample min-max normalisation of (B, h, w) maps to [0, 1]; a flat map becomes all zeros."""
-    flat = maps.flatten(1)
-    low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    return ((flat - low) / (high - low).clamp_min(eps)).view_as(maps)
+from .maps import minmax_normalize
 
 
 @dataclass
@@ -184,6 +178,8 @@ class XPLModel(XPLPreTrainedModel):
             audio_waveform (`torch.FloatTensor` of shape `(batch, L)`): 22.05 kHz waveform in [-256, 256].
             pixel_values_b (`torch.FloatTensor` of shape `(batch, 3, S, S)`, *optional*): a separate view for
                 branch B (training uses independently colour-augmented views per branch).
+            kwargs: other keys of a collated batch (`ids`, `gt_maps`, ...) are accepted and ignored, so that
+                `model(**batch)` works with `xpl_hf.data.XPLCollator`'s batches as with the processor's output.
         """
         if pixel_values_b is None:
             pixel_values_b = pixel_values
@@ -203,4 +199,4 @@ class XPLModel(XPLPreTrainedModel):
         )
 
 
-__all__ = ["XPLModel", "XPLPreTrainedModel", "XPLModelOutput", "AVSLBranch", "AVSLBranchOutput", "minmax_normalize"]
+__all__ = ["XPLModel", "XPLPreTrainedModel", "XPLModelOutput", "AVSLBranch", "AVSLBranchOutput"]

@@ -10,9 +10,9 @@
 The audio is a fixed clip (`clip_seconds`, default 3 s) around the centre of the input, tiled when shorter
 (see `xpl_hf.audio` for every rule on channels, rates, lengths and bad values).
 
-Image rules: PIL images of any mode are converted to RGB (alpha dropped, palette expanded, 16-bit and 32-bit
-integer images scaled down from their full range); arrays may be (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4},
-uint8, uint16, or float in [0, 1]; paths are opened with PIL. Unreadable or empty images raise `ImageError`.
+Image rules: `xpl_hf.image.load_image`, the one decoder shared with the training collator and the converters (alpha
+composited on white, 16-bit scaled from its full range, arrays (H, W), (H, W, C) or (C, H, W)). Unreadable, empty or
+oversized images raise `ImageError`.
 """
 
 from __future__ import annotations
@@ -22,18 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from transformers import BatchFeature, FeatureExtractionMixin
 from transformers.audio_utils import mel_filter_bank
 
 from .audio import AudioError, check_sample_rate, decode_audio, prepare_clip
+from .image import ImageError, load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ImageError(ValueError):
-    """An image input that cannot be used; the message names the problem."""
 
 
 class XPLProcessor(FeatureExtractionMixin):
@@ -97,56 +94,10 @@ class XPLProcessor(FeatureExtractionMixin):
         return output
 
     # ----------------------------------------------------------------- images
-    def load_image(self, image) -> Image.Image:
-        """PIL image / array / tensor / path -> RGB PIL image (see the module's image rules)."""
-        if isinstance(image, (str, os.PathLike)):
-            if not Path(image).is_file():
-                raise ImageError(f"image file {os.fspath(image)!r} does not exist.")
-            try:
-                with Image.open(image) as opened:
-                    opened.load()
-                    image = opened.copy()
-            except (UnidentifiedImageError, OSError, SyntaxError) as err:
-                raise ImageError(f"could not decode image {os.fspath(image)!r}: {err}") from None
-        if isinstance(image, torch.Tensor):
-            image = image.detach().cpu().numpy()
-        if isinstance(image, np.ndarray):
-            image = self._array_to_pil(image)
-        if not isinstance(image, Image.Image):
-            raise ImageError(f"unsupported image type {type(image).__name__}; pass a PIL image, an array or a path.")
-        if image.width == 0 or image.height == 0:
-            raise ImageError(f"image has size {image.size}; it must be at least 1 x 1 pixel.")
-        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            image = self._array_to_pil(np.asarray(image))
-        return image if image.mode == "RGB" else image.convert("RGB")
-
     @staticmethod
-    def _array_to_pil(array: np.ndarray) -> Image.Image:
-        a = np.asarray(array)
-        if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
-            a = np.moveaxis(a, 0, -1)  # (C, H, W) -> (H, W, C)
-        if a.ndim == 3 and a.shape[-1] == 1:
-            a = a[..., 0]
-        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-            raise ImageError(f"image array has shape {a.shape}; expected (H, W), (H, W, C) or (C, H, W), C in 1/3/4.")
-        if a.size == 0:
-            raise ImageError(f"image array has shape {a.shape}; it must be at least 1 x 1 pixel.")
-        if a.dtype.kind == "f":
-            if not np.isfinite(a).all():
-                raise ImageError("image array contains NaN or infinite values.")
-            if a.min() < 0 or a.max() > 1:
-                raise ImageError(f"float image values span [{a.min():.3g}, {a.max():.3g}]; expected [0, 1].")
-            a = np.round(a * 255)
-        elif a.dtype.kind in "iu" and a.dtype.itemsize > 1:
-            if a.min() < 0:
-                raise ImageError("integer image array has negative values.")
-            a = a / (257.0 if a.max() <= 65535 else a.max() / 255.0)  # 16-bit (or wider) full range -> 8 bit
-        elif a.dtype == bool:
-            a = a * 255
-        elif a.dtype != np.uint8:
-            raise ImageError(f"image array has dtype {a.dtype}; expected uint8, uint16 or float in [0, 1].")
-        image = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
-        return image.convert("RGB")
+    def load_image(image) -> Image.Image:
+        """PIL image / array / tensor / path / bytes -> RGB PIL image (the package's one rule: `xpl_hf.image`)."""
+        return load_image(image)
 
     def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> (3, S, S) float32: squashed to S x S (bilinear), ImageNet-normalised."""
@@ -176,7 +127,9 @@ class XPLProcessor(FeatureExtractionMixin):
         rate = check_sample_rate(sampling_rate)
         clips = prepare_clip(waveform, rate, self.clip_seconds, (self.vggish_sample_rate, self.soundnet_sample_rate))
         log_mel = self.log_mel_examples(torch.from_numpy(clips[self.vggish_sample_rate]))
-        return {"audio_log_mel": log_mel, "audio_waveform": torch.from_numpy(clips[self.soundnet_sample_rate]) * 256.0}
+        # Resampling can overshoot [-1, 1] slightly (ringing); clip so SoundNet sees its documented [-256, 256].
+        waveform = np.clip(clips[self.soundnet_sample_rate], -1.0, 1.0) * 256.0
+        return {"audio_log_mel": log_mel, "audio_waveform": torch.from_numpy(waveform)}
 
     def load_audio(self, audio, sampling_rate=None) -> tuple[np.ndarray, int]:
         """Array (needs `sampling_rate`) or WAV/FLAC/OGG path/bytes -> (samples array, rate)."""

@@ -1,4 +1,4 @@
-"""Soft pseudo-labels and the PL-EMA memory bank for XPL (DESIGN §2, eq. 4-5).
+"""Soft pseudo-labels and the PL-EMA memory bank for XPL (docs/method.md, eq. 4-5).
 
 Model m's soft pseudo-label for an unlabeled sample is its own (detached) map, min-max normalised per sample
 and sharpened (eq. 4). Labels are smoothed over visits with an exponential moving average kept in a memory
@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .curriculum import gather_varlen
-from .modeling_xpl import minmax_normalize  # P̂ of eq. 4; a flat map becomes all zeros ("no confident location")
+from .distributed import gather_varlen
+from .maps import minmax_normalize  # P̂ of eq. 4; a flat map becomes all zeros ("no confident location")
 
 __all__ = [
-    "minmax_normalize", "sharpen", "soft_pseudo_labels", "hard_pseudo_labels", "hash_ids", "PseudoLabelBank",
+    "sharpen", "soft_pseudo_labels", "hard_pseudo_labels", "hash_ids", "PseudoLabelBank",
     "synced_bank_update",
 ]
 
@@ -26,7 +26,7 @@ def sharpen(p_hat: torch.Tensor, temperature: float | None) -> torch.Tensor:
 
     Args:
         p_hat: (B, h, w) normalised map in [0, 1].
-        temperature: T > 0 (DESIGN default 0.1). ``None`` or ``0`` disables sharpening (the "without
+        temperature: T > 0 (default 0.1). ``None`` or ``0`` disables sharpening (the "without
             sharpening" ablation) and returns ``p_hat`` unchanged.
     """
     if not temperature:

@@ -1,6 +1,6 @@
 """xpl-hf data layer: schema, synthetic benchmark, converters, loading/streaming, transforms and collate.
 
-See DESIGN §3. Heavy submodules (torch-based transforms) are imported lazily.
+The schema is documented in xpl_hf/data/schema.py. Heavy submodules (torch-based transforms) are imported lazily.
 """
 
 from .schema import (

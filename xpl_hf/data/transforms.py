@@ -26,12 +26,14 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from ..metrics.protocol import EVAL_SIZE
 from .decoding import decode_audio, decode_image
+from .ground_truth import ground_truth_map
 from .schema import GT_RULES
 
 logger = logging.getLogger(__name__)
 
-GT_SIZE = 224
+GT_SIZE = EVAL_SIZE
 """Side of the ground-truth maps in a batch (the evaluation protocol's grid)."""
 
 
@@ -69,8 +71,8 @@ class XPLSampleTransform:
         num_ops, magnitude: RandAugment parameters for training.
         gt_size: side of the ground-truth maps (224 = the protocol's grid).
 
-    Returns (``__call__``): a dict with ``id``, ``pixel_values_a``, ``pixel_values_b`` (3, S, S), ``audio_log_mel``
-    (N, 96, 64), ``audio_waveform`` (L,), ``gt_map`` (gt_size, gt_size), ``is_labeled``, ``label`` and, when the
+    Returns (``__call__``): a dict with ``id``, ``pixel_values`` (branch A's view), ``pixel_values_b`` (3, S, S),
+    ``audio_log_mel`` (N, 96, 64), ``audio_waveform`` (L,), ``gt_map`` (gt_size, gt_size), ``is_labeled``, ``label`` and, when the
     row has ``true_boxes``, ``true_gt_map``. Raises :class:`BadSampleError` naming the sample.
     """
 
@@ -81,8 +83,6 @@ class XPLSampleTransform:
         self.gt_size = gt_size
 
     def _gt(self, boxes, rule: str) -> np.ndarray:
-        from xpl_hf.evaluation import ground_truth_map
-
         return ground_truth_map(boxes, rule, size=self.gt_size)
 
     def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +114,7 @@ class XPLSampleTransform:
         is_labeled = rule != "none"
         out = {
             "id": sample_id,
-            "pixel_values_a": pixel_a,
+            "pixel_values": pixel_a,
             "pixel_values_b": pixel_b,
             "audio_log_mel": audio["audio_log_mel"],
             "audio_waveform": audio["audio_waveform"],
@@ -122,17 +122,17 @@ class XPLSampleTransform:
             "is_labeled": is_labeled,
             "label": example.get("label") or "",
         }
-        if "true_boxes" in example:
-            true_boxes = _boxes_list(example.get("true_boxes"))
-            out["true_gt_map"] = self._gt(true_boxes, "union") if true_boxes else out["gt_map"]
+        if example.get("true_boxes") is not None:  # diagnostics of the unlabelled split, never a training target
+            out["true_gt_map"] = self._gt(_boxes_list(example["true_boxes"]), example.get("true_gt_rule") or "union")
         return out
 
 
 class XPLCollator:
     """Collate function: a list of rows -> the batch dict of the contract.
 
-    Keys: ``ids`` (list[str]), ``pixel_values_a`` / ``pixel_values_b`` (B, 3, S, S) (training: independent colour
-    augmentations; evaluation: the same tensor), ``audio_log_mel`` (B, N, 96, 64), ``audio_waveform`` (B, L),
+    Keys: the model's argument names, so that ``model(**batch)`` works: ``pixel_values`` (branch A) /
+    ``pixel_values_b`` (B, 3, S, S) (training: independent colour augmentations; evaluation: the same tensor),
+    ``audio_log_mel`` (B, N, 96, 64), ``audio_waveform`` (B, L); and for the losses and metrics: ``ids`` (list[str]),
     ``gt_maps`` (B, 224, 224) float (zeros for unlabeled rows), ``is_labeled`` (B,) bool, ``labels`` (list[str]) and,
     when rows carry ``true_boxes`` (synthetic unlabeled split, diagnostics only), ``true_gt_maps`` (B, 224, 224).
 
@@ -197,10 +197,10 @@ def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def collate_samples(samples: Sequence[dict[str, Any]], same_views: bool = False) -> dict[str, Any]:
     """Stack outputs of :class:`XPLSampleTransform` into a batch dict (see :class:`XPLCollator`)."""
-    pixel_a = stack_images([s["pixel_values_a"] for s in samples])
+    pixel_a = stack_images([s["pixel_values"] for s in samples])
     batch = {
         "ids": [s["id"] for s in samples],
-        "pixel_values_a": pixel_a,
+        "pixel_values": pixel_a,
         "pixel_values_b": pixel_a if same_views else stack_images([s["pixel_values_b"] for s in samples]),
         "audio_log_mel": torch.stack([s["audio_log_mel"] for s in samples]),
         "audio_waveform": torch.stack([s["audio_waveform"] for s in samples]),
@@ -208,6 +208,6 @@ def collate_samples(samples: Sequence[dict[str, Any]], same_views: bool = False)
         "is_labeled": torch.tensor([s["is_labeled"] for s in samples], dtype=torch.bool),
         "labels": [s["label"] for s in samples],
     }
-    if any("true_gt_map" in s for s in samples):
+    if any("true_gt_map" in s for s in samples):  # rows without true boxes: their own ground truth
         batch["true_gt_maps"] = torch.from_numpy(np.stack([s.get("true_gt_map", s["gt_map"]) for s in samples]))
     return batch

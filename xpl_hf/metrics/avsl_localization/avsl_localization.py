@@ -1,9 +1,9 @@
 """``evaluate`` metric: cIoU / AUC of audio-visual source localization maps (the community's protocol).
 
-A thin wrapper around :func:`xpl_hf.evaluation.localization_metrics` (the one implementation), loadable offline::
+A thin wrapper around :func:`xpl_hf.metrics.protocol.localization_metrics` (the one implementation), loadable offline::
 
     import evaluate
-    from xpl_hf.evaluation import METRIC_PATH
+    from xpl_hf import METRIC_PATH
 
     metric = evaluate.load(METRIC_PATH)                    # references = 224 x 224 ground-truth maps
     metric = evaluate.load(METRIC_PATH, "union")           # references = VGG-SS boxes (normalised)
@@ -15,9 +15,9 @@ A thin wrapper around :func:`xpl_hf.evaluation.localization_metrics` (the one im
 import datasets
 import evaluate
 import numpy as np
-from xpl_hf.evaluation import PROTOCOL
-from xpl_hf.evaluation import ground_truth_map
-from xpl_hf.evaluation import localization_metrics
+from xpl_hf.data.ground_truth import ground_truth_map
+from xpl_hf.metrics.protocol import PROTOCOL
+from xpl_hf.metrics.protocol import localization_metrics
 
 _DESCRIPTION = """\
 Audio-visual source localization metrics of LVS / EZ-VSL / SLAVC / XPL. Each raw localization map (any

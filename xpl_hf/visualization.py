@@ -1,0 +1,117 @@
+"""Pictures of localization results: overlay grids (evaluation), training curves (trainer).
+
+Maps are always shown the way the protocol scores them (upsampled bicubic to 224 x 224 and min-max normalised), so
+what a reader sees is what was measured. matplotlib runs on its Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .metrics.protocol import EVAL_SIZE, as_prediction_tensor, normalize_maps, upsample_maps
+
+__all__ = ["pick_best_median_worst", "save_overlay_grid", "plot_training_curves"]
+
+
+def pick_best_median_worst(per_sample_ciou: Sequence[float], per_group: int = 4) -> dict[str, list[int]]:
+    """Indices of the ``per_group`` best, median and worst samples by cIoU (stable order; groups may overlap
+    when there are fewer than ``3 * per_group`` samples)."""
+    scores = np.asarray(per_sample_ciou, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")  # best first
+    n = len(order)
+    k = min(per_group, n)
+    start = max(0, min(n - k, n // 2 - k // 2))
+    return {
+        "best": order[:k].tolist(),
+        "median": order[start : start + k].tolist(),
+        "worst": order[::-1][:k].tolist(),
+    }
+
+
+def save_overlay_grid(
+    path: str | os.PathLike,
+    images: Sequence[Any],
+    maps: Sequence[Any],
+    ground_truths: Sequence[Any],
+    titles: Sequence[str],
+    row_names: Sequence[str] | None = None,
+    columns: int = 4,
+) -> str:
+    """Save a PNG grid of heat-map overlays (matplotlib, Agg backend).
+
+    Args:
+        path: output PNG.
+        images: the frames (PIL images or (H, W, 3) uint8 arrays), resized to 224 x 224 for display.
+        maps: raw localization maps (h, w); shown upsampled and normalised exactly as the protocol scores them.
+        ground_truths: (224, 224) ground-truth maps, drawn as a contour.
+        titles: one title per panel.
+        row_names: optional label of each row (``len(images) / columns`` rows).
+        columns: panels per row.
+    """
+    plt = _pyplot()
+    from PIL import Image
+
+    if not (len(images) == len(maps) == len(ground_truths) == len(titles)):
+        raise ValueError("images, maps, ground_truths and titles must have the same length")
+    if not images:
+        raise ValueError("nothing to plot")
+    rows = math.ceil(len(images) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    heat = normalize_maps(upsample_maps(torch.stack([as_prediction_tensor(m, i) for i, m in enumerate(maps)])))
+    for index, (image, title) in enumerate(zip(images, titles)):
+        ax = axes.flat[index]
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+        ax.imshow(np.asarray(image.convert("RGB").resize((EVAL_SIZE, EVAL_SIZE), Image.BILINEAR)))
+        ax.imshow(heat[index].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        gt = np.asarray(ground_truths[index], dtype=np.float32)
+        if gt.any():
+            ax.contour(gt, levels=[0.25, 0.75], colors=["white", "white"], linewidths=[0.8, 1.5])
+        ax.set_title(title, fontsize=7)
+    if row_names:
+        for row, name in enumerate(row_names[:rows]):
+            axes[row, 0].text(-12, EVAL_SIZE / 2, name, rotation=90, va="center", ha="right", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return str(path)
+
+
+def plot_training_curves(history: list[dict], path: str | os.PathLike) -> None:
+    """Training curves: losses, curriculum / pseudo-label diagnostics, validation CIoU."""
+    plt = _pyplot()
+    panels = [("losses", lambda k: k.startswith("train/loss")),
+              ("curriculum (admitted fraction, mean consensus ρ)",
+               lambda k: k in ("train/admitted_fraction", "train/consensus_mean")),
+              ("pseudo-label CIoU vs true boxes (%, diagnostic)", lambda k: k.startswith("train/pl_ciou_")),
+              ("validation CIoU (%)", lambda k: k.startswith("val/") and k.endswith("/ciou"))]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    for ax, (title, keep) in zip(axes, panels):
+        keys = sorted({k for entry in history for k in entry if keep(k)})
+        for key in keys:
+            points = [(e["step"], e[key]) for e in history if key in e]
+            ax.plot(*zip(*points), label=key.split("/", 1)[1], marker="." if len(points) < 30 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if keys:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
