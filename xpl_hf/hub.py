@@ -87,7 +87,7 @@ def _is_local_path(text: str) -> bool:
             or (os.sep != "/" and os.sep in text) or (separators and path.exists()))
 
 
-def _dataset_name(dataset) -> str:
+def dataset_display_name(dataset) -> str:
     """A local dataset folder is named by its last component, never by its path; a Hub id or a name is kept."""
     text = str(dataset)
     return Path(text).expanduser().resolve().name if _is_local_path(text) else text
@@ -99,14 +99,15 @@ def _hub_dataset_id(dataset) -> str | None:
     return text if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not _is_local_path(text) else None
 
 
-def _public_value(value):
-    """A training argument as the card may show it: local paths become their last component."""
+def public_value(value):
+    """A value as a card or a results file may show it: local paths (also inside lists and dicts) become their last
+    component; Hub ids and everything else are kept."""
     if isinstance(value, str) and _is_local_path(value):
         return Path(value).expanduser().resolve().name
     if isinstance(value, (list, tuple)):
-        return [_public_value(v) for v in value]
+        return [public_value(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: _public_value(v) for k, v in value.items()}
+        return {k: public_value(v) for k, v in value.items()}
     return value
 
 
@@ -116,7 +117,7 @@ def _setting(value) -> str:
         return "off"
     if isinstance(value, float):
         return f"{value:g}"
-    return str(_public_value(value))
+    return str(public_value(value))
 
 
 def _as_result_list(results) -> list[Mapping[str, Any]]:
@@ -139,7 +140,7 @@ def eval_results_from_dict(results) -> list[EvalResult]:
     for entry in _as_result_list(results):
         if not entry.get("dataset"):
             raise ValueError(f"a results entry needs a 'dataset' name: {dict(entry)!r}")
-        name = _dataset_name(entry["dataset"])
+        name = dataset_display_name(entry["dataset"])
         found = False
         for key, label in MODEL_KEYS.items():
             metrics = entry.get(key) or {}
@@ -174,7 +175,8 @@ def _results_table(results) -> str:
             ciou, auc = metrics.get("ciou"), metrics.get("auc")
             cell = lambda v: "-" if v is None else f"{float(v):.2f}"  # noqa: E731
             split = entry.get("split") or "test"
-            rows.append(f"| {_dataset_name(entry['dataset'])} | {split} | {label} | {cell(ciou)} | {cell(auc)} |")
+            name = dataset_display_name(entry["dataset"])
+            rows.append(f"| {name} | {split} | {label} | {cell(ciou)} | {cell(auc)} |")
     if not rows:
         return ""
     return "| dataset | split | model | CIoU | AUC |\n| --- | --- | --- | --- | --- |\n" + "\n".join(rows)
@@ -298,7 +300,7 @@ def build_model_card(
     else:
         recipe.append("The method settings of this run were not recorded.")
     if training_args:
-        public = {k: _public_value(v) for k, v in training_args.items()}
+        public = {k: public_value(v) for k, v in training_args.items()}
         recipe.append("Training arguments:\n\n```json\n" +
                       json.dumps(public, indent=2, sort_keys=True, default=str) + "\n```")
     sections += recipe
