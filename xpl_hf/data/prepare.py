@@ -89,7 +89,7 @@ from ..audio import AudioError, check_waveform, decode_audio
 from .decoding import decode_image
 from .ground_truth import flickr_boxes_from_xml, read_id_list
 from .schema import XPL_FEATURES, BoxReport, DataValidationError, check_gt_rule, clean_boxes
-from .shards import ShardWriter, even_shard_sizes, split_shard_paths
+from .shards import ShardWriter, even_shard_sizes, split_shard_paths, write_dataset_card
 
 logger = logging.getLogger(__name__)
 
@@ -375,6 +375,7 @@ def write_dataset(
             pool.join()
     with open(os.path.join(output, REPORT_NAME), "w") as f:
         json.dump(report.as_dict(), f, indent=2)
+    write_dataset_card(output, kind)  # README.md: configs, features, provenance and licence of every split written
     return report
 
 
