@@ -271,12 +271,13 @@ def finish(args, method, output_dir: Path, processor, state: TrainerState, weigh
     from xpl_hf.hub import push_model_folder, write_model_card
 
     best = output_dir / "best"
-    for item in best.iterdir():  # move, not copy: the weights are stored once
-        target = output_dir / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    best.rmdir()
+    if best.is_dir():  # absent when a finished run is resumed: its best model is already at the root
+        for item in best.iterdir():  # move, not copy: the weights are stored once
+            target = output_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        best.rmdir()
     model = XPLModel.from_pretrained(output_dir).eval()
     test = load_labeled(args.dataset, args.test_split)
     result = evaluate_model(model, test, processor=processor, batch_size=args.eval_batch_size, progress=True)

@@ -92,3 +92,12 @@ def test_module_entry_point_help():
     assert done.returncode == 0, done.stderr
     for flag in ("--model", "--dataset", "--split", "--batch_size", "--output_dir", "--max_samples", "--heard_list"):
         assert flag in done.stdout
+
+
+def test_a_training_checkpoint_is_refused_with_the_folder_to_pass(assets, tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-100"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"training checkpoint .* Pass the run's output folder \(.*run\)"):
+        main(["--model", str(checkpoint), "--dataset", str(assets / "data")])

@@ -176,9 +176,9 @@ def test_config_file_and_cli_override(tmp_path):
 
 
 @pytest.mark.parametrize("argv, error, message", [
-    (["--dataset", "/no/such/folder"], FileNotFoundError, "does not exist"),
+    (["--dataset", "/no/such/folder"], FileNotFoundError, "neither a local folder nor a Hub dataset id"),
     (["--method", "sup_only", "--no_pl_ema", "true"], ValueError, "ablation of --method xpl"),
-    (["--method", "mean_teacher"], ValueError, "unknown"),
+    (["--method", "mean_teacher"], ValueError, "--method 'mean_teacher': must be one of"),
     (["--push_to_hub", "true"], ValueError, "--hub_model_id"),
 ])
 def test_bad_runs_fail_early(argv, error, message, tiny_benchmark, tmp_path):
@@ -192,12 +192,47 @@ def test_unlabeled_split_as_labeled_is_refused(tiny_benchmark, tmp_path):
         run_main(["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--labeled_split", "unlabeled"])
 
 
-def test_resume_with_other_method_is_refused(tiny_benchmark, tmp_path):
-    run_main(["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--max_train_steps", "1",
-              "--warmup_stage_steps", "1", "--checkpointing_steps", "1", "--eval_steps", "1"])
+def test_resume_with_other_settings_is_refused_and_no_secret_is_logged(tiny_benchmark, tmp_path):
+    common = ["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--max_train_steps", "1",
+              "--warmup_stage_steps", "1", "--checkpointing_steps", "1", "--eval_steps", "1"]
+    run_main([*common, "--report_to", "tensorboard", "--hub_token", "hf_SECRET_TOKEN"])
+    for path in tmp_path.rglob("*"):  # hparams.yml, TensorBoard events, card, eval_results: no token, no local path
+        if path.is_file() and path.suffix not in (".safetensors", ".pt", ".png"):
+            data = path.read_bytes()
+            assert b"hf_SECRET_TOKEN" not in data, path
+            if path.parent == tmp_path and path.suffix in (".md", ".json"):
+                assert str(tmp_path).encode() not in data and tiny_benchmark.encode() not in data, path
     with pytest.raises(ValueError, match="--method: checkpoint 'xpl', now 'hard_pl'"):
-        run_main(["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--max_train_steps", "2",
-                  "--method", "hard_pl", "--resume_from_checkpoint", "latest"])
+        run_main([*common, "--method", "hard_pl", "--resume_from_checkpoint", "latest"])
+    with pytest.raises(ValueError, match="--learning_rate: checkpoint 0.001, now 0.01"):
+        run_main([*common, "--learning_rate", "0.01", "--resume_from_checkpoint", "latest"])
+    run_main([*common, "--eval_steps", "5", "--resume_from_checkpoint", "latest"])  # run control may change
+
+
+def test_an_unlabeled_split_with_boxes_is_never_trained_on(tiny_benchmark, tmp_path, caplog):
+    """A fully annotated set split 10%/90% (the paper's protocol): the 90% keep their boxes on disk."""
+    from datasets import concatenate_datasets
+
+    from xpl_hf.data.streams import DropLabels
+
+    leaky = tmp_path / "leaky"
+    for split in ("labeled", "validation", "test"):
+        load_labeled(tiny_benchmark, split).to_parquet(str(leaky / "data" / f"{split}-00000-of-00001.parquet"))
+    unlabeled = load_labeled(tiny_benchmark, "unlabeled", require_boxes=False)
+    boxed = unlabeled.map(lambda row: {"boxes": row["true_boxes"], "gt_rule": "union"})
+    concatenate_datasets([boxed]).to_parquet(str(leaky / "data" / "unlabeled-00000-of-00001.parquet"))
+    seen = []
+    real_call = DropLabels.__call__
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(DropLabels, "__call__", lambda self, row: seen.append(out := real_call(self, row)) or out)
+    try:
+        with caplog.at_level("WARNING"):
+            run_main(["--dataset", str(leaky), "--output_dir", str(tmp_path / "run"), *TINY, "--max_train_steps", "2",
+                      "--warmup_stage_steps", "1", "--eval_steps", "2", "--checkpointing_steps", "2"])
+    finally:
+        monkeypatch.undo()
+    assert seen and all(row["gt_rule"] == "none" and row["boxes"] == [] for row in seen)
+    assert "carries boxes" in caplog.text
 
 
 def test_nan_loss_stops_with_a_checkpoint(tiny_benchmark, tmp_path, monkeypatch):
