@@ -1,11 +1,14 @@
 """xpl-hf: Cross Pseudo-Labeling (XPL) for semi-supervised audio-visual source localization."""
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_xpl import XPLConfig
 from .loading import load_model_and_processor
 from .metrics.protocol import METRIC_PATH
 from .modeling_xpl import AVSLBranch, XPLModel, XPLModelOutput, XPLPreTrainedModel
+from .pipeline_xpl import TASK as PIPELINE_TASK
+from .pipeline_xpl import AudioVisualSourceLocalizationPipeline, save_pretrained_with_pipeline
 from .processing_xpl import AudioError, ImageError, XPLProcessor
 
 __version__ = "0.1.0"
@@ -17,6 +20,11 @@ AutoProcessor.register(XPLConfig, XPLProcessor, exist_ok=True)
 XPLConfig.register_for_auto_class()
 XPLModel.register_for_auto_class("AutoModel")
 XPLProcessor.register_for_auto_class("AutoProcessor")
+# pipeline("audio-visual-source-localization", model=XPLModel_or_folder, ...) in this process; saved folders carry the
+# pipeline's code too (save_pretrained_with_pipeline), for `pipeline(..., trust_remote_code=True)` anywhere.
+PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=AudioVisualSourceLocalizationPipeline,
+                                    pt_model=AutoModel, type="multimodal")
 
 __all__ = ["XPLConfig", "XPLModel", "XPLModelOutput", "XPLPreTrainedModel", "AVSLBranch", "XPLProcessor",
-           "AudioError", "ImageError", "load_model_and_processor", "METRIC_PATH", "__version__"]
+           "AudioError", "ImageError", "load_model_and_processor", "METRIC_PATH",
+           "AudioVisualSourceLocalizationPipeline", "save_pretrained_with_pipeline", "PIPELINE_TASK", "__version__"]

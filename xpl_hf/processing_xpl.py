@@ -190,5 +190,93 @@ class XPLProcessor(FeatureExtractionMixin):
             raise ValueError(f"got {len(data['pixel_values'])} images but {len(data['audio_waveform'])} audio clips.")
         return BatchFeature(data=data, tensor_type=return_tensors)
 
+    # -------------------------------------------------------- post-processing
+    def post_process_localization(self, outputs, target_sizes=None, threshold: float | None = None) -> list[dict]:
+        """
+        Model outputs -> one result per image: its maps at the image's own size, as the evaluation protocol views them.
+
+        Each (h, w) map is upsampled to the image's size with bicubic interpolation (`align_corners=False`) and min-max
+        normalised to [0, 1] per image: steps 1-2 of the protocol (`xpl_hf.metrics.protocol`), at the image's size
+        instead of 224 x 224. A map that is already flat before upsampling stays flat at its value, as the protocol
+        leaves flat maps (upsampling would only add the bicubic kernel's float rounding noise, which min-max would
+        stretch to [0, 1]).
+
+        Args:
+            outputs ([`XPLModelOutput`] or dict): with `maps` (fused), `maps_a` and `maps_b`, each `(batch, h, w)`.
+            target_sizes (list of `(height, width)` or tensor `(batch, 2)`, *optional*): each image's size in pixels;
+                `None` uses the model input size (`image_size` x `image_size`).
+            threshold (`float` in [0, 1], *optional*): also return the box around the fused map's pixels
+                `>= threshold`.
+
+        Returns:
+            `list[dict]`, one per image:
+            - `"map"`, `"map_a"`, `"map_b"`: float32 tensors `(height, width)` in [0, 1] (fused, branch A, branch B);
+            - `"consensus"`: the branches' agreement ρ, Pearson correlation of the raw maps of A and B (`float`);
+            - with `threshold`: `"box"`, `[x0, y0, x1, y1]` in pixels (ints, `x1`/`y1` exclusive, as in
+              `PIL.Image.crop`): the smallest box holding every pixel of `"map"` `>= threshold`, or `None` if none is.
+        """
+        from .maps import pearson_consensus
+
+        maps = {key: self._output_maps(outputs, name) for key, name in
+                (("map", "maps"), ("map_a", "maps_a"), ("map_b", "maps_b"))}
+        batch = maps["map"].shape[0]
+        if any(m.shape != maps["map"].shape for m in maps.values()):
+            raise ValueError(f"maps, maps_a and maps_b must have the same shape; got "
+                             f"{[tuple(m.shape) for m in maps.values()]}.")
+        sizes = self._target_sizes(target_sizes, batch)
+        if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+            raise ValueError(f"threshold={threshold!r}: expected a number in [0, 1] (maps are normalised to [0, 1]).")
+        consensus = pearson_consensus(maps["map_a"], maps["map_b"])
+        results = []
+        for i, size in enumerate(sizes):
+            result = {key: self._upsample_normalize(m[i], size) for key, m in maps.items()}
+            result["consensus"] = float(consensus[i])
+            if threshold is not None:
+                result["box"] = self._box_above(result["map"], threshold)
+            results.append(result)
+        return results
+
+    @staticmethod
+    def _output_maps(outputs, name: str) -> torch.Tensor:
+        maps = outputs.get(name) if hasattr(outputs, "get") else getattr(outputs, name, None)
+        if maps is None:
+            raise ValueError(f"outputs have no `{name}`; pass the XPLModel's output unchanged.")
+        maps = torch.as_tensor(maps)
+        if maps.ndim != 3:
+            raise ValueError(f"outputs.{name} has shape {tuple(maps.shape)}; expected (batch, h, w).")
+        return maps.detach().float()
+
+    def _target_sizes(self, target_sizes, batch: int) -> list[tuple[int, int]]:
+        from .image import MAX_PIXELS
+
+        if target_sizes is None:
+            return [(self.image_size, self.image_size)] * batch
+        sizes = [tuple(int(v) for v in size) for size in
+                 (target_sizes.tolist() if isinstance(target_sizes, torch.Tensor) else target_sizes)]
+        if len(sizes) != batch:
+            raise ValueError(f"got {len(sizes)} target sizes for {batch} maps; pass one (height, width) per image.")
+        for i, size in enumerate(sizes):
+            if len(size) != 2 or min(size) < 1 or size[0] * size[1] > MAX_PIXELS:
+                raise ValueError(f"target_sizes[{i}] = {size}: expected (height, width), positive, at most "
+                                 f"{MAX_PIXELS / 1e6:.0f} megapixels.")
+        return sizes
+
+    @staticmethod
+    def _upsample_normalize(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(h, w) raw map -> (height, width): bicubic (align_corners=False), then per-map min-max to [0, 1]."""
+        if raw.max() == raw.min():  # flat before upsampling: no location to show; keep its value, as the protocol
+            return torch.full(size, float(raw.flatten()[0]), dtype=torch.float32, device=raw.device)
+        up = torch.nn.functional.interpolate(raw[None, None], size=size, mode="bicubic", align_corners=False)[0, 0]
+        low, span = up.min(), up.max() - up.min()
+        return (up - low) / span if span > 0 else up
+
+    @staticmethod
+    def _box_above(heat: torch.Tensor, threshold: float) -> list[int] | None:
+        rows = torch.nonzero((heat >= threshold).any(dim=1)).flatten()
+        cols = torch.nonzero((heat >= threshold).any(dim=0)).flatten()
+        if rows.numel() == 0:
+            return None
+        return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
 
 __all__ = ["XPLProcessor", "ImageError", "AudioError"]

@@ -1,7 +1,8 @@
-"""Pictures of localization results: overlay grids (evaluation), training curves (trainer).
+"""Pictures of localization results: heat-map overlays (demo, evaluation grids), training curves (trainer).
 
-Maps are always shown the way the protocol scores them (upsampled bicubic to 224 x 224 and min-max normalised), so
-what a reader sees is what was measured. matplotlib runs on its Agg backend (no display needed).
+Maps are always shown the way the protocol scores them (upsampled bicubic and min-max normalised: 224 x 224 in the
+evaluation grids, the image's own size through `XPLProcessor.post_process_localization`), so what a reader sees is
+what was measured. matplotlib runs on its Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -12,11 +13,48 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 
+from .image import load_image
 from .metrics.protocol import EVAL_SIZE, as_prediction_tensor, normalize_maps, upsample_maps
 
-__all__ = ["pick_best_median_worst", "save_overlay_grid", "plot_training_curves"]
+__all__ = ["overlay_heatmap", "pick_best_median_worst", "save_overlay_grid", "plot_training_curves"]
+
+
+def overlay_heatmap(image: Any, heat_map: Any, alpha: float = 0.5, colormap: str = "jet") -> PIL.Image.Image:
+    """Blend a heat map over an image with a matplotlib colormap (red = hot with "jet").
+
+    Args:
+        image: the picture (PIL image, path, bytes or array: anything `xpl_hf.image.load_image` reads), size (W, H).
+        heat_map: `(H, W)` array or tensor in [0, 1] at the image's size, e.g. a `"map"` of
+            `XPLProcessor.post_process_localization(outputs, target_sizes=[(H, W)])`; values outside [0, 1] are
+            clipped. It is not resized: upsampling belongs to the post-processing, which does it as the protocol does.
+        alpha: weight of the colours (0 = the image only, 1 = the colours only).
+        colormap: a matplotlib colormap name.
+
+    Returns:
+        An RGB `PIL.Image.Image` of size (W, H): `(1 - alpha) * image + alpha * colormap(heat_map)`.
+    """
+    from matplotlib import colormaps
+
+    picture = load_image(image)
+    heat = np.asarray(heat_map.detach().cpu() if isinstance(heat_map, torch.Tensor) else heat_map, dtype=np.float32)
+    if heat.shape != (picture.height, picture.width):
+        raise ValueError(f"heat map has shape {heat.shape} but the image is {picture.height} x {picture.width} "
+                         "(H x W); get maps at the image's size with XPLProcessor.post_process_localization(outputs, "
+                         "target_sizes=[(H, W)]).")
+    if not np.isfinite(heat).all():
+        raise ValueError("heat map contains NaN or infinite values.")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha}: expected a number in [0, 1].")
+    try:
+        cmap = colormaps[colormap]
+    except KeyError:
+        raise ValueError(f"unknown matplotlib colormap {colormap!r} (e.g. 'jet', 'inferno', 'viridis').") from None
+    colours = cmap(np.clip(heat, 0.0, 1.0))[..., :3]  # (H, W, 3) floats in [0, 1]
+    blended = (1.0 - alpha) * np.asarray(picture, dtype=np.float32) / 255.0 + alpha * colours
+    return PIL.Image.fromarray(np.clip(blended * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
 
 def pick_best_median_worst(per_sample_ciou: Sequence[float], per_group: int = 4) -> dict[str, list[int]]:
@@ -70,8 +108,8 @@ def save_overlay_grid(
         ax = axes.flat[index]
         if not isinstance(image, Image.Image):
             image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-        ax.imshow(np.asarray(image.convert("RGB").resize((EVAL_SIZE, EVAL_SIZE), Image.BILINEAR)))
-        ax.imshow(heat[index].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        frame = image.convert("RGB").resize((EVAL_SIZE, EVAL_SIZE), Image.BILINEAR)
+        ax.imshow(np.asarray(overlay_heatmap(frame, heat[index], alpha=0.45)))
         gt = np.asarray(ground_truths[index], dtype=np.float32)
         if gt.any():
             ax.contour(gt, levels=[0.25, 0.75], colors=["white", "white"], linewidths=[0.8, 1.5])
@@ -86,14 +124,16 @@ def save_overlay_grid(
 
 
 def plot_training_curves(history: list[dict], path: str | os.PathLike) -> None:
-    """Training curves: losses, curriculum / pseudo-label diagnostics, validation CIoU."""
+    """Training curves: losses, curriculum / pseudo-label diagnostics, loss terms' gradient shares, validation CIoU."""
     plt = _pyplot()
     panels = [("losses", lambda k: k.startswith("train/loss")),
               ("curriculum (admitted fraction, mean consensus ρ)",
                lambda k: k in ("train/admitted_fraction", "train/consensus_mean")),
               ("pseudo-label CIoU vs true boxes (%, diagnostic)", lambda k: k.startswith("train/pl_ciou_")),
+              ("share of the gradient norm per loss term (--grad_share_steps)",
+               lambda k: k.startswith("train/gradshare_")),
               ("validation CIoU (%)", lambda k: k.startswith("val/") and k.endswith("/ciou"))]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (title, keep) in zip(axes, panels):
         keys = sorted({k for entry in history for k in entry if keep(k)})
         for key in keys:

@@ -1,0 +1,133 @@
+"""The `audio-visual-source-localization` pipeline: saved with the model (code + config entry), loaded with
+`pipeline(..., trust_remote_code=True)` from another directory, offline, running the folder's own code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import soundfile as sf
+import torch
+from transformers import pipeline
+
+from xpl_hf import PIPELINE_TASK, XPLConfig, XPLModel, XPLProcessor, save_pretrained_with_pipeline
+
+TINY = dict(image_size=64, embed_dim=32, vggish_fc_dim=64, clip_seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def model_and_processor():
+    torch.manual_seed(0)
+    config = XPLConfig(**TINY)
+    return XPLModel(config).eval(), XPLProcessor.from_config(config)
+
+
+@pytest.fixture(scope="module")
+def saved(model_and_processor, tmp_path_factory):
+    """A model folder written by save_pretrained_with_pipeline, plus a 640 x 480 frame and a 2 s WAV."""
+    root = tmp_path_factory.mktemp("pipeline")
+    model, processor = model_and_processor
+    save_pretrained_with_pipeline(model, processor, root / "xpl-output")
+    rng = np.random.default_rng(0)
+    PIL.Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(root / "frame.jpg")
+    t = np.arange(32000) / 16000
+    sf.write(root / "sound.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    return root
+
+
+def test_saved_folder_carries_the_pipeline(saved):
+    folder = saved / "xpl-output"
+    config = json.loads((folder / "config.json").read_text())
+    entry = config["custom_pipelines"][PIPELINE_TASK]
+    assert entry["impl"] == "pipeline_xpl.AudioVisualSourceLocalizationPipeline" and entry["pt"] == ["AutoModel"]
+    for name in ("pipeline_xpl.py", "processing_xpl.py", "modeling_xpl.py", "maps.py", "model.safetensors",
+                 "preprocessor_config.json"):
+        assert (folder / name).is_file(), name
+
+
+def test_pipeline_offline_from_another_directory(saved, tmp_path):
+    """A fresh interpreter in an unrelated directory: only the folder's code runs (xpl_hf is never imported)."""
+    script = textwrap.dedent(f"""
+        import json, sys
+        from transformers import pipeline
+        localizer = pipeline("audio-visual-source-localization", model={str(saved / "xpl-output")!r},
+                             trust_remote_code=True)
+        result = localizer(image={str(saved / "frame.jpg")!r}, audio={str(saved / "sound.wav")!r})
+        many = localizer([{{"image": {str(saved / "frame.jpg")!r}, "audio": {str(saved / "sound.wav")!r}}}] * 2,
+                         threshold=None)
+        print(json.dumps({{
+            "shapes": {{k: list(result[k].shape) for k in ("map", "map_a", "map_b")}},
+            "range": [float(result["map"].min()), float(result["map"].max())],
+            "box": result["box"], "consensus": result["consensus"],
+            "many": [sorted(r) for r in many],
+            "modules": [type(localizer).__module__, type(localizer.model).__module__,
+                        type(localizer.processor).__module__],
+            "xpl_hf_imported": any(name == "xpl_hf" or name.startswith("xpl_hf.") for name in sys.modules),
+        }}))
+    """)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["shapes"] == {"map": [480, 640], "map_a": [480, 640], "map_b": [480, 640]}  # the frame's own size
+    assert out["range"] == [0.0, 1.0]
+    x0, y0, x1, y1 = out["box"]
+    assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480
+    assert -1.0 <= out["consensus"] <= 1.0
+    assert out["many"] == [["consensus", "map", "map_a", "map_b"]] * 2  # threshold=None: no box
+    assert all(module.startswith("transformers_modules.") for module in out["modules"]), out["modules"]
+    assert not out["xpl_hf_imported"]
+
+
+def test_folder_needs_trust_remote_code(saved):
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        pipeline(PIPELINE_TASK, model=str(saved / "xpl-output"))
+
+
+def test_in_process_with_arrays(model_and_processor):
+    model, processor = model_and_processor
+    localizer = pipeline(PIPELINE_TASK, model=model, processor=processor, device="cpu")
+    image = np.zeros((30, 50, 3), np.uint8)
+    waveform = np.zeros(8000, np.float32)
+    result = localizer(image=image, audio=waveform, sampling_rate=8000, threshold=0.9)
+    assert result["map"].shape == (30, 50) and result["box"] is not None
+    # the same pair as a dict with its own rate, as `datasets` gives audio
+    same = localizer({"image": image, "audio": {"array": waveform, "sampling_rate": 8000}}, threshold=0.9)
+    assert torch.equal(same["map"], result["map"]) and same["box"] == result["box"]
+    with torch.no_grad():
+        direct = model(**processor(images=image, audio=waveform, sampling_rate=8000))
+    expected = processor.post_process_localization(direct, target_sizes=[(30, 50)])[0]
+    assert torch.allclose(result["map_b"], expected["map_b"]) and result["consensus"] == pytest.approx(
+        expected["consensus"])
+
+
+def test_bad_calls(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    localizer = pipeline(PIPELINE_TASK, model=model, processor=processor, device="cpu")
+    with pytest.raises(ValueError, match="both `image=` and `audio=`"):
+        localizer(image=np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="'image' and 'audio'"):
+        localizer({"image": np.zeros((8, 8, 3), np.uint8)})
+    with pytest.raises(TypeError, match="unknown option"):
+        localizer(image=np.zeros((8, 8, 3), np.uint8), audio=np.zeros(800), sampling_rate=8000, treshold=0.5)
+    with pytest.raises(ValueError, match="does not exist"):
+        localizer(image=np.zeros((8, 8, 3), np.uint8), audio=str(tmp_path / "missing.wav"))
+
+
+def test_processor_found_next_to_the_model(saved):
+    """Without `processor=`, the pipeline loads the one saved with the model (here clip_seconds = 1.0)."""
+    model = XPLModel.from_pretrained(saved / "xpl-output")
+    localizer = pipeline(PIPELINE_TASK, model=model, device="cpu")
+    assert localizer.processor.clip_seconds == 1.0 and localizer.processor.image_size == 64
+    assert Path(model.name_or_path) == saved / "xpl-output"

@@ -1,0 +1,149 @@
+"""`pipeline("audio-visual-source-localization")`: where in a frame does its sound come from?
+
+```python
+>>> from transformers import pipeline
+>>> localizer = pipeline("audio-visual-source-localization", model="xpl-output", trust_remote_code=True)
+>>> result = localizer(image="frame.jpg", audio="sound.wav", threshold=0.5)
+>>> result["map"].shape                 # (H, W): the fused heat map at the frame's own size, in [0, 1]
+>>> result["box"], result["consensus"]  # [x0, y0, x1, y1] around the map >= 0.5; the branches' agreement ρ
+```
+
+A folder saved by [`save_pretrained_with_pipeline`] (what training writes) carries this file, the model's and the
+processor's code, and a `custom_pipelines` entry in its `config.json`, so the call above works from any directory,
+offline, without xpl-hf installed: `trust_remote_code=True` runs the folder's own copy of the code.
+
+Inputs, per call: `image` (path, PIL image, array, bytes: `xpl_hf.image.load_image`'s rules) and `audio` (WAV / FLAC /
+OGG path or bytes, an array with `sampling_rate=`, or a `{"array", "sampling_rate"}` dict as `datasets` gives it).
+A list of `{"image": ..., "audio": ...}` dicts returns a list of results. Output: the dict of
+[`XPLProcessor.post_process_localization`] for that image (`map`, `map_a`, `map_b`, `consensus`, and `box` unless
+`threshold=None`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from transformers import Pipeline
+
+from .processing_xpl import XPLProcessor
+
+logger = logging.getLogger(__name__)
+
+TASK = "audio-visual-source-localization"
+DEFAULT_THRESHOLD = 0.5
+"""Default `threshold` of the box: half-way between the least and the most likely location of the normalised map."""
+
+
+class AudioVisualSourceLocalizationPipeline(Pipeline):
+    r"""
+    Heat maps of the sounding object in an image, from [`XPLModel`]'s two branches and their fusion.
+
+    Args:
+        model ([`XPLModel`]): the model.
+        processor ([`XPLProcessor`], *optional*): its processor; loaded from the model's folder / Hub id when omitted
+            (built from the model's config if that folder has none). `feature_extractor=` is accepted as an alias.
+        device, kwargs: as for every [`Pipeline`]; call-time options are `sampling_rate` (for arrays) and
+            `threshold` (`float` in [0, 1] or `None`, default 0.5).
+    """
+
+    _load_processor = False  # XPLProcessor is a FeatureExtractionMixin; it is loaded in __init__ (see `processor`)
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def __init__(self, model, processor: XPLProcessor | None = None, feature_extractor: XPLProcessor | None = None,
+                 **kwargs):
+        processor = processor if processor is not None else feature_extractor
+        if processor is None:
+            processor = self._load_model_processor(model)
+        super().__init__(model=model, processor=processor, **kwargs)
+
+    @staticmethod
+    def _load_model_processor(model) -> XPLProcessor:
+        source = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+        if source:
+            revision = getattr(model.config, "_commit_hash", None)  # the Hub commit the weights came from, if any
+            try:
+                return XPLProcessor.from_pretrained(source, revision=revision)
+            except (OSError, ValueError) as error:
+                logger.warning("no processor saved with %s (%s); building one from the model config", source, error)
+        return XPLProcessor.from_config(model.config)
+
+    def __call__(self, inputs: dict | list[dict] | None = None, *, image: Any = None, audio: Any = None,
+                 **kwargs) -> dict | list[dict]:
+        """
+        Args:
+            inputs: `{"image": ..., "audio": ...}` (optionally with `"sampling_rate"`), or a list of them.
+            image, audio: one pair, instead of `inputs`.
+            sampling_rate (`int`, *optional*): rate of audio given as arrays.
+            threshold (`float` in [0, 1] or `None`, defaults to 0.5): threshold of the box on the fused map.
+
+        Returns:
+            One dict per pair (a list for a list): see [`XPLProcessor.post_process_localization`].
+        """
+        if inputs is None:
+            if image is None or audio is None:
+                raise ValueError("pass both `image=` and `audio=` (or `inputs={'image': ..., 'audio': ...}`).")
+            inputs = {"image": image, "audio": audio}
+        elif image is not None or audio is not None:
+            raise ValueError("pass either `inputs` or `image=` and `audio=`, not both.")
+        return super().__call__(inputs, **kwargs)
+
+    def _sanitize_parameters(self, sampling_rate=None, threshold=DEFAULT_THRESHOLD, **unknown):
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; the options are `sampling_rate` and `threshold`.")
+        preprocess_params = {} if sampling_rate is None else {"sampling_rate": sampling_rate}
+        return preprocess_params, {}, {"threshold": threshold}
+
+    def preprocess(self, inputs: dict, sampling_rate: int | None = None) -> dict:
+        if not isinstance(inputs, dict) or "image" not in inputs or "audio" not in inputs:
+            raise ValueError(f"each input must be a dict with 'image' and 'audio'; got {type(inputs).__name__}"
+                             f"{' with keys ' + str(sorted(inputs)) if isinstance(inputs, dict) else ''}.")
+        image = self.processor.load_image(inputs["image"])
+        audio, rate = inputs["audio"], inputs.get("sampling_rate", sampling_rate)
+        if isinstance(audio, dict):  # {"array", "sampling_rate"} (datasets' Audio) or {"path"} / {"bytes"}
+            rate = audio.get("sampling_rate", rate)
+            audio = next((audio[k] for k in ("array", "raw", "bytes", "path") if audio.get(k) is not None), None)
+            if audio is None:
+                raise ValueError("an audio dict needs 'array' (with 'sampling_rate'), 'bytes' or 'path'.")
+        if isinstance(audio, (str, os.PathLike, bytes, bytearray)):
+            rate = None  # files carry their own rate
+        features = self.processor(images=image, audio=audio, sampling_rate=rate, return_tensors="pt")
+        return {**features, "target_size": (image.height, image.width)}
+
+    def _forward(self, model_inputs: dict) -> dict:
+        target_size = model_inputs.pop("target_size")
+        outputs = self.model(**model_inputs)
+        return {"maps": outputs.maps, "maps_a": outputs.maps_a, "maps_b": outputs.maps_b, "target_size": target_size}
+
+    def postprocess(self, model_outputs: dict, threshold: float | None = DEFAULT_THRESHOLD) -> dict:
+        return self.processor.post_process_localization(
+            model_outputs, target_sizes=[model_outputs["target_size"]], threshold=threshold)[0]
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Model + processor + this pipeline's code, with the `custom_pipelines` entry that `pipeline()` reads."""
+        from transformers import AutoModel
+
+        # What PIPELINE_REGISTRY.register_pipeline records, set here so that a copy loaded with trust_remote_code
+        # (never registered) saves itself as well.
+        self._registered_impl = {TASK: {"impl": type(self), "pt": (AutoModel,), "type": "multimodal"}}
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
+
+
+def save_pretrained_with_pipeline(model, processor: XPLProcessor, save_directory: str | os.PathLike,
+                                  **kwargs) -> None:
+    """`model.save_pretrained` + `processor.save_pretrained` that also make the folder a pipeline.
+
+    The folder then answers `pipeline("audio-visual-source-localization", model=folder, trust_remote_code=True)`
+    (see the module docstring). The model stays on its device. `kwargs` go to `model.save_pretrained`.
+    """
+    device = next(model.parameters()).device
+    AudioVisualSourceLocalizationPipeline(model=model, processor=processor, device=device).save_pretrained(
+        save_directory, **kwargs)
+
+
+__all__ = ["AudioVisualSourceLocalizationPipeline", "save_pretrained_with_pipeline", "TASK", "DEFAULT_THRESHOLD"]
