@@ -52,7 +52,7 @@ from xpl_hf.data.streams import (
 )
 from xpl_hf.data.transforms import XPLCollator
 from xpl_hf.evaluation import evaluate_model
-from xpl_hf.method import compute_losses
+from xpl_hf.method import compute_losses, term_grad_shares
 from xpl_hf.paths import is_local
 from xpl_hf.pretrained import load_pretrained_backbones
 from xpl_hf.training_args import DEFAULT_DATASET, parse_args
@@ -208,8 +208,13 @@ def main(argv: list[str] | None = None) -> dict:
         batch = send_to_device(batch, accelerator.device, non_blocking=True)
         with accelerator.accumulate(model):
             out = model(**batch)
+            measure = args.grad_share_steps and state.step % args.grad_share_steps == 0  # diagnostics, no sync
+            terms: dict | None = {} if measure else None
             loss, logs = compute_losses(out, batch, method, bank=bank, selector=selector,
-                                        pl_step=state.step - args.warmup_stage_steps, accelerator=accelerator)
+                                        pl_step=state.step - args.warmup_stage_steps, accelerator=accelerator,
+                                        terms_out=terms)
+            if measure:
+                logs.update(term_grad_shares(terms, [p for p in model.parameters() if p.requires_grad]))
             finite = accelerator.reduce(torch.isfinite(loss.detach()).float().reshape(1), reduction="sum")
             if int(finite.item()) != accelerator.num_processes:
                 path = checkpoint_now()

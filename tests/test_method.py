@@ -373,3 +373,30 @@ def test_two_process_bank_and_window_consistency():
     from accelerate import debug_launcher
 
     debug_launcher(_two_process_worker, num_processes=2)
+
+
+# ---------------------------------------------------------------- method settings, instrumentation
+def test_cross_normalization_over_all_unlabeled_samples():
+    """'unlabeled': Σ over admitted / all unlabelled (the term grows with r(t)); 'admitted': mean over admitted."""
+    from xpl_hf.method import XPLMethod
+
+    assert XPLMethod().cross_normalization == "unlabeled"
+    with pytest.raises(ValueError, match="cross_normalization"):
+        XPLMethod(cross_normalization="batch")
+    maps, targets = torch.rand(4, 3, 3), torch.rand(4, 3, 3)
+    admitted = torch.tensor([True, False, False, False])
+    per_admitted = cross_bce(maps, targets, admitted)
+    torch.testing.assert_close(per_admitted, supervised_bce(maps[:1], targets[:1]))
+    # what compute_losses does for "unlabeled": the admitted mean times the admitted fraction
+    torch.testing.assert_close(per_admitted * admitted.float().mean(), per_admitted / 4)
+
+
+def test_term_grad_shares_sum_to_one_and_leave_grads_untouched():
+    from xpl_hf.method import term_grad_shares
+
+    w = torch.nn.Parameter(torch.ones(3))
+    terms = {"sup": (w * 2).sum(), "avc": (w * 6).sum()}
+    logs = term_grad_shares(terms, [w])
+    torch.testing.assert_close(logs["gradshare_sup"] + logs["gradshare_avc"], torch.tensor(1.0))
+    torch.testing.assert_close(logs["gradshare_avc"], torch.tensor(0.75))
+    assert w.grad is None

@@ -228,11 +228,16 @@ def test_an_unlabeled_split_with_boxes_is_never_trained_on(tiny_benchmark, tmp_p
     try:
         with caplog.at_level("WARNING"):
             run_main(["--dataset", str(leaky), "--output_dir", str(tmp_path / "run"), *TINY, "--max_train_steps", "2",
-                      "--warmup_stage_steps", "1", "--eval_steps", "2", "--checkpointing_steps", "2"])
+                      "--warmup_stage_steps", "1", "--eval_steps", "2", "--checkpointing_steps", "2",
+                      "--grad_share_steps", "1"])
     finally:
         monkeypatch.undo()
     assert seen and all(row["gt_rule"] == "none" and row["boxes"] == [] for row in seen)
     assert "carries boxes" in caplog.text
+    log = json.loads((tmp_path / "run" / "training_log.json").read_text())
+    stage2 = [e for e in log if "train/gradshare_cross" in e]  # instrumentation: each term's share of the update
+    assert stage2 and 0 < stage2[-1]["train/gradshare_cross"] < 1
+    assert "train/pl_ciou_a" in stage2[-1]  # the dropped boxes still measure pseudo-label quality
 
 
 def test_nan_loss_stops_with_a_checkpoint(tiny_benchmark, tmp_path, monkeypatch):

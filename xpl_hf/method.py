@@ -33,7 +33,7 @@ from .maps import pearson_consensus
 from .metrics.protocol import per_sample_ciou
 from .pseudo_labels import PseudoLabelBank, hard_pseudo_labels, soft_pseudo_labels, synced_bank_update
 
-__all__ = ["METHODS", "ABLATIONS", "XPLMethod", "compute_losses", "pseudo_label_quality"]
+__all__ = ["METHODS", "ABLATIONS", "XPLMethod", "compute_losses", "term_grad_shares", "pseudo_label_quality"]
 
 METHODS = ("xpl", "sup_only", "hard_pl", "sup_contrastive", "self_supervised")
 ABLATIONS = ("no_pl_ema", "no_cross_refine", "no_sharpening", "no_data_selection")
@@ -58,6 +58,9 @@ class XPLMethod:
         curriculum_window: recent consensus scores (all processes) used for the admission quantile.
         avc_weight: λ of eq. 9.
         avc_temperature: τ of eq. 8.
+        cross_normalization: the denominator of L_cross: ``"unlabeled"`` (the sum over admitted samples divided by
+            all unlabelled samples of the batch, so the pseudo-label term grows with the admitted fraction) or
+            ``"admitted"`` (the mean over admitted samples only: one admitted clip weighs like a full batch).
     """
 
     name: str = "xpl"
@@ -74,6 +77,11 @@ class XPLMethod:
     curriculum_window: int = 2048
     avc_weight: float = 0.5
     avc_temperature: float = 0.03
+    cross_normalization: str = "unlabeled"
+
+    def __post_init__(self):
+        if self.cross_normalization not in ("unlabeled", "admitted"):
+            raise ValueError(f"cross_normalization must be 'unlabeled' or 'admitted', got {self.cross_normalization!r}")
 
     @property
     def uses_unlabeled(self) -> bool:
@@ -128,8 +136,8 @@ class XPLMethod:
 
 
 def compute_losses(out, batch: dict, method: XPLMethod, *, bank: PseudoLabelBank | None,
-                   selector: CurriculumSelector | None, pl_step: int,
-                   accelerator=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   selector: CurriculumSelector | None, pl_step: int, accelerator=None,
+                   terms_out: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 9 for one batch of labeled and/or unlabeled samples.
 
     Args:
@@ -139,6 +147,8 @@ def compute_losses(out, batch: dict, method: XPLMethod, *, bank: PseudoLabelBank
         method: the method's settings.
         bank, selector: the PL-EMA bank and the curriculum (XPL); None for methods without soft pseudo-labels.
         pl_step: stage-2 step t, for the curriculum's r(t).
+        terms_out: if a dict, filled with each weighted term summed over both branches (``"sup"``, ``"cross"``,
+            ``"avc"``: tensors with their graph), for :func:`term_grad_shares`.
     Returns:
         (total loss, logs {name: 0-d tensor, detached}); logs stay on the device so that a step needs no host
         synchronisation (reduce them when logging).
@@ -175,15 +185,41 @@ def compute_losses(out, batch: dict, method: XPLMethod, *, bank: PseudoLabelBank
         teacher = {"a": "b", "b": "a"} if method.cross_refine else {"a": "a", "b": "b"}
         terms["a"]["cross"] = cross_bce(maps_a, targets[teacher["a"]], admitted)
         terms["b"]["cross"] = cross_bce(maps_b, targets[teacher["b"]], admitted)
+        if method.cross_normalization == "unlabeled":  # mean over admitted -> sum over admitted / all unlabelled
+            share = admitted.float().mean()
+            terms["a"]["cross"], terms["b"]["cross"] = terms["a"]["cross"] * share, terms["b"]["cross"] * share
         logs.update(admitted_fraction=admitted.float().mean(), consensus_mean=consensus.mean(),
                     consensus_p10=consensus.quantile(0.1), consensus_p90=consensus.quantile(0.9))
         if "true_gt_maps" in batch:
             logs.update(pseudo_label_quality(targets, batch["true_gt_maps"][unlabeled.cpu()], admitted))
     loss = total_loss({m: t for m, t in terms.items() if t}, method.avc_weight)
+    if terms_out is not None:
+        for name, weight in (("sup", 1.0), ("cross", 1.0), ("avc", method.avc_weight)):
+            parts = [t[name] for t in terms.values() if name in t]
+            if parts:
+                terms_out[name] = weight * sum(parts)
     for m, parts in terms.items():
         for name, value in parts.items():
             logs[f"loss_{name}_{m}"] = value.detach()
     return loss, logs
+
+
+def term_grad_shares(terms: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Diagnostics: the gradient norm of each weighted loss term on ``params`` and its share of their sum.
+
+    One extra backward pass per term (the graph is retained), so call it every few steps only.
+
+    Returns:
+        ``{"gradnorm_<term>": norm, "gradshare_<term>": norm / Σ norms}`` (0-d tensors).
+    """
+    norms = {}
+    for name, term in terms.items():
+        if term.requires_grad:
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            norms[name] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+    total = sum(norms.values()) if norms else 1.0
+    return {**{f"gradnorm_{k}": v.detach() for k, v in norms.items()},
+            **{f"gradshare_{k}": (v / total).detach() for k, v in norms.items()}}
 
 
 @torch.no_grad()

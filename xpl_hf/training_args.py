@@ -25,6 +25,7 @@ RUN_CONTROL_OPTIONS = frozenset({
     "output_dir", "logging_steps", "eval_steps", "eval_batch_size", "eval_max_samples", "checkpointing_steps",
     "checkpoints_total_limit", "resume_from_checkpoint", "report_to", "push_to_hub", "hub_model_id", "hub_token",
     "hub_private", "config", "dataloader_num_workers", "on_bad_sample", "synthetic_size", "test_split",
+    "grad_share_steps",
 })
 """Options that may change when a run is resumed (where to write, how often to log, evaluate and save). Every other
 option shapes the training trajectory and must stay as the checkpoint has it (`XPLTrainingArguments.fingerprint`)."""
@@ -88,6 +89,9 @@ class XPLTrainingArguments:
                                    default=_M.curriculum_window)
     avc_weight: float = _help("λ, weight of the contrastive loss L_avc (eq. 9), >= 0.", default=_M.avc_weight)
     avc_temperature: float = _help("τ of the contrastive loss (eq. 8), > 0.", default=_M.avc_temperature)
+    cross_normalization: str = _help("Denominator of L_cross: 'unlabeled' (sum over admitted samples / all unlabelled "
+                                     "samples of the batch) or 'admitted' (mean over admitted samples only).",
+                                     default=_M.cross_normalization)
     # schedule
     max_train_steps: int = _help("Optimiser steps in total (stage 1 + stage 2).", default=300)
     warmup_stage_steps: int = _help("Stage 1 (labelled data only) length in steps.", default=100)
@@ -105,6 +109,8 @@ class XPLTrainingArguments:
     # logging, evaluation, checkpoints
     output_dir: str = _help("Where the model, card, logs and checkpoints go.", default="xpl-output")
     logging_steps: int = _help("Steps between logged (averaged) training values.", default=10)
+    grad_share_steps: int = _help("Every N steps, log each loss term's gradient norm and share of the update "
+                                  "(one extra backward pass per term; 0 = off).", default=0)
     eval_steps: int = _help("Steps between validations (the best validation model is kept).", default=50)
     eval_batch_size: int = _help("Batch size of validation and test.", default=32)
     eval_max_samples: int | None = _help("Validate on at most this many samples.", default=None)
@@ -133,7 +139,8 @@ class XPLTrainingArguments:
                      "eval_batch_size", "checkpointing_steps", "gradient_accumulation_steps", "curriculum_window",
                      "image_size", "embed_dim", "vggish_fc_dim"):
             need(isinstance(getattr(self, flag), int) and getattr(self, flag) > 0, flag, "must be a positive integer")
-        for flag in ("warmup_stage_steps", "lr_warmup_steps", "dataloader_num_workers", "shuffle_buffer"):
+        for flag in ("warmup_stage_steps", "lr_warmup_steps", "dataloader_num_workers", "shuffle_buffer",
+                     "grad_share_steps"):
             need(getattr(self, flag) >= 0, flag, "must be >= 0")
         for flag in ("eval_max_samples", "checkpoints_total_limit", "curriculum_rampup_steps"):
             value = getattr(self, flag)
@@ -153,6 +160,8 @@ class XPLTrainingArguments:
         need(self.image_size % 32 == 0, "image_size", "must be a multiple of 32")
         need(self.method in METHODS, "method", f"must be one of {METHODS}")
         need(self.on_bad_sample in ("skip", "raise"), "on_bad_sample", "must be 'skip' or 'raise'")
+        need(self.cross_normalization in ("unlabeled", "admitted"), "cross_normalization",
+             "must be 'unlabeled' or 'admitted'")
         need(self.mixed_precision in (None, "no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
         need(self.report_to in ("tensorboard", "wandb", "all", "none"), "report_to",
              "must be tensorboard, wandb, all or none")
@@ -169,7 +178,8 @@ class XPLTrainingArguments:
             pl_ema_alpha=self.pl_ema_alpha, sharpen_temperature=self.sharpen_temperature,
             consensus_min=self.consensus_min, curriculum_r0=self.curriculum_r0,
             curriculum_rampup_steps=self.curriculum_rampup_steps or 0, curriculum_window=self.curriculum_window,
-            avc_weight=self.avc_weight, avc_temperature=self.avc_temperature)
+            avc_weight=self.avc_weight, avc_temperature=self.avc_temperature,
+            cross_normalization=self.cross_normalization)
 
     def model_config_kwargs(self) -> dict:
         """The `XPLConfig` (architecture) fields these options select."""
