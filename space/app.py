@@ -13,7 +13,12 @@ next to this file (written by `python -m xpl_hf.hub push-space --model_id ...`),
 `xpl-output/` folder of the repository checkout. Without a trained model the page says so and runs nothing.
 
 Everything the page does is in plain functions (`load_model`, `read_image`, `read_audio`, `read_video`,
-`localize`, `heatmap_overlay`) so it can be tested without a browser; `build_demo` assembles the page.
+`localize`) so it can be tested without a browser; `build_demo` assembles the page. The maps and overlays come from
+the package (`XPLProcessor.post_process_localization`, `xpl_hf.visualization.overlay_heatmap`), as in any script.
+
+Hostile uploads: sizes, durations and pixel counts are read from the headers and checked before decoding; only the
+audio window and the video frame the model uses are decoded; messages never show the server's paths; uploaded files
+are deleted from Gradio's cache (`DELETE_CACHE`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -34,8 +40,6 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-import torch.nn.functional as F
-from matplotlib import colormaps
 
 HERE = Path(__file__).resolve().parent
 try:  # In the Space, xpl_hf/ is bundled next to this file; in a checkout, it is one level up.
@@ -45,9 +49,10 @@ except ImportError:  # pragma: no cover - depends on how the app is started
 
 from xpl_hf import XPLModel, XPLProcessor  # noqa: E402
 from xpl_hf.audio import AudioError, decode_audio  # noqa: E402
+from xpl_hf.image import MAX_PIXELS, load_image  # noqa: E402
 from xpl_hf.loading import WEIGHT_FILES, load_model_and_processor  # noqa: E402
-from xpl_hf.maps import pearson_consensus  # noqa: E402
 from xpl_hf.paths import looks_like_hub_id  # noqa: E402
+from xpl_hf.visualization import overlay_heatmap  # noqa: E402
 
 logger = logging.getLogger("xpl_space")
 
@@ -57,8 +62,11 @@ MAX_AUDIO_MB = 20
 MAX_VIDEO_MB = 100
 MAX_AUDIO_SECONDS = 60.0
 MAX_VIDEO_SECONDS = 30 * 60.0
-MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_SIDE = 4096  # images and video frames; also at most xpl_hf.image.MAX_PIXELS pixels
 MIN_IMAGE_SIDE = 8
+MAX_VIDEO_DECODE_FRAMES = 600  # frames decoded, from the keyframe before the chosen time, to reach it
+AUDIO_SEEK_SLACK_SECONDS = 30.0  # audio decoded before the wanted window when a video's seek lands early
+DELETE_CACHE = (300, 900)  # gr.Blocks(delete_cache=): every 5 min, delete uploads and outputs older than 15 min
 DISPLAY_SIDE = 512  # overlays are drawn on the image scaled to at most this many pixels a side
 OVERLAY_ALPHA = 0.5
 DEFAULT_MODEL_DIR = "xpl-output"  # train_xpl.py's default --output_dir
@@ -66,10 +74,11 @@ IMAGE_FORMATS = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 AUDIO_FORMATS = "WAV, FLAC, OGG, MP3"
 
 try:  # PyAV's wheels bundle the FFmpeg libraries: no system FFmpeg needed.
-    import av  # noqa: F401
+    import av
 
     HAVE_AV = True
 except ImportError:  # pragma: no cover - depends on the environment
+    av = None
     HAVE_AV = False
 
 
@@ -193,6 +202,9 @@ def find_model(model: str | None = None) -> tuple[LoadedModel | None, str]:
 
 
 # ------------------------------------------------------------------------------------------------------------ inputs
+# Every reader checks sizes from the file's headers before decoding anything, then decodes only what the model uses:
+# the audio window around the middle (or around the chosen time of a video) and the one video frame. Messages name
+# an upload by its own file name, never by the server's temporary path.
 def _file_path(value) -> str | None:
     """A Gradio file payload (FileData dict, as received with preprocess=False), or a path -> the local path."""
     if value is None:
@@ -204,6 +216,25 @@ def _file_path(value) -> str | None:
     return str(getattr(value, "path", value))
 
 
+def _name(path: str | None) -> str:
+    """How a message calls an uploaded file: its own name (Gradio keeps it), else "the uploaded file"."""
+    name = os.path.basename(path or "")
+    return f"'{name}'" if name else "the uploaded file"
+
+
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.:/])/(?:[^\s'"/]+/)+([^\s'"/]+)""")
+
+
+def _strip_paths(text: str) -> str:
+    """Replace every absolute path in `text` by its file name (the server's folders stay private)."""
+    return _ABSOLUTE_PATH.sub(r"\1", text)
+
+
+def _details(err: Exception) -> str:
+    """A library error in a few words without file paths (PyAV's `strerror` holds no path; its str() does)."""
+    return _strip_paths(getattr(err, "strerror", None) or str(err) or type(err).__name__)
+
+
 def _check_size(path: str, limit_mb: float, what: str) -> None:
     size = os.path.getsize(path)
     if size == 0:
@@ -212,70 +243,111 @@ def _check_size(path: str, limit_mb: float, what: str) -> None:
         raise InputError(f"The {what} file is {size / 1024 / 1024:.1f} MB; the limit is {limit_mb:g} MB.")
 
 
+def _check_pixels(width: int, height: int, what: str) -> None:
+    """Refuse pictures / video frames beyond the side and megapixel caps (from the header, before decoding)."""
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_PIXELS:
+        raise InputError(f"The {what} is {width}×{height} px; the limit is {MAX_IMAGE_SIDE} px a side.")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputError(f"The {what} is {width}×{height} px; it must be at least {MIN_IMAGE_SIDE} px a side.")
+
+
+def _too_long(duration: float, limit: float, what: str) -> InputError:
+    if limit >= 120:
+        return InputError(f"The {what} is {duration / 60:.1f} min long; the limit is {limit / 60:g} min.")
+    return InputError(f"The {what} is {duration:.1f} s long; the limit is {limit:g} s.")
+
+
 def read_image(value) -> PIL.Image.Image:
-    """Uploaded image -> RGB PIL image, with size limits and a plain message for anything unreadable."""
+    """Uploaded image -> RGB PIL image (the package's image rule), with size limits and plain messages."""
     path = _file_path(value)
     if not path:
         raise InputError("Please add an image (a video frame).")
     _check_size(path, MAX_IMAGE_MB, "image")
     try:
         with PIL.Image.open(path) as im:
-            width, height = im.size
-            if max(width, height) > MAX_IMAGE_SIDE:
-                raise InputError(f"The image is {width}×{height} px; the limit is {MAX_IMAGE_SIDE} px a side.")
-            if min(width, height) < MIN_IMAGE_SIDE:
-                raise InputError(f"The image is {width}×{height} px; it must be at least {MIN_IMAGE_SIDE} px a side.")
+            _check_pixels(*im.size, "image")  # from the header: nothing decoded yet
             im.seek(0)  # first frame of animated GIF / WebP
             im.load()
-            image = PIL.ImageOps.exif_transpose(im) or im
-            return image.convert("RGB")
+            return load_image(PIL.ImageOps.exif_transpose(im) or im)  # alpha on white, 16-bit scaled: xpl_hf.image
     except InputError:
         raise
     except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError) as err:
-        raise InputError(f"Could not read the image: not a supported image file ({IMAGE_FORMATS}).") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"Could not read the image: the file is truncated or corrupt ({err}).") from err
+        raise InputError(f"Could not read the image {_name(path)}: not a supported image file "
+                         f"({IMAGE_FORMATS}).") from err
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise InputError(f"Could not read the image {_name(path)}: the file is truncated or corrupt "
+                         f"({_details(err)}).") from err
 
 
-def _decode_audio_av(path: str, start: float | None = None,
-                     seconds: float | None = None) -> tuple[np.ndarray, int, float]:
-    """Decode an audio stream with PyAV -> (mono float32 samples, rate, stream duration in s)."""
-    import av
+def _media_duration(container, stream) -> float | None:
+    """Duration in seconds from the container's or the stream's header, None when neither says."""
+    if container.duration:
+        return float(container.duration / av.time_base)
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return None
 
-    with av.open(path) as container:
-        if not container.streams.audio:
-            raise InputError("The file has no audio track; the model needs the sound.")
-        stream = container.streams.audio[0]
-        rate = stream.rate or stream.codec_context.sample_rate
-        duration = float(container.duration / av.time_base) if container.duration else float("nan")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        if start:
-            container.seek(max(0, int(start * av.time_base)), any_frame=False)
-        chunks, first_time = [], None
-        for frame in container.decode(stream):
-            if first_time is None:
-                first_time = float(frame.time or 0.0)
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-            if seconds is not None and sum(map(len, chunks)) >= (seconds + (start or 0) - first_time + 0.1) * rate:
-                break
-        for out in resampler.resample(None):
+
+def _decode_audio_window(container, stream, start: float, seconds: float,
+                         budget_seconds: float) -> tuple[np.ndarray, int]:
+    """Decode `seconds` of `stream` from `start` (seeking there first) -> (mono float32 samples, rate).
+
+    At most `budget_seconds` of audio are decoded: when seeking lands too far before `start` (a file without an
+    index), the file is refused instead of decoded from its beginning.
+    """
+    rate = stream.rate or stream.codec_context.sample_rate
+    if not rate:
+        raise InputError("The audio track does not say its sample rate.")
+    if start > 0:
+        container.seek(int(start * av.time_base), backward=True, any_frame=False)
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+    chunks, decoded, first_time, needed = [], 0, None, 0
+    for frame in container.decode(stream):
+        if first_time is None:
+            first_time = float(frame.time) if frame.time is not None else start
+            needed = math.ceil((start + seconds - first_time) * rate)
+        for out in resampler.resample(frame):
             chunks.append(out.to_ndarray().reshape(-1))
-    if not chunks:
+            decoded += chunks[-1].size
+        if decoded >= needed:
+            break
+        if decoded > budget_seconds * rate:
+            raise InputError(f"Could not reach the sound at {start:.1f} s: the file cannot be searched (no index).")
+    chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    offset = max(0, round((start - (first_time or 0.0)) * rate))
+    samples = samples[offset:offset + math.ceil(seconds * rate)]
+    if samples.size == 0:
         raise InputError("The audio track holds no samples.")
-    samples = np.concatenate(chunks).astype(np.float32)
-    if start is not None and seconds is not None:  # trim to [start, start + seconds] using the first frame's time
-        offset = max(0, int(round((start - first_time) * rate)))
-        samples = samples[offset:offset + int(math.ceil(seconds * rate))]
-    if math.isnan(duration):
-        duration = len(samples) / rate
-    return samples, rate, duration
+    return samples, rate
+
+
+def _read_audio_av(path: str, clip_seconds: float) -> tuple[np.ndarray, int]:
+    """Any audio FFmpeg reads -> (mono samples of the centred window, rate); the duration is checked first."""
+    with av.open(path) as container:  # reads the headers only
+        if not container.streams.audio:
+            raise InputError(f"Could not read the audio {_name(path)}: the file has no audio track.")
+        stream = container.streams.audio[0]
+        duration = _media_duration(container, stream)
+        if duration is not None and duration > MAX_AUDIO_SECONDS:
+            raise _too_long(duration, MAX_AUDIO_SECONDS, "audio")
+        if duration is None:  # unknown: decode up to just past the limit, refuse if the sound goes on
+            samples, rate = _decode_audio_window(container, stream, 0.0, MAX_AUDIO_SECONDS + 0.5,
+                                                 MAX_AUDIO_SECONDS + 1.0)
+            if samples.size > MAX_AUDIO_SECONDS * rate:
+                raise InputError(f"The audio is longer than the limit of {MAX_AUDIO_SECONDS:g} s.")
+            return samples, rate
+        seconds = clip_seconds + 0.1  # the window decode_audio reads, with a margin for the resampling filter
+        start = max(0.0, (duration - seconds) / 2)
+        return _decode_audio_window(container, stream, start, seconds, MAX_AUDIO_SECONDS + 1.0)
 
 
 def read_audio(value, clip_seconds: float = 3.0) -> tuple[np.ndarray, int]:
     """Uploaded / recorded audio -> (samples (channels, n), rate) of the window the model uses.
 
-    WAV, FLAC, OGG and MP3 are decoded with soundfile; anything else (e.g. M4A, WebM) with PyAV when installed.
+    WAV, FLAC, OGG and MP3 are read with soundfile; anything else (e.g. M4A, AAC, WebM) with PyAV when installed.
+    Either way the duration comes from the headers and is checked before anything is decoded, and only the
+    window around the middle is decoded.
     """
     path = _file_path(value)
     if not path:
@@ -285,91 +357,100 @@ def read_audio(value, clip_seconds: float = 3.0) -> tuple[np.ndarray, int]:
 
     try:
         info = sf.info(path)
-        duration = info.frames / info.samplerate if info.samplerate else 0.0
     except Exception:  # noqa: BLE001 - not a libsndfile format: try PyAV, else say what is supported
         info = None
-    if info is None:
-        if not HAVE_AV:
-            raise InputError(f"Could not read the audio: not a supported audio file ({AUDIO_FORMATS}).")
-        try:
-            samples, rate, duration = _decode_audio_av(path)
-        except Exception as err:  # noqa: BLE001 - av raises many error types
-            raise InputError(f"Could not read the audio: not an audio file, or a corrupt one ({AUDIO_FORMATS}, or "
-                             f"any format FFmpeg reads). Details: {err}") from err
+    if info is not None:
+        duration = info.frames / info.samplerate if info.samplerate else 0.0
         if duration > MAX_AUDIO_SECONDS:
-            raise InputError(f"The audio is {duration:.1f} s long; the limit is {MAX_AUDIO_SECONDS:g} s.")
-        return samples[None], rate
-    if duration > MAX_AUDIO_SECONDS:
-        raise InputError(f"The audio is {duration:.1f} s long; the limit is {MAX_AUDIO_SECONDS:g} s.")
+            raise _too_long(duration, MAX_AUDIO_SECONDS, "audio")
+        try:
+            return decode_audio(path, clip_seconds=clip_seconds + 0.1)
+        except AudioError as err:
+            raise InputError(f"Could not read the audio {_name(path)}: {_details(err)}") from err
+    if not HAVE_AV:
+        raise InputError(f"Could not read the audio {_name(path)}: not a supported audio file ({AUDIO_FORMATS}).")
     try:
-        return decode_audio(path, clip_seconds=clip_seconds + 0.1)
-    except AudioError as err:
-        raise InputError(f"Could not read the audio: {err}") from err
+        samples, rate = _read_audio_av(path, clip_seconds)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - av raises many error types
+        raise InputError(f"Could not read the audio {_name(path)}: not an audio file, or a corrupt one "
+                         f"({AUDIO_FORMATS}, or any format FFmpeg reads; {_details(err)}).") from err
+    return samples[None], rate
 
 
 def video_duration(value) -> float:
-    """Duration in seconds of an uploaded video (0 when it cannot be read)."""
+    """Duration in seconds of an uploaded video, from its headers (0 when it cannot be read)."""
     path = _file_path(value)
     if not path or not HAVE_AV:
         return 0.0
-    import av
-
     try:
         with av.open(path) as container:
-            if container.duration:
-                return float(container.duration / av.time_base)
-            stream = container.streams.video[0]
-            return float(stream.duration * stream.time_base) if stream.duration else 0.0
+            if not container.streams.video:
+                return 0.0
+            return _media_duration(container, container.streams.video[0]) or 0.0
     except Exception:  # noqa: BLE001
         return 0.0
+
+
+def _decode_frame_at(container, stream, t: float) -> PIL.Image.Image:
+    """The first frame at or after `t` s (the last one if `t` is past the end), decoding from the keyframe before it
+    and at most MAX_VIDEO_DECODE_FRAMES frames."""
+    container.seek(int(t * av.time_base), backward=True, any_frame=False)
+    chosen = None
+    for count, frame in enumerate(container.decode(stream), start=1):
+        _check_pixels(frame.width, frame.height, "video")  # the decoded size, in case the header said otherwise
+        chosen = frame
+        if frame.time is None or frame.time >= t - 1e-3:
+            break
+        if count >= MAX_VIDEO_DECODE_FRAMES:
+            raise InputError(f"Could not reach the frame at {t:.2f} s: it lies more than {MAX_VIDEO_DECODE_FRAMES} "
+                             "frames after the previous keyframe. Pick another time, or re-encode the video with "
+                             "more keyframes.")
+    if chosen is None:
+        raise InputError("Could not decode a frame of the video.")
+    return chosen.to_image().convert("RGB")
 
 
 def read_video(value, time_s: float, clip_seconds: float = 3.0) -> tuple[PIL.Image.Image, np.ndarray, int, float]:
     """Video -> (the frame at `time_s`, mono audio of `clip_seconds` centred on it, rate, the time actually used)."""
     if not HAVE_AV:
         raise InputError("Video needs the `av` package (PyAV): `pip install av`.")
-    import av
-
     path = _file_path(value)
     if not path:
         raise InputError("Please add a video.")
     _check_size(path, MAX_VIDEO_MB, "video")
     try:
-        with av.open(path) as container:
+        with av.open(path) as container:  # reads the headers only
             if not container.streams.video:
-                raise InputError("Could not read the video: the file has no video track.")
+                raise InputError(f"Could not read the video {_name(path)}: the file has no video track.")
             stream = container.streams.video[0]
-            duration = float(container.duration / av.time_base) if container.duration else float("inf")
-            if duration > MAX_VIDEO_SECONDS:
-                raise InputError(f"The video is {duration / 60:.1f} min long; the limit is "
-                                 f"{MAX_VIDEO_SECONDS / 60:g} min.")
+            duration = _media_duration(container, stream)
+            if duration is not None and duration > MAX_VIDEO_SECONDS:
+                raise _too_long(duration, MAX_VIDEO_SECONDS, "video")
+            if stream.codec_context.width and stream.codec_context.height:
+                _check_pixels(stream.codec_context.width, stream.codec_context.height, "video")
             t = max(float(time_s or 0.0), 0.0)
-            if math.isfinite(duration):
+            if duration is not None:
                 t = min(t, max(duration - 1e-3, 0.0))
-            if stream.width and stream.height and max(stream.width, stream.height) > MAX_IMAGE_SIDE:
-                raise InputError(f"The video is {stream.width}×{stream.height} px; the limit is {MAX_IMAGE_SIDE} px.")
-            container.seek(int(t * av.time_base), any_frame=False)
-            image = None
-            for frame in container.decode(stream):
-                image = frame
-                if frame.time is None or frame.time >= t - 1e-3:
-                    break
-            if image is None:
-                raise InputError("Could not decode a frame of the video.")
-            picture = image.to_image().convert("RGB")
-        start = max(0.0, t - clip_seconds / 2)
-        samples, rate, _ = _decode_audio_av(path, start=start, seconds=clip_seconds)
+            picture = _decode_frame_at(container, stream, t)
+            if not container.streams.audio:
+                raise InputError(f"The video {_name(path)} has no audio track; the model needs the sound.")
+            start = max(0.0, t - clip_seconds / 2)
+            samples, rate = _decode_audio_window(container, container.streams.audio[0], start, clip_seconds,
+                                                 clip_seconds + AUDIO_SEEK_SLACK_SECONDS)
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - av raises many error types
-        raise InputError(f"Could not read the video: not a supported or a corrupt video file ({err}).") from err
+        raise InputError(f"Could not read the video {_name(path)}: not a supported or a corrupt video file "
+                         f"({_details(err)}).") from err
     return picture, samples[None], rate, t
 
 
 # --------------------------------------------------------------------------------------------------------- inference
 @dataclass
 class Localization:
-    """One result: overlays of A, B and fused maps, raw maps, consensus and timings."""
+    """One result: overlays of A, B and fused maps, the maps at the overlays' size, consensus and timings."""
 
     overlay_a: PIL.Image.Image
     overlay_b: PIL.Image.Image
@@ -390,26 +471,13 @@ def _display_image(image: PIL.Image.Image) -> PIL.Image.Image:
     return image
 
 
-def heatmap_overlay(image: PIL.Image.Image, heat: np.ndarray | torch.Tensor,
-                    alpha: float = OVERLAY_ALPHA) -> PIL.Image.Image:
-    """Blend a (h, w) map over `image` with the jet colormap.
-
-    The map is upsampled to the image size (bicubic, align_corners=False, as in evaluation) and min-max normalised
-    (a flat map stays flat), so colours show where each branch points, relative to the rest of the frame.
-    """
-    base = _display_image(image.convert("RGB"))
-    m = torch.as_tensor(np.asarray(heat, dtype=np.float32))[None, None]
-    m = F.interpolate(m, size=(base.height, base.width), mode="bicubic", align_corners=False)[0, 0]
-    low, high = float(m.min()), float(m.max())
-    m = (m - low) / (high - low) if high - low > 1e-12 else torch.zeros_like(m)
-    colours = colormaps["jet"](m.clamp(0, 1).numpy())[..., :3]
-    blended = (1 - alpha) * np.asarray(base, dtype=np.float32) / 255.0 + alpha * colours
-    return PIL.Image.fromarray(np.clip(blended * 255.0 + 0.5, 0, 255).astype(np.uint8))
-
-
 @torch.inference_mode()
 def localize(loaded: LoadedModel, image: PIL.Image.Image, waveform: np.ndarray, sampling_rate: int) -> Localization:
-    """Run both branches on one (image, audio) pair; make the overlays, consensus and timings."""
+    """Run both branches on one (image, audio) pair; make the overlays, consensus and timings.
+
+    The maps come from `XPLProcessor.post_process_localization` at the displayed frame's size (upsampled and
+    normalised as the evaluation protocol views them) and are drawn with `xpl_hf.visualization.overlay_heatmap`.
+    """
     t0 = time.perf_counter()
     try:
         batch = loaded.processor(images=image, audio=waveform, sampling_rate=sampling_rate, return_tensors="pt")
@@ -422,10 +490,12 @@ def localize(loaded: LoadedModel, image: PIL.Image.Image, waveform: np.ndarray, 
     if device.type == "cuda":
         torch.cuda.synchronize()
     t2 = time.perf_counter()
-    rho = float(pearson_consensus(out.maps_a, out.maps_b)[0])
-    maps = [m[0].float().cpu().numpy() for m in (out.maps_a, out.maps_b, out.maps)]
-    overlays = [heatmap_overlay(image, m) for m in maps]
-    return Localization(*overlays, *maps, rho=rho, inference_ms=(t2 - t1) * 1000, preprocess_ms=(t1 - t0) * 1000)
+    frame = _display_image(image)
+    result = loaded.processor.post_process_localization(out, target_sizes=[(frame.height, frame.width)])[0]
+    maps = [result[key].cpu().numpy() for key in ("map_a", "map_b", "map")]
+    overlays = [overlay_heatmap(frame, m, alpha=OVERLAY_ALPHA) for m in maps]
+    return Localization(*overlays, *maps, rho=result["consensus"], inference_ms=(t2 - t1) * 1000,
+                        preprocess_ms=(t1 - t0) * 1000)
 
 
 def _consensus_words(rho: float) -> str:
@@ -471,7 +541,7 @@ def make_examples(directory: str | Path | None = None, count: int = 3) -> list[t
 
 def _error(err: Exception) -> gr.Error:
     logger.info("rejected input: %s", err)
-    return gr.Error(str(err), duration=None, title="Cannot localize", print_exception=False)
+    return gr.Error(_strip_paths(str(err)), duration=None, title="Cannot localize", print_exception=False)
 
 
 INTRO = """# XPL: where does the sound come from?
@@ -523,7 +593,7 @@ def build_demo(model: str | LoadedModel | None = None, examples_dir: str | Path 
         duration = video_duration(video_value)
         return gr.Slider(maximum=max(duration, 0.1), value=round(duration / 2, 2), interactive=duration > 0)
 
-    with gr.Blocks(title="XPL audio-visual source localization") as demo:
+    with gr.Blocks(title="XPL audio-visual source localization", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(model_text, elem_id="model-status")
         with gr.Row():

@@ -1,7 +1,9 @@
 """The Gradio Space (space/app.py): its functions, and the app launched on 127.0.0.1 answering gradio_client calls.
 
 A tiny randomly initialised model (image_size 64) stands in for a trained one: the tests check the plumbing (three
-overlays, ρ, timing, messages), not the quality of the maps.
+overlays, ρ, timing, messages), not the quality of the maps. Hostile uploads (hours-long audio in a few hundred KB,
+videos whose frame cannot be reached cheaply, corrupt files) are refused from their headers, with decoding counted by
+a wrapper around PyAV / soundfile rather than timed.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -65,13 +69,19 @@ def write_wav(path: Path, seconds: float, rate: int = 16000) -> Path:
     return path
 
 
-def write_video(path: Path, image: PIL.Image.Image, seconds: float = 4.0, fps: int = 10, rate: int = 16000) -> Path:
-    """An MP4 (MPEG-4 video + AAC audio) of a still frame with a tone, written with PyAV."""
+def write_video(path: Path, image: PIL.Image.Image, seconds: float = 4.0, fps: int = 10, rate: int = 16000,
+                keyframe_interval: int | None = None) -> Path:
+    """An MP4 (MPEG-4 video + AAC audio) of a still frame with a tone, written with PyAV. With `keyframe_interval`,
+    H.264 with exactly that many frames from one keyframe to the next (no scene-cut keyframes)."""
     import av
 
     frame_rgb = np.asarray(image.convert("RGB").resize((96, 96)))
     with av.open(str(path), "w") as container:
-        video = container.add_stream("mpeg4", rate=fps)
+        if keyframe_interval:
+            params = f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0"
+            video = container.add_stream("libx264", rate=fps, options={"x264-params": params})
+        else:
+            video = container.add_stream("mpeg4", rate=fps)
         video.width, video.height, video.pix_fmt = 96, 96, "yuv420p"
         audio = container.add_stream("aac", rate=rate, layout="mono")
         for i in range(int(seconds * fps)):
@@ -95,6 +105,71 @@ def write_video(path: Path, image: PIL.Image.Image, seconds: float = 4.0, fps: i
     return path
 
 
+def write_long_audio(path: Path, container_format: str, codec: str, seconds: float, rate: int = 8000) -> Path:
+    """A genuine `seconds`-long silent file in a few hundred KB: one encoded silent packet muxed over and over
+    (what a hostile upload can do; no encoding work, so hours cost a fraction of a second)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        packets = []
+        for start in range(0, 2 * rate, 1024):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            packets += [bytes(packet) for packet in stream.encode(frame)]
+        step = stream.codec_context.frame_size or 1024
+        silent = packets[len(packets) // 2]
+        for index in range(int(seconds * rate) // step):
+            packet = av.Packet(silent)
+            packet.stream, packet.time_base = stream, Fraction(1, rate)
+            packet.pts = packet.dts = index * step
+            container.mux(packet)
+    return path
+
+
+class CountingContainer:
+    """Wraps a PyAV container and counts the frames it decodes; raises past `limit` (so a test fails fast)."""
+
+    def __init__(self, container, counter: dict):
+        self._container, self._counter = container, counter
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+    def __enter__(self):
+        self._container.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._container.__exit__(*exc)
+
+    def decode(self, *args, **kwargs):
+        for frame in self._container.decode(*args, **kwargs):
+            self._counter["frames"] += 1
+            if self._counter["frames"] > self._counter["limit"]:
+                raise RuntimeError(f"test: more than {self._counter['limit']} frames decoded")
+            yield frame
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """Counts what the app decodes: PyAV frames (`frames`, at most `limit`) and soundfile reads (`sf_reads`)."""
+    import av
+
+    counter = {"frames": 0, "limit": 10_000, "sf_reads": 0}
+    real_open, real_read = av.open, sf.SoundFile.read
+    monkeypatch.setattr(av, "open", lambda *a, **k: CountingContainer(real_open(*a, **k), counter))
+
+    def counting_read(self, *args, **kwargs):
+        counter["sf_reads"] += 1
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", counting_read)
+    return counter
+
+
 @pytest.fixture(scope="module")
 def app():
     return load_app()
@@ -111,12 +186,17 @@ def examples(app, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(app, model_dir, examples):
+def served(app, model_dir, examples):
     demo = app.build_demo(str(model_dir), examples_dir=Path(examples[0][0]).parent)
     assert demo.xpl_ready
     url = launch(app, demo)
-    yield url
+    yield demo, url
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[1]
 
 
 @pytest.fixture(scope="module")
@@ -216,16 +296,19 @@ def test_localize_and_overlay(app, model_dir, examples):
     image = app.read_image(examples[0][0])
     waveform, rate = app.read_audio(examples[0][1], loaded.processor.clip_seconds)
     result = app.localize(loaded, image, waveform, rate)
-    assert result.map_a.shape == result.map_b.shape == result.map_fused.shape == (2, 2)
-    assert 0.0 <= result.map_fused.min() and result.map_fused.max() <= 1.0
-    # the overlay puts the hot colour (red) where the map peaks
-    heat = np.zeros((7, 7), np.float32)
-    heat[0, 0] = 1.0
-    overlay = np.asarray(app.heatmap_overlay(PIL.Image.new("RGB", (1000, 600), "gray"), heat), dtype=int)
-    assert overlay.shape == (307, 512, 3)  # scaled to DISPLAY_SIDE
-    assert overlay[5, 5, 0] > overlay[5, 5, 2] and overlay[-5, -5, 2] > overlay[-5, -5, 0]
-    flat = np.asarray(app.heatmap_overlay(PIL.Image.new("RGB", (32, 32)), np.full((2, 2), 0.5)))
-    assert (flat == flat[0, 0]).all()  # a flat map stays flat
+    # maps at the displayed frame's size, as XPLProcessor.post_process_localization gives them
+    assert result.map_a.shape == result.map_b.shape == result.map_fused.shape == (224, 224)
+    assert result.map_fused.min() == 0.0 and result.map_fused.max() == 1.0
+    assert result.overlay_fused.size == (224, 224) and -1.0 <= result.rho <= 1.0
+    # a large frame is shown at DISPLAY_SIDE; the hot colour (red) sits where the model's map peaks
+    big = PIL.Image.new("RGB", (1000, 600), "gray")
+    result = app.localize(loaded, big, waveform, rate)
+    overlay = np.asarray(result.overlay_fused, dtype=int)
+    assert overlay.shape == (307, 512, 3) and result.map_fused.shape == (307, 512)
+    hot = np.unravel_index(result.map_fused.argmax(), result.map_fused.shape)
+    cold = np.unravel_index(result.map_fused.argmin(), result.map_fused.shape)
+    assert overlay[hot][0] > overlay[hot][2] and overlay[cold][2] > overlay[cold][0]
+    assert not hasattr(app, "heatmap_overlay")  # one overlay rule: xpl_hf.visualization.overlay_heatmap
 
 
 def test_input_limits(app, tmp_path):
@@ -262,3 +345,74 @@ def test_read_video_frame_and_audio(app, tmp_path, examples):
     assert rate == 16000 and audio.shape[0] == 1 and abs(audio.shape[1] - 3 * rate) < rate // 10
     _, _, _, clamped = app.read_video(str(video), 99.0)
     assert clamped < 4.0
+
+
+# ---------------------------------------------------------------------------------------------- hostile uploads
+@pytest.mark.parametrize("name,container_format,codec", [
+    ("long.aac", "adts", "aac"),  # raw AAC: PyAV
+    ("long.m4a", "mp4", "aac"),  # MPEG-4 audio: PyAV
+    ("long.ogg", "ogg", "libopus"),  # soundfile
+    ("long.mp3", "mp3", "libmp3lame"),  # soundfile
+])
+def test_hours_of_audio_refused_before_decoding(app, tmp_path, decoded, name, container_format, codec):
+    path = write_long_audio(tmp_path / name, container_format, codec, seconds=2 * 3600)
+    assert path.stat().st_size < 8 * 1024 * 1024  # under the upload cap: only the duration can stop it
+    decoded["limit"] = 50
+    with pytest.raises(app.InputError, match=r"is 7[12]\d\d\.\d s long; the limit is 60 s"):
+        app.read_audio(str(path))
+    assert decoded["frames"] == 0 and decoded["sf_reads"] == 0  # refused from the headers
+
+
+def test_only_the_audio_window_is_decoded(app, tmp_path, decoded):
+    path = write_long_audio(tmp_path / "minute.m4a", "mp4", "aac", seconds=50)  # 390 AAC frames of 1024 samples
+    waveform, rate = app.read_audio(str(path), clip_seconds=3.0)
+    assert rate == 8000 and waveform.shape == (1, math.ceil(3.1 * 8000))
+    assert decoded["frames"] < 40  # the 3.1 s around the middle (about 25 frames) and the frames before a seek point
+
+
+def test_video_frame_search_is_capped(app, tmp_path, decoded, examples):
+    """One keyframe then 749 predicted frames: reaching 29 s would decode 725 frames; the app stops at its cap."""
+    video = write_video(tmp_path / "one-keyframe.mp4", PIL.Image.open(examples[0][0]), seconds=30.0, fps=25,
+                        keyframe_interval=10_000)
+    with pytest.raises(app.InputError, match="Could not reach the frame at 29.00 s"):
+        app.read_video(str(video), 29.0)
+    assert decoded["frames"] <= app.MAX_VIDEO_DECODE_FRAMES
+    decoded["frames"] = 0
+    frame, audio, rate, used = app.read_video(str(video), 0.5)  # close to the keyframe: fine
+    assert used == 0.5 and frame.size == (96, 96) and audio.shape == (1, 3 * rate)
+    assert decoded["frames"] < 100  # about 13 video frames and the 3 s of audio (about 50 AAC frames)
+
+
+def test_messages_never_show_server_paths(app, tmp_path, client):
+    deep = tmp_path / "server-private" / "upload-1234"
+    deep.mkdir(parents=True)
+    cases = {"clip.m4a": app.read_audio, "clip.mp4": lambda p: app.read_video(p, 0.0), "clip.png": app.read_image}
+    for name, reader in cases.items():
+        (deep / name).write_bytes(b"\x00\x01 not a media file at all " * 64)
+        with pytest.raises(app.InputError) as info:
+            reader(str(deep / name))
+        message = str(info.value)
+        assert f"'{name}'" in message and "server-private" not in message and str(tmp_path) not in message, message
+    assert app._strip_paths("Invalid data: '/tmp/gradio/abc/clip.m4a' (see /var/x/y.log)") == \
+        "Invalid data: 'clip.m4a' (see y.log)"
+    # through the running app: the message names the file, not Gradio's cache folder
+    with pytest.raises(AppError) as info:
+        client.predict(handle_file(str(deep / "clip.png")), handle_file(str(deep / "clip.m4a")), api_name="/localize")
+    assert "clip.png" in str(info.value) and tempfile.gettempdir() + "/" not in str(info.value)
+
+
+def test_uploads_are_deleted(app, served, client, tmp_path):
+    from gradio.route_utils import delete_files_created_by_app
+
+    demo, _ = served
+    frequency, age = demo.delete_cache
+    assert (frequency, age) == app.DELETE_CACHE and 0 < frequency <= age <= 3600
+    rng = np.random.default_rng()  # fresh content: Gradio's cache paths are content hashes
+    PIL.Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "mine.png")
+    sf.write(tmp_path / "mine.wav", rng.uniform(-0.5, 0.5, 16000).astype(np.float32), 16000)
+    client.predict(handle_file(str(tmp_path / "mine.png")), handle_file(str(tmp_path / "mine.wav")),
+                   api_name="/localize")
+    uploads = [Path(f) for f in demo.upload_file_set if Path(f).name in ("mine.png", "mine.wav")]
+    assert len(uploads) == 2 and all(f.is_file() for f in uploads)
+    delete_files_created_by_app(demo, age=0)  # what the schedule set by delete_cache runs every `frequency` s
+    assert not any(f.exists() for f in uploads)
