@@ -554,8 +554,9 @@ Their agreement (**ρ**, Pearson correlation of the two maps) hints at how relia
 LIMITS = (f"Limits: images ≤ {MAX_IMAGE_MB} MB and ≤ {MAX_IMAGE_SIDE} px a side ({IMAGE_FORMATS}); audio ≤ "
           f"{MAX_AUDIO_MB} MB and ≤ {MAX_AUDIO_SECONDS:g} s ({AUDIO_FORMATS}"
           f"{', other formats via PyAV' if HAVE_AV else ''}); "
-          f"video ≤ {MAX_VIDEO_MB} MB and ≤ {MAX_VIDEO_SECONDS / 60:g} min. The model listens to the clip length "
-          "shown above, around the middle of the clip (or around the chosen time of a video).")
+          f"video ≤ {MAX_VIDEO_MB} MB, ≤ {MAX_VIDEO_SECONDS / 60:g} min and ≤ {MAX_IMAGE_SIDE} px a side. The model "
+          "listens to the clip length shown above, around the middle of the clip (or around the chosen time of a "
+          "video).")
 
 
 def build_demo(model: str | LoadedModel | None = None, examples_dir: str | Path | None = None) -> gr.Blocks:

@@ -131,3 +131,11 @@ def test_processor_found_next_to_the_model(saved):
     localizer = pipeline(PIPELINE_TASK, model=model, device="cpu")
     assert localizer.processor.clip_seconds == 1.0 and localizer.processor.image_size == 64
     assert Path(model.name_or_path) == saved / "xpl-output"
+
+
+def test_saving_during_training_leaves_the_model_alone(tmp_path):
+    """Training saves its best model mid-run: the save neither moves the model nor switches it to eval mode."""
+    model = XPLModel(XPLConfig(**TINY)).train()
+    save_pretrained_with_pipeline(model, XPLProcessor.from_config(model.config), tmp_path)
+    assert model.training and next(model.parameters()).device.type == "cpu"
+    assert (tmp_path / "pipeline_xpl.py").is_file()
