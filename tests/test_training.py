@@ -274,6 +274,8 @@ def test_push_to_hub_uploads_the_final_folder(tiny_benchmark, tmp_path, monkeypa
               "--warmup_stage_steps", "1", "--eval_steps", "1", "--push_to_hub", "true",
               "--hub_model_id", "org/xpl-tiny", "--hub_private", "true"])
     assert pushed["repo_id"] == "org/xpl-tiny" and pushed["private"] is True and pushed["folder"] == tmp_path
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_xpl.py"):
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_xpl.py",
+                 "pipeline_xpl.py"):
         assert name in pushed["files"], name
     assert "org/xpl-tiny" in (tmp_path / "README.md").read_text()
+    assert "audio-visual-source-localization" in json.loads((tmp_path / "config.json").read_text())["custom_pipelines"]

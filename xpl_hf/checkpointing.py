@@ -34,6 +34,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .pipeline_xpl import save_pretrained_with_pipeline
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainerState", "CheckpointError", "check_fingerprint", "list_checkpoints", "resolve_checkpoint",
@@ -249,12 +251,12 @@ def load_checkpoint(accelerator, path: str | os.PathLike, *, model, optimizer, s
 
 
 def atomic_save_pretrained(model, processor, folder: str | os.PathLike) -> None:
-    """`save_pretrained` of model + processor into a temporary sibling, then swap it in place of `folder`."""
+    """`save_pretrained` of model + processor (+ the pipeline's code) into a temporary sibling, then swap it in place
+    of `folder`."""
     folder = Path(folder)
     tmp = folder.with_name(f".tmp-{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    processor.save_pretrained(tmp)
+    save_pretrained_with_pipeline(model, processor, tmp, safe_serialization=True)  # carries the pipeline code
     old = folder.with_name(f".old-{folder.name}")
     if folder.exists():
         os.replace(folder, old)
