@@ -23,11 +23,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
+from PIL import ImageEnhance
 from torchvision.transforms import v2
 
 from ..metrics.protocol import EVAL_SIZE
-from .decoding import decode_audio, decode_image
+from .decoding import decode_audio
 from .ground_truth import ground_truth_map
 from .schema import GT_RULES
 
@@ -44,16 +46,106 @@ class BadSampleError(ValueError):
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
 
+_LEVELS = np.arange(256)
+
+
+def _blend_table(degenerate: int, factor: float) -> np.ndarray:
+    """``Image.blend(constant degenerate, image, factor)`` as a table: PIL's float32 arithmetic, truncated, clipped."""
+    value = np.float32(degenerate) + np.float32(factor) * (_LEVELS.astype(np.float32) - np.float32(degenerate))
+    return np.clip(value, 0, 255).astype(np.int64)
+
+
+def _histogram_table(histogram: np.ndarray, op: str) -> np.ndarray:
+    """PIL's ``ImageOps.autocontrast`` (cutoff 0) or ``ImageOps.equalize`` table for one band's histogram (256,)."""
+    nonzero = np.flatnonzero(histogram)
+    if op == "AutoContrast":
+        lo, hi = nonzero[0], nonzero[-1]
+        if hi <= lo:
+            return _LEVELS
+        scale = 255.0 / (hi - lo)
+        return np.clip((_LEVELS * scale - lo * scale).astype(np.int64), 0, 255)
+    if len(nonzero) <= 1:
+        return _LEVELS
+    step = (histogram.sum() - histogram[nonzero[-1]]) // 255
+    if not step:
+        return _LEVELS
+    return np.minimum((step // 2 + np.concatenate([[0], np.cumsum(histogram)[:-1]])) // step, 255)
+
+
 class ColorRandAugment(v2.RandAugment):
     """``torchvision.transforms.v2.RandAugment`` restricted to its colour operations.
 
     Kept: Identity, Brightness, Color, Contrast, Sharpness, Posterize, Solarize, AutoContrast, Equalize.
     Removed: ShearX/Y, TranslateX/Y, Rotate (they would move the sounding object away from its box / pseudo-label).
     Arguments are RandAugment's (``num_ops``, ``magnitude``, ``num_magnitude_bins``).
+
+    RGB PIL images take a faster path with the same random draws and **identical pixels** (tested against
+    torchvision): the per-channel operations (Brightness, Contrast, Posterize, Solarize, AutoContrast, Equalize) are
+    composed into one lookup table, computed with numpy from the image's histogram, and applied once; Color and
+    Sharpness (not per-channel) run PIL's ``ImageEnhance`` as torchvision does. Other inputs use torchvision.
     """
 
     GEOMETRIC_OPS = GEOMETRIC_OPS
     _AUGMENTATION_SPACE = {k: v for k, v in v2.RandAugment._AUGMENTATION_SPACE.items() if k not in GEOMETRIC_OPS}
+
+    def forward(self, *inputs: Any) -> Any:
+        if len(inputs) != 1 or not isinstance(inputs[0], PIL.Image.Image) or inputs[0].mode != "RGB":
+            return super().forward(*inputs)
+        image, table = inputs[0], None  # table: pending (3, 256) per-channel lookup table
+        for _ in range(self.num_ops):  # the draws of v2.RandAugment.forward, in the same order
+            op, (magnitudes_fn, signed) = self._get_random_item(self._AUGMENTATION_SPACE)
+            magnitude = self._magnitude(op, magnitudes_fn)
+            if magnitude is not None:
+                if signed and torch.rand(()) <= 0.5:
+                    magnitude *= -1
+            else:
+                magnitude = 0.0
+            image, table = self._apply_pil(image, table, op, magnitude)
+        return image if table is None else image.point(table.ravel().tolist())
+
+    def _magnitude(self, op: str, magnitudes_fn) -> float | None:
+        """magnitudes_fn(bins, h, w)[magnitude], cached: the colour operations' magnitudes do not depend on h, w."""
+        key = (op, self.num_magnitude_bins, self.magnitude)
+        cache = self.__dict__.setdefault("_magnitudes", {})
+        if key not in cache:
+            magnitudes = magnitudes_fn(self.num_magnitude_bins, 1, 1)
+            cache[key] = None if magnitudes is None else float(magnitudes[self.magnitude])
+        return cache[key]
+
+    @staticmethod
+    def _apply_pil(image: PIL.Image.Image, table: np.ndarray | None, op: str, magnitude: float
+                   ) -> tuple[PIL.Image.Image, np.ndarray | None]:
+        """One colour operation: returns (image, pending table); torchvision's PIL semantics exactly."""
+        if op == "Identity":
+            return image, table
+        if op in ("Color", "Sharpness", "Contrast"):  # need the pixels themselves: apply the pending table first
+            if table is not None:
+                image, table = image.point(table.ravel().tolist()), None
+            if op == "Color":
+                return ImageEnhance.Color(image).enhance(1.0 + magnitude), None
+            if op == "Sharpness":
+                return ImageEnhance.Sharpness(image).enhance(1.0 + magnitude), None
+            grey = np.asarray(image.convert("L").histogram(), dtype=np.float64)  # ImageEnhance.Contrast's mean
+            step = np.broadcast_to(_blend_table(int((grey * _LEVELS).sum() / grey.sum() + 0.5), 1.0 + magnitude),
+                                   (3, 256))
+        elif op == "Brightness":
+            step = np.broadcast_to(_blend_table(0, 1.0 + magnitude), (3, 256))
+        elif op == "Posterize":
+            step = np.broadcast_to(_LEVELS & ~(2 ** (8 - int(magnitude)) - 1), (3, 256))
+        elif op == "Solarize":
+            step = np.broadcast_to(np.where(_LEVELS < 255.0 * magnitude, _LEVELS, 255 - _LEVELS), (3, 256))
+        elif op in ("AutoContrast", "Equalize"):  # from the histogram of the image with the pending table applied
+            histogram = np.asarray(image.histogram(), dtype=np.int64).reshape(3, 256)
+            if table is not None:
+                mapped = np.zeros_like(histogram)
+                for c in range(3):
+                    np.add.at(mapped[c], table[c], histogram[c])
+                histogram = mapped
+            step = np.stack([_histogram_table(histogram[c], op) for c in range(3)])
+        else:
+            raise ValueError(f"ColorRandAugment has no operation {op!r}")
+        step = np.clip(step, 0, 255)
+        return image, step if table is None else np.take_along_axis(step, table, axis=1)
 
 
 def _boxes_list(value: Any) -> list:
@@ -72,8 +164,9 @@ class XPLSampleTransform:
         gt_size: side of the ground-truth maps (224 = the protocol's grid).
 
     Returns (``__call__``): a dict with ``id``, ``pixel_values`` (branch A's view), ``pixel_values_b`` (3, S, S),
-    ``audio_log_mel`` (N, 96, 64), ``audio_waveform`` (L,), ``gt_map`` (gt_size, gt_size), ``is_labeled``, ``label`` and, when the
-    row has ``true_boxes``, ``true_gt_map``. Raises :class:`BadSampleError` naming the sample.
+    ``audio_log_mel`` (N, 96, 64), ``audio_waveform`` (L,), ``gt_map`` (gt_size, gt_size) float32 (``None`` for an
+    unlabelled row: the batch holds zeros), ``is_labeled``, ``label`` and, when the row has ``true_boxes``,
+    ``true_gt_map``. Raises :class:`BadSampleError` naming the sample.
     """
 
     def __init__(self, processor, train: bool = True, num_ops: int = 2, magnitude: int = 9, gt_size: int = GT_SIZE):
@@ -85,26 +178,31 @@ class XPLSampleTransform:
     def _gt(self, boxes, rule: str) -> np.ndarray:
         return ground_truth_map(boxes, rule, size=self.gt_size)
 
-    def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, example: dict[str, Any], pixel_out: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> dict[str, Any]:
+        """``pixel_out``: optional (S, S, 3) float32 tensors (rows of the collator's batch) to write the views into."""
         sample_id = str(example.get("id", "<no id>"))
         try:
-            return self._transform(example, sample_id)
+            return self._transform(example, sample_id, pixel_out)
         except BadSampleError:
             raise
         except (ValueError, OSError, RuntimeError, TypeError, KeyError) as err:
             raise BadSampleError(f"sample {sample_id!r}: {err}") from err
 
-    def _transform(self, example: dict[str, Any], sample_id: str) -> dict[str, Any]:
+    def _transform(self, example: dict[str, Any], sample_id: str,
+                   pixel_out: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
         proc = self.processor
-        image = proc.load_image(decode_image(example["image"]))
         size = proc.image_size
+        out_a, out_b = pixel_out if pixel_out is not None else (None, None)
+        # The processor's own rule (xpl_hf.image), with the decode-size hint its inference path uses.
+        image = proc.load_image(example["image"], target_size=size)
         if image.size != (size, size):
             image = image.resize((size, size), resample=2)  # PIL.Image.BILINEAR, as image_to_tensor
         if self.train:
-            pixel_a = proc.image_to_tensor(self.augment(image))
-            pixel_b = proc.image_to_tensor(self.augment(image))
+            pixel_a = proc.image_to_tensor(self.augment(image), out=out_a)
+            pixel_b = proc.image_to_tensor(self.augment(image), out=out_b)
         else:
-            pixel_a = pixel_b = proc.image_to_tensor(image)
+            pixel_a = pixel_b = proc.image_to_tensor(image, out=out_a)
         waveform, rate = decode_audio(example["audio"])
         audio = proc.audio_features(waveform, rate)
         rule = example.get("gt_rule") or "none"
@@ -118,7 +216,7 @@ class XPLSampleTransform:
             "pixel_values_b": pixel_b,
             "audio_log_mel": audio["audio_log_mel"],
             "audio_waveform": audio["audio_waveform"],
-            "gt_map": self._gt(boxes, rule) if is_labeled else np.zeros((self.gt_size, self.gt_size), np.float32),
+            "gt_map": self._gt(boxes, rule) if is_labeled else None,
             "is_labeled": is_labeled,
             "label": example.get("label") or "",
         }
@@ -170,10 +268,14 @@ class XPLCollator:
         return self.transform.train
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+        size = self.transform.processor.image_size
+        # Each view is written straight into its row of the batch (no per-sample tensor, no stacking copy).
+        pixels = [torch.empty(len(examples), size, size, 3) for _ in range(2 if self.train else 1)]
         samples = []
         for example in examples:
+            row = len(samples)
             try:
-                samples.append(self.transform(example))
+                samples.append(self.transform(example, pixel_out=(pixels[0][row], pixels[-1][row])))
             except BadSampleError as err:
                 if self.on_bad_sample == "raise":
                     raise
@@ -183,7 +285,9 @@ class XPLCollator:
                 logger.warning("skipping bad sample (%d skipped so far): %s", self.num_skipped, err)
         if not samples:
             return None
-        return collate_samples(samples, same_views=not self.train)
+        n = len(samples)
+        return collate_samples(samples, same_views=not self.train, pixels=(pixels[0][:n], pixels[-1][:n]),
+                               gt_size=self.transform.gt_size)
 
 
 def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -195,19 +299,41 @@ def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 
 
-def collate_samples(samples: Sequence[dict[str, Any]], same_views: bool = False) -> dict[str, Any]:
-    """Stack outputs of :class:`XPLSampleTransform` into a batch dict (see :class:`XPLCollator`)."""
-    pixel_a = stack_images([s["pixel_values"] for s in samples])
+def _gt_maps(maps: Sequence[np.ndarray | None], size: int) -> torch.Tensor:
+    """(size, size) maps, None for zeros -> (B, size, size) float32, zeros allocated once."""
+    out = torch.zeros(len(maps), size, size)
+    for i, m in enumerate(maps):
+        if m is not None:
+            out[i] = torch.from_numpy(m)
+    return out
+
+
+def collate_samples(samples: Sequence[dict[str, Any]], same_views: bool = False,
+                    pixels: tuple[torch.Tensor, torch.Tensor] | None = None, gt_size: int = GT_SIZE) -> dict[str, Any]:
+    """Stack outputs of :class:`XPLSampleTransform` into a batch dict (see :class:`XPLCollator`).
+
+    Args:
+        same_views: branch B gets branch A's tensor (evaluation).
+        pixels: the views already written into (B, S, S, 3) batch tensors by the transform (the collator's path,
+            no stacking copy); the batch holds them as (B, 3, S, S) channels-last views.
+        gt_size: side of the ground-truth maps (rows without a map get zeros).
+    """
+    if pixels is not None:
+        pixel_a = pixels[0].permute(0, 3, 1, 2)
+        pixel_b = pixel_a if same_views else pixels[1].permute(0, 3, 1, 2)
+    else:
+        pixel_a = stack_images([s["pixel_values"] for s in samples])
+        pixel_b = pixel_a if same_views else stack_images([s["pixel_values_b"] for s in samples])
     batch = {
         "ids": [s["id"] for s in samples],
         "pixel_values": pixel_a,
-        "pixel_values_b": pixel_a if same_views else stack_images([s["pixel_values_b"] for s in samples]),
+        "pixel_values_b": pixel_b,
         "audio_log_mel": torch.stack([s["audio_log_mel"] for s in samples]),
         "audio_waveform": torch.stack([s["audio_waveform"] for s in samples]),
-        "gt_maps": torch.from_numpy(np.stack([s["gt_map"] for s in samples])),
+        "gt_maps": _gt_maps([s["gt_map"] for s in samples], gt_size),
         "is_labeled": torch.tensor([s["is_labeled"] for s in samples], dtype=torch.bool),
         "labels": [s["label"] for s in samples],
     }
     if any("true_gt_map" in s for s in samples):  # rows without true boxes: their own ground truth
-        batch["true_gt_maps"] = torch.from_numpy(np.stack([s.get("true_gt_map", s["gt_map"]) for s in samples]))
+        batch["true_gt_maps"] = _gt_maps([s.get("true_gt_map", s["gt_map"]) for s in samples], gt_size)
     return batch
