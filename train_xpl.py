@@ -248,7 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
                 accelerator.log(summary, step=state.step)
                 state.log_history.append({"step": state.step, **summary})
                 score = summary["val/fused/ciou"] + 1e-3 * summary["val/fused/auc"]
-                if state.best_metric is None or score > state.best_metric:
+                eligible = not (args.best_model_from_stage2 and method.uses_unlabeled
+                                and args.warmup_stage_steps < args.max_train_steps
+                                and state.step <= args.warmup_stage_steps)
+                if eligible and (state.best_metric is None or score > state.best_metric):
                     state.best_metric, state.best_step = score, state.step
                     atomic_save_pretrained(accelerator.unwrap_model(model), processor, output_dir / "best")
                 progress.write(f"step {state.step}: validation CIoU/AUC  A {summary['val/a/ciou']:.1f}/"

@@ -229,7 +229,7 @@ def test_an_unlabeled_split_with_boxes_is_never_trained_on(tiny_benchmark, tmp_p
     try:
         with caplog.at_level("WARNING"):
             run_main(["--dataset", str(leaky), "--output_dir", str(tmp_path / "run"), *TINY, "--max_train_steps", "2",
-                      "--warmup_stage_steps", "1", "--eval_steps", "2", "--checkpointing_steps", "2",
+                      "--warmup_stage_steps", "1", "--eval_steps", "1", "--checkpointing_steps", "2",
                       "--grad_share_steps", "1"])
     finally:
         monkeypatch.undo()
@@ -239,6 +239,9 @@ def test_an_unlabeled_split_with_boxes_is_never_trained_on(tiny_benchmark, tmp_p
     stage2 = [e for e in log if "train/gradshare_cross" in e]  # instrumentation: each term's share of the update
     assert stage2 and 0 < stage2[-1]["train/gradshare_cross"] < 1
     assert "train/pl_ciou_a" in stage2[-1]  # the dropped boxes still measure pseudo-label quality
+    results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert results["best_step"] == 2  # validated at steps 1 and 2: the saved model is a stage-2 model
+    assert results["method_settings"]["name"] == "xpl" and results["dataset"] == "leaky"
 
 
 def test_nan_loss_stops_with_a_checkpoint(tiny_benchmark, tmp_path, monkeypatch):

@@ -111,6 +111,9 @@ class XPLTrainingArguments:
     logging_steps: int = _help("Steps between logged (averaged) training values.", default=10)
     grad_share_steps: int = _help("Every N steps, log each loss term's gradient norm and share of the update "
                                   "(one extra backward pass per term; 0 = off).", default=0)
+    best_model_from_stage2: bool = _help("Keep the best validation model among stage-2 evaluations only (methods "
+                                         "that use unlabelled data), so the saved model has learnt from the "
+                                         "unlabelled data; stage-1 validations are still logged.", default=True)
     eval_steps: int = _help("Steps between validations (the best validation model is kept).", default=50)
     eval_batch_size: int = _help("Batch size of validation and test.", default=32)
     eval_max_samples: int | None = _help("Validate on at most this many samples.", default=None)
