@@ -36,6 +36,7 @@ from xpl_hf.checkpointing import (
     TrainerState,
     atomic_save_pretrained,
     check_fingerprint,
+    list_checkpoints,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
@@ -51,6 +52,7 @@ from xpl_hf.data.streams import (
     sample_seed,
 )
 from xpl_hf.data.transforms import XPLCollator
+from xpl_hf.distributed import NonFiniteWatch, StepLogs
 from xpl_hf.evaluation import evaluate_model
 from xpl_hf.method import compute_losses, term_grad_shares
 from xpl_hf.paths import is_local
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     # XPL's own state: the PL-EMA bank (eq. 5), the curriculum window (eq. 1-3), counters. All checkpointed.
-    bank, selector = method.make_bank(config.map_size), method.make_selector()
+    bank, selector = method.make_bank(config.map_size).to(accelerator.device), method.make_selector()
     state = TrainerState(fingerprint=args.fingerprint())
     checkpointed = dict(model=model, optimizer=optimizer, scheduler=scheduler, bank=bank, selector=selector,
                         state=state)
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     unlabeled_iter = iter(unlabeled_stream) if unlabeled_stream is not None else None
     progress = tqdm(total=args.max_train_steps, initial=state.step, desc=method.name,
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    pending_logs: list[dict] = []
+    step_logs, loss_watch = StepLogs(), NonFiniteWatch()  # on the device, read on reporting steps only
 
     def sync_positions():  # consumed positions (not the loaders' prefetch positions), gathered from all processes
         state.labeled = gather_object([advance(labeled_start, labeled_used, labeled_batches.batches_per_epoch)])
@@ -205,21 +207,32 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         if in_stage2:
             batch = concat_batches(batch, next(unlabeled_iter))
-        batch = send_to_device(batch, accelerator.device, non_blocking=True)
+        # is_labeled stays on the host: compute_losses derives counts and row indices from it without a sync
+        batch = send_to_device(batch, accelerator.device, non_blocking=True, skip_keys="is_labeled")
+        # Device values are read on the host only at reporting steps (logging, evaluation, checkpointing).
+        upcoming = state.step + 1
+        logging_step = upcoming % args.logging_steps == 0 or upcoming == args.max_train_steps
+        reporting_step = (logging_step or upcoming % args.eval_steps == 0
+                          or upcoming % args.checkpointing_steps == 0)
         with accelerator.accumulate(model):
             out = model(**batch)
             measure = args.grad_share_steps and state.step % args.grad_share_steps == 0  # diagnostics, no sync
             terms: dict | None = {} if measure else None
             loss, logs = compute_losses(out, batch, method, bank=bank, selector=selector,
                                         pl_step=state.step - args.warmup_stage_steps, accelerator=accelerator,
-                                        terms_out=terms)
+                                        terms_out=terms, diagnostics=logging_step)
             if measure:
                 logs.update(term_grad_shares(terms, [p for p in model.parameters() if p.requires_grad]))
-            finite = accelerator.reduce(torch.isfinite(loss.detach()).float().reshape(1), reduction="sum")
-            if int(finite.item()) != accelerator.num_processes:
-                path = checkpoint_now()
-                raise FloatingPointError(f"non-finite loss at step {state.step} ({logs}); the state before this step "
-                                         f"is saved in {path}. Lower --learning_rate or use --mixed_precision no.")
+            loss_watch.observe(loss, state.step)  # no sync; checked (before this step's update) on reporting steps
+            if reporting_step and accelerator.sync_gradients and (bad := loss_watch.first_bad(accelerator)) is not None:
+                if bad == state.step:  # this step's own loss: the weights are still those before the step
+                    where = f"the state before this step is saved in {checkpoint_now()}"
+                else:  # an earlier step updated the weights with it; checkpoints are written only after a check
+                    newest = list_checkpoints(str(output_dir))
+                    where = (f"the newest checkpoint, {newest[-1]}, predates it" if newest else "no checkpoint "
+                             "predates it") + " (no checkpoint is written after a non-finite step)"
+                raise FloatingPointError(f"non-finite loss at step {bad} (found at step {state.step}); {where}. Lower "
+                                         "--learning_rate or use --mixed_precision no.")
             accelerator.backward(loss)
             if accelerator.sync_gradients and args.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -230,13 +243,11 @@ def main(argv: list[str] | None = None) -> dict:
         scheduler.step()
         state.step += 1
         progress.update(1)
-        pending_logs.append({"loss": loss.detach(), **logs})
+        step_logs.add({"loss": loss, **logs})
 
         if state.step % args.logging_steps == 0 or state.step == args.max_train_steps:
-            keys = {k for entry in pending_logs for k in entry}
-            means = {k: torch.stack([e[k].float().cpu() for e in pending_logs if k in e]).mean().item() for k in keys}
+            means = step_logs.pop()  # one device-to-host copy for all logged values
             means.update(lr=scheduler.get_last_lr()[0], stage=2 if in_stage2 else 1)
-            pending_logs = []
             progress.set_postfix(loss=f"{means['loss']:.3f}", stage=means["stage"])
             accelerator.log({f"train/{k}": v for k, v in means.items()}, step=state.step)
             state.log_history.append({"step": state.step, **{f"train/{k}": v for k, v in means.items()}})

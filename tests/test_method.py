@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xpl_hf.curriculum import CurriculumSelector, admitted_fraction
+from xpl_hf.curriculum import CurriculumSelector, admitted_fraction, masked_quantile
 from xpl_hf.distributed import gather_varlen
 from xpl_hf.losses import cross_bce, cross_modal_logits, downsample_gt, infonce_max_pool, supervised_bce, total_loss
 from xpl_hf.maps import minmax_normalize, pearson_consensus
@@ -174,6 +174,30 @@ def test_selector_quantile_and_rho_min():
     assert sel2.select(scores, step=10).tolist() == [False, False, False, False, True]
     off = CurriculumSelector(window=8, enabled=False)
     assert off.select(scores, step=0).all()  # ablation: everything admitted
+
+
+def test_masked_quantile_matches_torch_quantile():
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 5, 64, 2048):
+        for q in (0.0, 0.2, 0.5, 0.8, 1.0):
+            values = torch.rand(n, generator=g) * 2 - 1
+            valid = values >= torch.rand((), generator=g) - 0.5
+            got = masked_quantile(values, valid, q)
+            assert got.shape == ()
+            if valid.any():
+                torch.testing.assert_close(got, torch.quantile(values[valid], q), atol=1e-6, rtol=0)
+            else:
+                assert got == float("inf")
+
+
+def test_bank_keeps_non_finite_labels_out():
+    bank = PseudoLabelBank(map_size=1, models=("a",), alpha=0.5)
+    bank.update(["x", "y"], {"a": torch.tensor([[[0.2]], [[0.4]]])})
+    out = bank.update(["x", "y", "z"], {"a": torch.tensor([[[float("nan")]], [[0.8]], [[float("inf")]]])})
+    assert out["a"].flatten().tolist() == [pytest.approx(0.2, abs=1e-3), pytest.approx(0.6, abs=1e-3), 0.0]
+    y, found = bank.lookup(["x", "y", "z"], "a")
+    assert torch.isfinite(y).all() and found.tolist() == [True, True, False]  # z never got a finite label
+    assert bank.keys.device.type == "cpu" and bank.main_keys.device.type == "cpu"  # the id index is host data
 
 
 def test_selector_window_slides():

@@ -13,7 +13,7 @@ import torch
 
 from .distributed import gather_varlen
 
-__all__ = ["admitted_fraction", "CurriculumSelector"]
+__all__ = ["admitted_fraction", "masked_quantile", "CurriculumSelector"]
 
 
 def admitted_fraction(step: int, r0: float, rampup_steps: int) -> float:
@@ -28,6 +28,24 @@ def admitted_fraction(step: int, r0: float, rampup_steps: int) -> float:
     return float(r0 + (1.0 - r0) * progress)
 
 
+def masked_quantile(values: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(values[valid], q)`` (linear interpolation) without a data-dependent shape.
+
+    The invalid entries sort last as +inf and the interpolation ranks come from the number of valid entries, a
+    device tensor, so nothing is read on the host. Returns a 0-d tensor; +inf when no entry is valid.
+    """
+    inf = torch.tensor(float("inf"), dtype=values.dtype, device=values.device)
+    ordered = torch.where(valid, values, inf).sort().values
+    count = valid.sum()
+    rank = (count - 1).clamp_min(0).to(values.dtype) * q  # as torch.quantile: q · (n - 1), in the input's dtype
+    below = rank.to(torch.int64)
+    above = rank.ceil().to(torch.int64)
+    low = ordered.gather(0, below.reshape(1))
+    high = ordered.gather(0, above.reshape(1))
+    result = torch.lerp(low, high, rank - below.to(values.dtype)).reshape(())
+    return torch.where(count > 0, result, inf)
+
+
 class CurriculumSelector:
     """Curriculum data selection (eq. 2-3) over a sliding window of consensus scores.
 
@@ -36,6 +54,10 @@ class CurriculumSelector:
       2. q(t) = quantile_{1 - r(t)} of the window's scores that pass ρ_min (linear interpolation);
       3. admitted_i = (ρ_i >= ρ_min) and (ρ_i >= q(t)).
     With ``enabled=False`` (the "without data selection" ablation) every sample is admitted.
+
+    The window lives on the device of the scores it receives (moved there on the first push) and q(t) is a 0-d
+    tensor on that device (``last_threshold``): a step costs no device synchronisation. The write position and
+    fill count are host integers (batch sizes are known on the host).
 
     state_dict() holds the window contents and write position; load_state_dict() restores them exactly, so the
     object can be registered with ``accelerator.register_for_checkpointing``.
@@ -51,27 +73,26 @@ class CurriculumSelector:
         self.scores = torch.zeros(window, dtype=torch.float32)  # ring buffer
         self.count = 0  # number of valid entries (<= window)
         self.pos = 0  # next write position
-        self.last_threshold = float("nan")  # q(t) of the latest select(), for logging
+        self.last_threshold = torch.tensor(float("nan"))  # q(t) of the latest select() (0-d tensor), for logging
 
     def push(self, scores: torch.Tensor) -> None:
         """Append (N,) scores to the window (oldest overwritten). Call with the scores of ALL processes."""
-        s = scores.detach().flatten().float().cpu()
+        s = scores.detach().flatten().float()
+        if self.scores.device != s.device:
+            self.scores = self.scores.to(s.device)
         if s.numel() >= self.window:  # only the most recent `window` survive
             s = s[-self.window:]
         n = s.numel()
-        idx = (self.pos + torch.arange(n)) % self.window
-        self.scores[idx] = s
+        first = min(n, self.window - self.pos)  # the ring as at most two slices: no index tensor, no sync
+        self.scores[self.pos:self.pos + first] = s[:first]
+        self.scores[: n - first] = s[first:]
         self.pos = (self.pos + n) % self.window
         self.count = min(self.count + n, self.window)
 
-    def threshold(self, step: int) -> float:
-        """q(t): the (1 - r(t)) quantile of the window's scores that pass ρ_min (+inf if none pass)."""
+    def threshold(self, step: int) -> torch.Tensor:
+        """q(t): the (1 - r(t)) quantile of the window's scores that pass ρ_min (+inf if none pass), 0-d tensor."""
         w = self.scores[: self.count]
-        w = w[w >= self.rho_min]
-        if w.numel() == 0:
-            return float("inf")
-        r = admitted_fraction(step, self.r0, self.rampup_steps)
-        return float(torch.quantile(w, 1.0 - r))
+        return masked_quantile(w, w >= self.rho_min, 1.0 - admitted_fraction(step, self.r0, self.rampup_steps))
 
     def select(self, consensus: torch.Tensor, step: int, accelerator=None,
                all_consensus: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,14 +114,14 @@ class CurriculumSelector:
         q = self.threshold(step)
         self.last_threshold = q
         rho = consensus.detach().float()
-        return (rho >= self.rho_min) & (rho >= q)
+        return (rho >= self.rho_min) & (rho >= q.to(rho.device))
 
     def state_dict(self) -> dict:
-        return {"scores": self.scores.clone(), "count": self.count, "pos": self.pos}
+        return {"scores": self.scores.cpu().clone(), "count": self.count, "pos": self.pos}
 
     def load_state_dict(self, state: dict) -> None:
-        scores = state["scores"].float().cpu()
+        scores = state["scores"].float()
         if scores.shape != (self.window,):
             raise ValueError(f"window size mismatch: checkpoint {tuple(scores.shape)}, selector ({self.window},)")
-        self.scores = scores.clone()
+        self.scores = scores.to(self.scores.device).clone()
         self.count, self.pos = int(state["count"]), int(state["pos"])

@@ -137,7 +137,8 @@ class XPLMethod:
 
 def compute_losses(out, batch: dict, method: XPLMethod, *, bank: PseudoLabelBank | None,
                    selector: CurriculumSelector | None, pl_step: int, accelerator=None,
-                   terms_out: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   terms_out: dict | None = None,
+                   diagnostics: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 9 for one batch of labeled and/or unlabeled samples.
 
     Args:
@@ -149,27 +150,39 @@ def compute_losses(out, batch: dict, method: XPLMethod, *, bank: PseudoLabelBank
         pl_step: stage-2 step t, for the curriculum's r(t).
         terms_out: if a dict, filled with each weighted term summed over both branches (``"sup"``, ``"cross"``,
             ``"avc"``: tensors with their graph), for :func:`term_grad_shares`.
+        diagnostics: compute the pseudo-label quality logs when `true_gt_maps` is present (they read maps on the
+            host: the trainer asks for them on logging steps only).
     Returns:
         (total loss, logs {name: 0-d tensor, detached}); logs stay on the device so that a step needs no host
-        synchronisation (reduce them when logging).
+        synchronisation (reduce them when logging). With `is_labeled` on the host (the trainer keeps it there) and
+        the bank on the model's device, nothing here reads device data on the host.
     """
-    labeled = batch["is_labeled"].to(out.maps_a.device)
-    unlabeled = ~labeled
+    # `is_labeled` is batch metadata: on the host, the counts and row indices below cost no device synchronisation
+    # (rows are selected with index_select, never with a boolean mask, whose result size the host would need).
+    is_labeled = batch["is_labeled"]
+    labeled_host = is_labeled if is_labeled.device.type == "cpu" else is_labeled.cpu()
+    rows_labeled, rows_unlabeled = labeled_host.nonzero().flatten(), (~labeled_host).nonzero().flatten()
+
+    def take(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return x.index_select(0, rows.to(x.device, non_blocking=True))
+
     branches = {"a": (out.maps_a, out.visual_features_a, out.audio_embeds_a),
                 "b": (out.maps_b, out.visual_features_b, out.audio_embeds_b)}
     terms: dict[str, dict[str, torch.Tensor]] = {"a": {}, "b": {}}
-    avc_mask = labeled | unlabeled if method.avc_on_unlabeled else labeled
-    num_labeled = int(labeled.sum())
-    num_unlabeled, num_avc = len(labeled) - num_labeled, int(avc_mask.sum())
+    num_labeled, num_unlabeled = rows_labeled.numel(), rows_unlabeled.numel()
+    num_avc = num_labeled + num_unlabeled if method.avc_on_unlabeled else num_labeled
     for m, (maps, visual, audio) in branches.items():
         if method.supervised and num_labeled:
-            terms[m]["sup"] = supervised_bce(maps[labeled], batch["gt_maps"].to(maps.device)[labeled])
+            terms[m]["sup"] = supervised_bce(take(maps, rows_labeled),
+                                             take(batch["gt_maps"].to(maps.device), rows_labeled))
         if num_avc >= 2:
-            terms[m]["avc"] = infonce_max_pool(visual[avc_mask], audio[avc_mask], method.avc_temperature)
+            if not method.avc_on_unlabeled:
+                visual, audio = take(visual, rows_labeled), take(audio, rows_labeled)
+            terms[m]["avc"] = infonce_max_pool(visual, audio, method.avc_temperature)
     logs: dict[str, torch.Tensor] = {}
     if method.pseudo_labels is not None and num_unlabeled:
-        maps_a, maps_b = out.maps_a[unlabeled], out.maps_b[unlabeled]
-        ids = [i for i, keep in zip(batch["ids"], unlabeled.tolist()) if keep]
+        maps_a, maps_b = take(out.maps_a, rows_unlabeled), take(out.maps_b, rows_unlabeled)
+        ids = [batch["ids"][i] for i in rows_unlabeled.tolist()]  # host indices
         if method.pseudo_labels == "hard":
             targets = {"a": hard_pseudo_labels(maps_a.detach()), "b": hard_pseudo_labels(maps_b.detach())}
         else:
@@ -179,7 +192,7 @@ def compute_losses(out, batch: dict, method: XPLMethod, *, bank: PseudoLabelBank
         consensus = pearson_consensus(maps_a, maps_b)
         if method.data_selection:
             admitted = selector.select(consensus, pl_step, accelerator)
-            logs["curriculum_threshold"] = torch.tensor(selector.last_threshold)
+            logs["curriculum_threshold"] = selector.last_threshold  # 0-d tensor on the device
         else:
             admitted = torch.ones_like(consensus, dtype=torch.bool)
         teacher = {"a": "b", "b": "a"} if method.cross_refine else {"a": "a", "b": "b"}
@@ -190,8 +203,8 @@ def compute_losses(out, batch: dict, method: XPLMethod, *, bank: PseudoLabelBank
             terms["a"]["cross"], terms["b"]["cross"] = terms["a"]["cross"] * share, terms["b"]["cross"] * share
         logs.update(admitted_fraction=admitted.float().mean(), consensus_mean=consensus.mean(),
                     consensus_p10=consensus.quantile(0.1), consensus_p90=consensus.quantile(0.9))
-        if "true_gt_maps" in batch:
-            logs.update(pseudo_label_quality(targets, batch["true_gt_maps"][unlabeled.cpu()], admitted))
+        if diagnostics and "true_gt_maps" in batch:
+            logs.update(pseudo_label_quality(targets, take(batch["true_gt_maps"], rows_unlabeled), admitted))
     loss = total_loss({m: t for m, t in terms.items() if t}, method.avc_weight)
     if terms_out is not None:
         for name, weight in (("sup", 1.0), ("cross", 1.0), ("avc", method.avc_weight)):

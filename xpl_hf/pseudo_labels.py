@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .distributed import gather_varlen
+from .distributed import gather_host, gather_varlen, host_sizes
 from .maps import minmax_normalize  # P̂ of eq. 4; a flat map becomes all zeros ("no confident location")
 
 __all__ = [
@@ -73,6 +73,11 @@ class PseudoLabelBank:
     (``hash_ids``) with a sorted index for vectorised lookup, so there is no per-id Python object:
     144,000 ids x 2 models x 7x7 ≈ 28 MB of labels + ≈ 3.5 MB of index (see ``nbytes()``).
 
+    Where things live: the labels and the first-visit flags (``labels``, ``seen``) on ``device`` (the model's:
+    ``bank.to(device)``); the id index (``keys``, ``main_*``, ``pending_*``) on the host, because sample ids are host
+    data. A step's lookups and updates therefore move only row indices host -> device and never read device data
+    on the host: the bank costs no device synchronisation.
+
     The index has two sorted levels: new keys enter a small ``pending`` level (cheap to re-sort) that is
     merged into the ``main`` level every ``merge_every`` new ids, so a step costs O(B log n), and the O(n)
     merge is amortised. Storage grows by 1.25x when full (pass ``capacity`` to preallocate).
@@ -95,15 +100,16 @@ class PseudoLabelBank:
 
     # ---- storage -------------------------------------------------------------------------------------
     _TENSORS = ("labels", "seen", "keys", "main_keys", "main_rows", "pending_keys", "pending_rows")
+    _ON_DEVICE = ("labels", "seen")
 
     def _alloc(self, capacity: int) -> None:
         M, (h, w), dev = len(self.models), self.map_size, self.device
         self.labels = torch.zeros(capacity, M, h, w, dtype=torch.float16, device=dev)  # Y
         self.seen = torch.zeros(capacity, M, dtype=torch.bool, device=dev)  # first visit done?
-        self.keys = torch.zeros(capacity, dtype=torch.int64, device=dev)  # row -> key (insertion order)
-        empty = torch.zeros(0, dtype=torch.int64, device=dev)
-        self.main_keys, self.main_rows = empty, empty  # sorted keys and their rows
-        self.pending_keys, self.pending_rows = empty, empty  # recent inserts, sorted, not yet merged
+        self.keys = torch.zeros(capacity, dtype=torch.int64)  # row -> key (insertion order), host
+        empty = torch.zeros(0, dtype=torch.int64)
+        self.main_keys, self.main_rows = empty, empty  # sorted keys and their rows (host)
+        self.pending_keys, self.pending_rows = empty, empty  # recent inserts, sorted, not yet merged (host)
 
     def _grow(self, needed: int) -> None:
         cap = self.labels.shape[0]
@@ -127,8 +133,9 @@ class PseudoLabelBank:
         return bool(self._find(hash_ids([sample_id]))[1][0])
 
     def to(self, device: torch.device | str) -> PseudoLabelBank:
+        """Move the labels and flags to ``device`` (the index stays on the host)."""
         self.device = torch.device(device)
-        for name in self._TENSORS:
+        for name in self._ON_DEVICE:
             setattr(self, name, getattr(self, name).to(self.device))
         return self
 
@@ -136,9 +143,12 @@ class PseudoLabelBank:
         """Index of (row, model m) in the flattened (capacity * M) label/flag storage."""
         return rows * len(self.models) + m
 
-    # ---- index -----------------------------------------------------------------------------------------
+    def _to_device(self, index: torch.Tensor) -> torch.Tensor:
+        return index.to(self.device, non_blocking=True)
+
+    # ---- index (host) ------------------------------------------------------------------------------------
     def _find(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """keys (N,) int64 -> (rows (N,), found (N,) bool); rows are 0 where not found."""
+        """keys (N,) int64 on the host -> (rows (N,), found (N,) bool); rows are 0 where not found."""
         rows = torch.zeros_like(keys)
         found = torch.zeros_like(keys, dtype=torch.bool)
         for sk, sr in ((self.main_keys, self.main_rows), (self.pending_keys, self.pending_rows)):
@@ -157,7 +167,7 @@ class PseudoLabelBank:
         if k == 0:
             return
         self._grow(self.size + k)
-        rows = torch.arange(self.size, self.size + k, device=self.device)
+        rows = torch.arange(self.size, self.size + k)
         self.keys[self.size:self.size + k] = keys
         self.size += k
         pk, order = torch.sort(torch.cat([self.pending_keys, keys]))
@@ -171,6 +181,11 @@ class PseudoLabelBank:
         self.main_keys, self.main_rows = mk, torch.cat([self.main_rows, self.pending_rows])[order]
         self.pending_keys, self.pending_rows = self.pending_keys[:0], self.pending_rows[:0]
 
+    @staticmethod
+    def _host_keys(ids: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        keys = hash_ids(ids)
+        return keys if keys.device.type == "cpu" else keys.cpu()  # device keys (not used by the trainer) sync here
+
     # ---- eq. 5 -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def update(self, ids: Sequence[str] | torch.Tensor, new: Mapping[str, torch.Tensor],
@@ -178,49 +193,54 @@ class PseudoLabelBank:
         """Apply Y_t = α·Y_{t-1} + (1 - α)·Ŷ_t for a batch and return the smoothed labels (eq. 5).
 
         Args:
-            ids: B sample ids (str) or their ``hash_ids`` keys (B,) int64.
+            ids: B sample ids (str) or their ``hash_ids`` keys (B,) int64 (on the host: no synchronisation).
             new: {model: Ŷ (B, h, w)} for any subset of ``self.models`` (usually all).
             alpha: overrides ``self.alpha`` for this call.
         Returns:
             {model: Y_t (B, h, w) float32 on Ŷ's device}. Y_t is computed in fp32 from the stored fp16 Y_{t-1}
             and then stored in fp16. If an id occurs several times in one call, the last occurrence's Ŷ is
-            the one applied and all occurrences get the same Y_t.
+            the one applied and all occurrences get the same Y_t. A sample whose Ŷ is not finite leaves its
+            entry unchanged (and gets the stored Y back), so a diverged step cannot poison the bank.
         """
         alpha = self.alpha if alpha is None else alpha
-        keys = hash_ids(ids).to(self.device)
+        keys = self._host_keys(ids)
         B = keys.numel()
         uniq, inverse = torch.unique(keys, return_inverse=True)
-        last = torch.full((uniq.numel(),), -1, dtype=torch.int64, device=self.device)
-        last = last.scatter_reduce(0, inverse, torch.arange(B, device=self.device), reduce="amax")  # last occurrence
+        last = torch.full((uniq.numel(),), -1, dtype=torch.int64)
+        last = last.scatter_reduce(0, inverse, torch.arange(B), reduce="amax")  # last occurrence
         rows, found = self._find(uniq)
-        if not bool(found.all()):
+        if not bool(found.all()):  # host booleans
             self._insert(uniq[~found])
             rows, found = self._find(uniq)
         labels = self.labels.view(-1, *self.map_size)  # (capacity * M, h, w) view
         seen_flat = self.seen.view(-1)
+        last_d, inverse_d = self._to_device(last), self._to_device(inverse)
         out = {}
         for name, y_hat in new.items():
             if y_hat.shape != (B, *self.map_size):
                 raise ValueError(f"labels for model {name!r}: expected {(B, *self.map_size)}, got {tuple(y_hat.shape)}")
-            idx = self._flat(rows, self.models.index(name))
-            y_hat_u = y_hat.detach().to(self.device, torch.float32).index_select(0, last)  # (U, h, w)
+            idx = self._to_device(self._flat(rows, self.models.index(name)))
+            y_hat_u = y_hat.detach().to(self.device, torch.float32).index_select(0, last_d)  # (U, h, w)
             prev = labels.index_select(0, idx).float()
             seen = seen_flat.index_select(0, idx).view(-1, 1, 1)
             y = torch.where(seen, alpha * prev + (1.0 - alpha) * y_hat_u, y_hat_u)
+            finite = torch.isfinite(y_hat_u).flatten(1).all(1)  # a non-finite Ŷ (diverged maps) is not stored
+            y = torch.where(finite.view(-1, 1, 1), y, prev)
             labels.index_copy_(0, idx, y.half())
-            seen_flat.index_fill_(0, idx, True)
-            out[name] = y.index_select(0, inverse).to(y_hat.device)
+            seen_flat.index_copy_(0, idx, seen.view(-1) | finite)
+            out[name] = y.index_select(0, inverse_d).to(y_hat.device)
         return out
 
     @torch.no_grad()
     def lookup(self, ids: Sequence[str] | torch.Tensor, model: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored Y for ``ids``: ((B, h, w) float32, found (B,) bool); zeros where never visited by ``model``."""
-        keys = hash_ids(ids).to(self.device)
+        """Stored Y for ``ids``: ((B, h, w) float32, found (B,) bool) on ``device``; zeros where never visited."""
+        keys = self._host_keys(ids)
         if self.size == 0:
-            return torch.zeros(keys.numel(), *self.map_size), torch.zeros(keys.numel(), dtype=torch.bool)
+            return (torch.zeros(keys.numel(), *self.map_size, device=self.device),
+                    torch.zeros(keys.numel(), dtype=torch.bool, device=self.device))
         rows, found = self._find(keys)
-        idx = self._flat(rows, self.models.index(model))
-        found = found & self.seen.view(-1).index_select(0, idx)
+        idx = self._to_device(self._flat(rows, self.models.index(model)))
+        found = self._to_device(found) & self.seen.view(-1).index_select(0, idx)
         y = self.labels.view(-1, *self.map_size).index_select(0, idx).float()
         return torch.where(found.view(-1, 1, 1), y, torch.zeros_like(y)), found
 
@@ -235,7 +255,7 @@ class PseudoLabelBank:
         if tuple(state["models"]) != self.models or tuple(state["map_size"]) != self.map_size:
             raise ValueError(f"bank layout mismatch: checkpoint models={state['models']} map_size={state['map_size']}, "
                              f"bank models={list(self.models)} map_size={list(self.map_size)}")
-        keys = state["keys"].to(self.device, torch.int64)
+        keys = state["keys"].to("cpu", torch.int64)
         n = keys.numel()
         self.size = 0
         self._alloc(max(n, self.labels.shape[0]))
@@ -253,20 +273,18 @@ def synced_bank_update(bank: PseudoLabelBank, ids: Sequence[str] | torch.Tensor,
                        accelerator=None, alpha: float | None = None) -> dict[str, torch.Tensor]:
     """``bank.update`` with the updates of all processes, so every rank's bank copy stays identical.
 
-    Each rank hashes its ids, all ranks all-gather (keys, Ŷ per model) with ``gather_varlen`` (variable batch
-    sizes, including 0), apply the identical global update in rank order, and each returns the smoothed
-    labels of its own batch: {model: (B_local, h, w) float32}. ``accelerator=None`` or one process is a
-    plain ``bank.update``; with several processes the result equals one process applying the concatenated
-    batch (ranks in order).
+    Each rank hashes its ids; the keys and batch sizes are all-gathered on the host (``gather_host``), the Ŷ of
+    each model on the device (``gather_varlen`` with the host sizes); all ranks apply the identical global update
+    in rank order and each returns the smoothed labels of its own batch: {model: (B_local, h, w) float32}. No
+    device data is read on the host. ``accelerator=None`` or one process is a plain ``bank.update``; with several
+    processes the result equals one process applying the concatenated batch (ranks in order).
     """
     if accelerator is None or accelerator.num_processes == 1:
         return bank.update(ids, new, alpha)
-    keys = hash_ids(ids)
-    n_local = keys.numel()
-    dev = accelerator.device
-    sizes = accelerator.gather(torch.tensor([n_local], device=dev)).cpu()
-    start = int(sizes[: accelerator.process_index].sum())
-    all_keys = gather_varlen(accelerator, keys.to(dev))
-    all_new = {m: gather_varlen(accelerator, y.detach().float()) for m, y in new.items()}
+    keys = PseudoLabelBank._host_keys(ids)
+    sizes = host_sizes(accelerator, keys.numel())
+    start = sum(sizes[: accelerator.process_index])
+    all_keys = gather_host(accelerator, keys)
+    all_new = {m: gather_varlen(accelerator, y.detach().float(), sizes) for m, y in new.items()}
     out = bank.update(all_keys, all_new, alpha)
-    return {m: out[m][start:start + n_local].to(y.device) for m, y in new.items()}
+    return {m: out[m][start:start + keys.numel()].to(y.device) for m, y in new.items()}
