@@ -61,6 +61,7 @@ from xpl_hf.training_args import DEFAULT_DATASET, parse_args
 from xpl_hf.visualization import plot_training_curves
 
 logger = get_logger(__name__)
+FROZEN_SUFFIXES = {"none": (), "image": ("image_encoder",), "all": ("image_encoder", "audio_encoder")}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
         weights_report = load_pretrained_backbones(model) if args.pretrained_backbones else {}
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    frozen = [m for name, m in model.named_modules() if name.endswith(FROZEN_SUFFIXES[args.freeze_backbones])]
+    for module in frozen:  # a fast proxy: frozen pretrained trunks, trainable projections and map heads
+        module.requires_grad_(False)
     logger.info(f"Backbones: {json.dumps(weights_report, indent=1)}", main_process_only=True)
 
     # ------------------------------------------------------------------------------------ optimiser
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         part = ".".join(name.split(".")[:2])  # e.g. "branch_a.image_encoder"
         return (args.model_name_or_path is not None and part.endswith("_encoder")) or part in pretrained_parts
 
-    params = list(model.named_parameters())
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
         {"params": [p for n, p in params if not is_pretrained_backbone(n)], "lr": args.learning_rate},
         {"params": [p for n, p in params if is_pretrained_backbone(n)],
@@ -200,13 +204,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     model.train()
     while state.step < args.max_train_steps:
+        for module in frozen:  # eval-mode BatchNorm (validation puts the model back in train mode)
+            module.eval()
         in_stage2 = state.step >= args.warmup_stage_steps and unlabeled_iter is not None
         batch = next(labeled_iter)
         labeled_used += 1
         if batch is None:  # every sample of the batch was bad (each reported by name)
             continue
         if in_stage2:
-            batch = concat_batches(batch, next(unlabeled_iter))
+            extra = next(unlabeled_iter)
+            if method.oracle_labels:  # the full-supervision ceiling: the unlabelled rows' true boxes become labels
+                if "true_gt_maps" not in extra:
+                    raise ValueError("--method full_supervision needs an unlabelled split whose rows carry boxes "
+                                     "(true_boxes, as the synthetic benchmark keeps them).")
+                extra = {**extra, "gt_maps": extra["true_gt_maps"], "is_labeled": torch.ones_like(extra["is_labeled"])}
+            batch = concat_batches(batch, extra)
         # is_labeled stays on the host: compute_losses derives counts and row indices from it without a sync
         batch = send_to_device(batch, accelerator.device, non_blocking=True, skip_keys="is_labeled")
         # Device values are read on the host only at reporting steps (logging, evaluation, checkpointing).

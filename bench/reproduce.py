@@ -56,8 +56,35 @@ ROWS: dict[str, list[str]] = {
     "xpl-alpha0.3": ["--method", "xpl", "--pl_ema_alpha", "0.3"],
     "xpl-alpha0.5": ["--method", "xpl", "--pl_ema_alpha", "0.5"],
     "xpl-alpha0.9": ["--method", "xpl", "--pl_ema_alpha", "0.9"],
+    # oracle ceiling (off by default: only with --rows full_supervision or --with_ceiling): the same run with the
+    # unlabeled split's true boxes used as labels
+    "full_supervision": ["--method", "full_supervision"],
 }
+DEFAULT_ROWS = [r for r in ROWS if r != "full_supervision"]
 METHOD_ROWS = ["sup_only", "hard_pl", "sup_contrastive", "self_supervised", "xpl"]
+QUICK_ROWS = ["sup_only", "hard_pl", "xpl"]
+
+# Benchmark size and per-run settings. train_extra goes to train_xpl.py before the command line's passthrough.
+PRESETS: dict[str, dict] = {
+    # The issue-11 CPU protocol (results/ISSUE11_FINDINGS.md): a small unlabeled pool visited ~2x (so PL-EMA acts),
+    # 4x4 maps, FROZEN pretrained image trunks as a fast proxy (projections, audio encoders, map heads train),
+    # VGGish (random offline) with a 512-d head, L_avc down-weighted, pretrained backbones at lr x 0.1.
+    "cpu": dict(num_labeled=60, num_unlabeled=180, num_validation=100, num_test=300, data_image_size=128,
+                image_size=128, clip_seconds=1.0, batch_size=8, steps=144, warmup_stage_steps=48, eval_steps=16,
+                train_extra=["--freeze_backbones", "all", "--vggish_fc_dim", "512", "--grad_share_steps", "16",
+                             "--backbone_learning_rate_scale", "0.1", "--avc_weight", "0.05"]),
+    # The grid of results/README.md before issue 11 (48 steps, one pass over 1,080 unlabeled clips, 3x3 maps).
+    "legacy": dict(num_labeled=120, num_unlabeled=1080, num_validation=100, num_test=300, data_image_size=128,
+                   image_size=96, clip_seconds=1.0, batch_size=8, steps=48, warmup_stage_steps=None,
+                   eval_steps=None, train_extra=["--cross_normalization", "admitted"]),
+    # One H100 (not run here): 224 px, 3 s clips, 7x7 maps, trainable trunks, bf16; 300 labeled + 1,200 unlabeled,
+    # stage 2 = 160 steps x 16 = 2,560 unlabeled visits (~2.1 passes). Budget: sup_only/hard_pl/xpl x 3 seeds
+    # (--rows sup_only,hard_pl,xpl --seeds 3) in <= 8 min, i.e. <= ~50 s per run (to be measured).
+    "h100": dict(num_labeled=300, num_unlabeled=1200, num_validation=250, num_test=500, data_image_size=224,
+                 image_size=224, clip_seconds=3.0, batch_size=16, steps=240, warmup_stage_steps=80, eval_steps=20,
+                 train_extra=["--mixed_precision", "bf16", "--dataloader_num_workers", "6", "--eval_batch_size",
+                              "128", "--backbone_learning_rate_scale", "0.1", "--avc_weight", "0.05"]),
+}
 
 # (title, [(row, label)], paper's numbers note)
 TABLES = [
@@ -67,6 +94,7 @@ TABLES = [
         ("sup_contrastive", "Supervised + contrastive (L_sup; λ·L_avc on all)"),
         ("hard_pl", "Hard pseudo-labels (vanilla self-training)"),
         ("xpl", "**XPL** (soft, sharpened, PL-EMA, cross, curriculum)"),
+        ("full_supervision", "Full supervision (oracle ceiling: the unlabeled split's true boxes as labels)"),
     ]),
     ("Table 2(b) (ablations of XPL)", [
         ("xpl", "XPL (full)"),
@@ -100,40 +128,50 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--rows", default=None, help="comma list of rows (default: all 13; --quick: the 5 method rows)")
     p.add_argument("--seeds", default=None,
                    help="a count N (seeds 0..N-1) or a comma list ('2,' is seed 2 only); default 3, --quick 1")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default 48)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: --preset's)")
     p.add_argument("--warmup_stage_steps", type=int, default=None, help="stage-1 steps (default: steps // 3)")
     p.add_argument("--eval_steps", type=int, default=None, help="validation every N steps (default: steps // 6)")
     p.add_argument("--lr_warmup_steps", type=int, default=None,
                    help="LR warm-up steps (default: steps / 15, the trainer's 20-of-300 ratio)")
     p.add_argument("--quick", action="store_true",
-                   help="the 5 method rows x seed 0 only (the full grid's first runs; ~9 min on 2 shared CPU cores)")
+                   help="sup_only, hard_pl, xpl x seed 0 only (the full grid's first runs)")
     p.add_argument("--report_only", action="store_true", help="only (re)write tables and plots from <out>/raw/")
     p.add_argument("--keep_outputs", action="store_true", help="keep each run's model/checkpoints in --scratch")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's). Use 1 when another job shares "
                    "the cores: 2 threads against a busy core ran up to 20x slower here")
-    # benchmark and per-run settings (CPU-sized)
-    p.add_argument("--num_labeled", type=int, default=120)
-    p.add_argument("--num_unlabeled", type=int, default=1080)
-    p.add_argument("--num_validation", type=int, default=100)
-    p.add_argument("--num_test", type=int, default=300)
-    p.add_argument("--data_image_size", type=int, default=128, help="generated image size")
-    p.add_argument("--image_size", type=int, default=96, help="model input size (map = size // 32)")
-    p.add_argument("--clip_seconds", type=float, default=1.0)
-    p.add_argument("--batch_size", type=int, default=8, help="labeled and unlabeled samples per step (each)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                   help="benchmark size + per-run settings (see PRESETS); any option given explicitly wins")
+    p.add_argument("--with_ceiling", action="store_true",
+                   help="also run the oracle 'full_supervision' row (unlabeled split's true boxes as labels)")
+    # benchmark and per-run settings (defaults from --preset)
+    p.add_argument("--num_labeled", type=int, default=None)
+    p.add_argument("--num_unlabeled", type=int, default=None)
+    p.add_argument("--num_validation", type=int, default=None)
+    p.add_argument("--num_test", type=int, default=None)
+    p.add_argument("--data_image_size", type=int, default=None, help="generated image size")
+    p.add_argument("--image_size", type=int, default=None, help="model input size (map = size // 32)")
+    p.add_argument("--clip_seconds", type=float, default=None)
+    p.add_argument("--batch_size", type=int, default=None, help="labeled and unlabeled samples per step (each)")
     args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    derived = ("warmup_stage_steps", "eval_steps") if args.steps is not None else ()  # follow an explicit --steps
+    for key, value in preset.items():
+        if key != "train_extra" and key not in derived and getattr(args, key, None) is None:
+            setattr(args, key, value)
+    passthrough = list(preset["train_extra"]) + passthrough  # the command line's passthrough wins
     if args.seeds is None:
         args.seeds = "1" if args.quick else "3"
     args.seeds = ([int(s) for s in args.seeds.split(",") if s.strip()] if "," in args.seeds
                   else list(range(int(args.seeds))))
     if args.rows is None:
-        args.rows = ",".join(METHOD_ROWS if args.quick else ROWS)
+        args.rows = ",".join(QUICK_ROWS if args.quick else DEFAULT_ROWS)
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if args.with_ceiling and "full_supervision" not in args.rows:
+        args.rows.append("full_supervision")
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    if args.steps is None:
-        args.steps = 48
     if args.warmup_stage_steps is None:
         args.warmup_stage_steps = args.steps // 3
     if args.eval_steps is None:

@@ -65,10 +65,17 @@ def test_report_from_fake_runs(tmp_path):
 def test_arguments_quick_and_seeds():
     reproduce = load_script()
     args, passthrough = reproduce.parse_args(["--quick", "--", "--learning_rate", "1e-4"])
-    assert args.rows == reproduce.METHOD_ROWS and args.seeds == [0] and passthrough == ["--learning_rate", "1e-4"]
+    assert args.rows == reproduce.QUICK_ROWS and args.seeds == [0]
+    assert passthrough[-2:] == ["--learning_rate", "1e-4"]  # after the preset's trainer options: it wins
+    assert passthrough[:-2] == reproduce.PRESETS["cpu"]["train_extra"]
+    args, _ = reproduce.parse_args(["--quick", "--with_ceiling"])
+    assert args.rows == [*reproduce.QUICK_ROWS, "full_supervision"]
     args, _ = reproduce.parse_args(["--seeds", "2,", "--rows", "xpl,hard_pl", "--steps", "30"])
     assert args.seeds == [2] and args.rows == ["xpl", "hard_pl"] and args.warmup_stage_steps == 10
     args, _ = reproduce.parse_args([])
-    assert len(args.rows) == 13 and args.seeds == [0, 1, 2]
+    assert len(args.rows) == 13 and args.seeds == [0, 1, 2] and "full_supervision" not in args.rows
+    assert (args.steps, args.warmup_stage_steps, args.image_size) == (144, 48, 128)
+    args, passthrough = reproduce.parse_args(["--preset", "h100"])
+    assert (args.image_size, args.clip_seconds, args.image_size // 32) == (224, 3.0, 7) and "bf16" in passthrough
     argv = reproduce.train_argv(args, "xpl-alpha0.3", 1, Path("o"), [])
     assert argv[argv.index("--pl_ema_alpha") + 1] == "0.3" and argv[argv.index("--seed") + 1] == "1"

@@ -282,3 +282,23 @@ def test_push_to_hub_uploads_the_final_folder(tiny_benchmark, tmp_path, monkeypa
         assert name in pushed["files"], name
     assert "org/xpl-tiny" in (tmp_path / "README.md").read_text()
     assert "audio-visual-source-localization" in json.loads((tmp_path / "config.json").read_text())["custom_pipelines"]
+
+
+def test_full_supervision_ceiling_and_frozen_trunks(tiny_benchmark, tmp_path):
+    """The oracle row trains on the unlabelled split's true boxes; --freeze_backbones image keeps the trunks as built."""
+    from accelerate.utils import set_seed
+
+    run_main(["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--max_train_steps", "2",
+              "--warmup_stage_steps", "1", "--eval_steps", "2", "--method", "full_supervision",
+              "--freeze_backbones", "image"])
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert any("train/loss_sup_a" in e for e in log) and not any("train/loss_cross_a" in e for e in log)
+    assert json.loads((tmp_path / "eval_results.json").read_text())["method_settings"]["oracle_labels"] is True
+    set_seed(0)
+    initial = XPLModel(XPLConfig(**XPLTrainingArguments(image_size=64, embed_dim=32, vggish_fc_dim=64,
+                                                        image_backbone_a="resnet18", image_backbone_b="resnet18",
+                                                        clip_seconds=1.0).model_config_kwargs()))
+    trained = XPLModel.from_pretrained(tmp_path)
+    frozen = dict(initial.branch_a.image_encoder.state_dict())
+    assert all(torch.equal(v, trained.branch_a.image_encoder.state_dict()[k]) for k, v in frozen.items())
+    assert not torch.equal(initial.branch_a.visual_proj.weight, trained.branch_a.visual_proj.weight)

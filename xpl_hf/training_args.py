@@ -73,7 +73,8 @@ class XPLTrainingArguments:
     channels_last: bool = _help("channels_last memory format for the image encoders (faster convolutions on CPU "
                                 "and with AMP on GPU).", default=True)
     # method (defaults: xpl_hf.method.XPLMethod)
-    method: str = _help(f"Training method, one of {METHODS}.", default="xpl")
+    method: str = _help(f"Training method, one of {METHODS}. 'full_supervision' is an oracle ceiling for benchmarks: "
+                        "it trains on the unlabelled split's true boxes.", default="xpl")
     no_pl_ema: bool = _help("Ablation of xpl: no PL-EMA (α = 0).", default=False)
     no_cross_refine: bool = _help("Ablation of xpl: each branch learns from its own pseudo-labels.", default=False)
     no_sharpening: bool = _help("Ablation of xpl: no sharpening of the pseudo-labels.", default=False)
@@ -98,7 +99,10 @@ class XPLTrainingArguments:
     train_batch_size: int = _help("Labelled samples per step and process.", default=8)
     unlabeled_batch_size: int = _help("Unlabelled samples per step and process (stage 2).", default=8)
     learning_rate: float = _help("Peak learning rate (AdamW).", default=1e-3)
-    backbone_learning_rate_scale: float = _help("Learning-rate factor of pretrained backbones.", default=1.0)
+    backbone_learning_rate_scale: float = _help("Learning-rate factor of pretrained backbones (0.1: measured better on "
+                                                "validation than 1.0, results/ISSUE11_FINDINGS.md).", default=0.1)
+    freeze_backbones: str = _help("none | image | all: keep these encoders frozen (eval-mode BatchNorm, no gradient), "
+                                  "a fast proxy where only projections and map heads train.", default="none")
     weight_decay: float = _help("AdamW weight decay.", default=1e-4)
     lr_scheduler_type: str = _help("transformers scheduler name (cosine, linear, constant, ...).", default="cosine")
     lr_warmup_steps: int = _help("Learning-rate warm-up steps.", default=20)
@@ -163,6 +167,7 @@ class XPLTrainingArguments:
         need(self.image_size % 32 == 0, "image_size", "must be a multiple of 32")
         need(self.method in METHODS, "method", f"must be one of {METHODS}")
         need(self.on_bad_sample in ("skip", "raise"), "on_bad_sample", "must be 'skip' or 'raise'")
+        need(self.freeze_backbones in ("none", "image", "all"), "freeze_backbones", "must be none, image or all")
         need(self.cross_normalization in ("unlabeled", "admitted"), "cross_normalization",
              "must be 'unlabeled' or 'admitted'")
         need(self.mixed_precision in (None, "no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
