@@ -285,7 +285,7 @@ def test_push_to_hub_uploads_the_final_folder(tiny_benchmark, tmp_path, monkeypa
 
 
 def test_full_supervision_ceiling_and_frozen_trunks(tiny_benchmark, tmp_path):
-    """The oracle row trains on the unlabelled split's true boxes; --freeze_backbones image keeps the trunks as built."""
+    """The oracle row trains on the unlabelled split's true boxes; --freeze_backbones image keeps the trunks."""
     from accelerate.utils import set_seed
 
     run_main(["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--max_train_steps", "2",

@@ -9,7 +9,7 @@ Methods (the rows of the paper's tables):
 | `hard_pl`         | yes   | labeled + unlabeled   | each branch's own binarised map, no EMA, no selection  |
 | `sup_contrastive` | yes   | labeled + unlabeled   | none                                                    |
 | `self_supervised` | no    | labeled + unlabeled   | none (boxes unused)                                     |
-| `full_supervision`| yes   | labeled + unlabeled   | none: the unlabeled rows' true boxes are labels (benchmark ceiling) |
+| `full_supervision`| yes   | labeled + unlabeled   | none: unlabeled rows' true boxes as labels (a ceiling)  |
 
 `xpl` ablations: `no_pl_ema` (α = 0), `no_cross_refine` (each branch learns from its own soft label),
 `no_sharpening` (Ŷ = min-max-normalised P), `no_data_selection` (every unlabeled sample admitted), and any α.
