@@ -122,3 +122,52 @@ def test_large_jpeg_decodes_reduced_within_tolerance_on_both_paths(size, decoded
            "image": {"bytes": data, "path": None}}
     training = XPLCollator(processor, train=False)([row])["pixel_values"][0]
     assert torch.equal(training, inference)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_wav_bytes_decode_like_soundfile(channels, subtype):
+    """16-bit PCM WAV bytes take the numpy path, with soundfile's values; other encodings go to soundfile."""
+    import soundfile as sf
+
+    from xpl_hf.audio import AudioError, _pcm16_wav, decode_audio
+
+    rng = np.random.default_rng(channels)
+    buffer = io.BytesIO()
+    sf.write(buffer, rng.uniform(-1, 1, (32000, channels)).astype(np.float32), 16000, format="WAV", subtype=subtype)
+    data = buffer.getvalue()
+    assert (_pcm16_wav(data) is not None) == (subtype == "PCM_16")
+    for clip_seconds in (None, 0.5, 3.0):
+        fast, rate = decode_audio(data, clip_seconds)
+        reference, reference_rate = decode_audio(bytearray(data), clip_seconds)  # bytearray: the soundfile path
+        assert rate == reference_rate == 16000 and fast.dtype == np.float32
+        assert fast.shape == reference.shape and np.array_equal(fast, reference)
+    truncated = data[: len(data) // 2]  # the data chunk claims more bytes than the file holds: soundfile decides
+    assert _pcm16_wav(truncated) is None
+    with pytest.raises(AudioError):
+        decode_audio(b"RIFF\x00\x00\x00\x00WAVEjunk")
+
+
+class _ReportShared:
+    """A collate_fn returning (batch, {float tensor key: is_shared() inside the worker})."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, rows):
+        batch = self.collate(rows)
+        return batch, {k: v.is_shared() for k, v in batch.items() if torch.is_tensor(v) and v.is_floating_point()}
+
+
+def test_worker_batches_are_built_in_shared_memory():
+    """In a DataLoader worker the collator writes the batch into shared memory (no copy when it is sent over)."""
+    from torch.utils.data import DataLoader
+
+    rows = [generate_sample(SyntheticConfig(image_size=32, clip_seconds=1.0), "labeled", i) for i in range(4)]
+    collate = XPLCollator(XPLProcessor(image_size=32, clip_seconds=1.0), train=False)
+    (batch, shared), = DataLoader(rows, batch_size=4, num_workers=1, collate_fn=_ReportShared(collate))
+    assert shared and all(shared.values()), shared
+    in_process = collate(rows)
+    assert not in_process["pixel_values"].is_shared()
+    for key in ("pixel_values", "audio_log_mel", "audio_waveform", "gt_maps"):
+        assert torch.equal(batch[key], in_process[key]), key

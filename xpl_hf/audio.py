@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 from functools import lru_cache
 
 import numpy as np
@@ -75,14 +76,47 @@ def _open(source) -> sf.SoundFile:
         raise AudioError(f"could not decode the audio (WAV, FLAC and OGG are supported): {err}") from None
 
 
+def _pcm16_wav(data: bytes) -> tuple[int, int, int, int] | None:
+    """(channels, rate, data offset, frames) of a complete, plain 16-bit PCM WAV; None for anything else."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    offset, fmt = 12, None
+    while offset + 8 <= len(data):
+        chunk, size = data[offset:offset + 4], int.from_bytes(data[offset + 4:offset + 8], "little")
+        body = offset + 8
+        if chunk == b"fmt " and size >= 16:
+            fmt = struct.unpack_from("<HHIIHH", data, body)  # format, channels, rate, byte rate, block align, bits
+        elif chunk == b"data":
+            if fmt is None or body + size > len(data):
+                return None
+            audio_format, channels, rate, _, block_align, bits = fmt
+            if audio_format != 1 or bits != 16 or channels < 1 or block_align != 2 * channels:
+                return None
+            return channels, rate, body, size // block_align
+        offset = body + size + (size & 1)  # chunks are word-aligned
+    return None
+
+
 def decode_audio(source, clip_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode a WAV/FLAC/OGG file (path, bytes or file object) with soundfile.
 
     With `clip_seconds`, only the centred window of that length is read, so a 10-minute file costs what 3 s cost.
+    Plain 16-bit PCM WAV bytes (the usual stored format) are read with numpy instead: the same values as
+    soundfile's (sample / 32768, tested), several times faster.
 
     Returns:
         `(waveform, sample_rate)` with waveform float32 of shape (channels, samples).
     """
+    wav = _pcm16_wav(source) if isinstance(source, bytes) else None
+    if wav is not None:
+        channels, rate, start, frames = wav
+        if clip_seconds is not None and frames > 0:
+            wanted = math.ceil(clip_seconds * rate)
+            if frames > wanted:
+                start += (frames - wanted) // 2 * 2 * channels
+                frames = wanted
+        samples = np.frombuffer(source, "<i2", count=frames * channels, offset=start)
+        return np.ascontiguousarray(samples.reshape(frames, channels).T) * np.float32(1 / 32768), rate
     with _open(source) as f:
         rate, frames = f.samplerate, f.frames
         if clip_seconds is not None and frames > 0:

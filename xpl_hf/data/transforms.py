@@ -19,6 +19,7 @@ to ``None`` in skip mode: skip it.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 import PIL.Image
 import torch
 from PIL import ImageEnhance
+from torch.utils.data import get_worker_info
 from torchvision.transforms import v2
 
 from ..metrics.protocol import EVAL_SIZE
@@ -270,7 +272,7 @@ class XPLCollator:
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         size = self.transform.processor.image_size
         # Each view is written straight into its row of the batch (no per-sample tensor, no stacking copy).
-        pixels = [torch.empty(len(examples), size, size, 3) for _ in range(2 if self.train else 1)]
+        pixels = [_batch_empty(len(examples), size, size, 3) for _ in range(2 if self.train else 1)]
         samples = []
         for example in examples:
             row = len(samples)
@@ -299,11 +301,26 @@ def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 
 
+def _batch_empty(*shape: int) -> torch.Tensor:
+    """An uninitialised float32 batch tensor. Inside a DataLoader worker it is allocated in shared memory, as
+    ``torch.utils.data.default_collate`` does, so that handing the batch to the training process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape)
+    storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0).new(storage).resize_(shape)
+
+
+def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(list(tensors), out=_batch_empty(len(tensors), *tensors[0].shape))
+
+
 def _gt_maps(maps: Sequence[np.ndarray | None], size: int) -> torch.Tensor:
-    """(size, size) maps, None for zeros -> (B, size, size) float32, zeros allocated once."""
-    out = torch.zeros(len(maps), size, size)
+    """(size, size) maps, None for zeros -> (B, size, size) float32."""
+    out = _batch_empty(len(maps), size, size)
     for i, m in enumerate(maps):
-        if m is not None:
+        if m is None:
+            out[i].zero_()
+        else:
             out[i] = torch.from_numpy(m)
     return out
 
@@ -328,8 +345,8 @@ def collate_samples(samples: Sequence[dict[str, Any]], same_views: bool = False,
         "ids": [s["id"] for s in samples],
         "pixel_values": pixel_a,
         "pixel_values_b": pixel_b,
-        "audio_log_mel": torch.stack([s["audio_log_mel"] for s in samples]),
-        "audio_waveform": torch.stack([s["audio_waveform"] for s in samples]),
+        "audio_log_mel": _stack([s["audio_log_mel"] for s in samples]),
+        "audio_waveform": _stack([s["audio_waveform"] for s in samples]),
         "gt_maps": _gt_maps([s["gt_map"] for s in samples], gt_size),
         "is_labeled": torch.tensor([s["is_labeled"] for s in samples], dtype=torch.bool),
         "labels": [s["label"] for s in samples],
