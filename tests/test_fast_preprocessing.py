@@ -33,6 +33,9 @@ def test_resample_equals_scipy_resample_poly(orig, new):
         y = resample(x, orig, new)
         assert y.dtype == np.float32 and y.shape == reference.shape, (n, y.shape, reference.shape)
         np.testing.assert_allclose(y, reference, atol=2e-6, rtol=0)
+        start, length = len(reference) // 3, len(reference) // 2  # an output window: only it is computed
+        np.testing.assert_allclose(resample(x, orig, new, start, length), reference[start:start + length],
+                                   atol=2e-6, rtol=0)
 
 
 class _TorchvisionColorRandAugment(v2.RandAugment):
@@ -171,3 +174,14 @@ def test_worker_batches_are_built_in_shared_memory():
     assert not in_process["pixel_values"].is_shared()
     for key in ("pixel_values", "audio_log_mel", "audio_waveform", "gt_maps"):
         assert torch.equal(batch[key], in_process[key]), key
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.1, 0.73, 1.0, 1.27, 1.9, 3.0])
+def test_sharpness_is_pil_pixel_for_pixel(factor):
+    from PIL import ImageEnhance
+
+    from xpl_hf.data.transforms import _sharpness
+
+    for image in _images() + [PIL.Image.new("RGB", (2, 5), (1, 2, 3))]:
+        expected = np.asarray(ImageEnhance.Sharpness(image).enhance(factor))
+        assert np.array_equal(np.asarray(_sharpness(image, factor)), expected), image.size

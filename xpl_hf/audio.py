@@ -237,33 +237,51 @@ def _polyphase_plan(up: int, down: int) -> tuple[torch.Tensor, int, int, int]:
     return torch.from_numpy(weights), group, step, base
 
 
-def _resample_matmul(x: np.ndarray, up: int, down: int) -> np.ndarray:
+def _resample_matmul(x: np.ndarray, up: int, down: int, start: int, length: int) -> np.ndarray:
+    """Output samples [start, start + length) of the resampled signal (see :func:`_polyphase_plan`)."""
     weights, group, step, base = _polyphase_plan(up, down)
     groups, width = weights.shape[0], weights.shape[1]
-    n_out = -(-len(x) * up // down)
-    blocks = -(-n_out // up)
-    hi = down * (blocks - 1) + base + step * (groups - 1) + width  # one past the last input read
-    pad_left, pad_right = max(0, -base), max(0, hi - len(x))
-    padded = torch.nn.functional.pad(torch.from_numpy(np.ascontiguousarray(x, np.float32)), (pad_left, pad_right))
-    view = padded.as_strided((groups, blocks, width), (step, down, 1), storage_offset=base + pad_left)
+    first, last = start // up, -(-(start + length) // up)  # the blocks holding the requested outputs
+    lo = down * first + base  # the first input read
+    hi = down * (last - 1) + base + step * (groups - 1) + width  # one past the last input read
+    pad_left, pad_right = max(0, -lo), max(0, hi - len(x))
+    signal = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    if pad_left or pad_right:  # zeros outside the clip, as resample_poly; an inner window needs no copy
+        signal = torch.nn.functional.pad(signal, (pad_left, pad_right))
+    view = signal.as_strided((groups, last - first, width), (step, down, 1), storage_offset=lo + pad_left)
     y = torch.matmul(view, weights)  # (groups, blocks, group)
-    return y.transpose(0, 1).reshape(blocks, groups * group)[:, :up].reshape(-1)[:n_out].numpy()
+    y = y.transpose(0, 1).reshape(last - first, groups * group)[:, :up].reshape(-1)
+    return y[start - first * up:start - first * up + length].numpy()
 
 
-def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+def resampled_length(n: int, orig_rate: int, new_rate: int) -> int:
+    """Number of samples :func:`resample` returns for `n` input samples (as ``resample_poly``)."""
+    g = math.gcd(orig_rate, new_rate)
+    return -(-n * (new_rate // g) // (orig_rate // g))
+
+
+def resample(x: np.ndarray, orig_rate: int, new_rate: int, start: int = 0, length: int | None = None) -> np.ndarray:
     """Polyphase resampling, equal to ``scipy.signal.resample_poly`` with its default Kaiser filter.
 
     Rate pairs with many phases (16 -> 22.05 kHz: 441 / 320) run as one batched matrix product over the
     polyphase components (:func:`_polyphase_plan`), 4-5x faster than scipy's loop and equal to it to float32
     rounding (tested); the others call ``resample_poly`` with the same, cached, filter. Returns float32.
+
+    `start`, `length`: return only the output samples [start, start + length) (computing only those where the
+    matrix product is used); default: all of them.
     """
+    total = resampled_length(len(x), orig_rate, new_rate)
+    length = total - start if length is None else length
+    if not 0 <= start <= start + length <= total:
+        raise ValueError(f"output window [{start}, {start + length}) is outside the {total} resampled samples")
     if orig_rate == new_rate:
-        return x
+        return x[start:start + length]
     g = math.gcd(orig_rate, new_rate)
     up, down = new_rate // g, orig_rate // g
     if up >= _MATMUL_MIN_UP:
-        return _resample_matmul(x, up, down)
-    return resample_poly(x, up, down, window=_lowpass(up, down)).astype(np.float32, copy=False)
+        return _resample_matmul(x, up, down, start, length)
+    y = resample_poly(x, up, down, window=_lowpass(up, down)).astype(np.float32, copy=False)
+    return y[start:start + length]
 
 
 def prepare_clip(waveform, sampling_rate: int, clip_seconds: float,
@@ -284,4 +302,11 @@ def prepare_clip(waveform, sampling_rate: int, clip_seconds: float,
         x = fix_length(x, source_length + 2 * margin)
     elif len(x) < source_length:
         x = fix_length(x, source_length)
-    return {rate: fix_length(resample(x, sampling_rate, rate), round(clip_seconds * rate)) for rate in target_rates}
+    clips = {}
+    for rate in target_rates:
+        length, available = round(clip_seconds * rate), resampled_length(len(x), sampling_rate, rate)
+        if available >= length:  # the centred window, as fix_length would crop it, and only that is computed
+            clips[rate] = resample(x, sampling_rate, rate, (available - length) // 2, length)
+        else:
+            clips[rate] = fix_length(resample(x, sampling_rate, rate), length)
+    return clips

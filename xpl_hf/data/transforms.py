@@ -74,6 +74,27 @@ def _histogram_table(histogram: np.ndarray, op: str) -> np.ndarray:
     return np.minimum((step // 2 + np.concatenate([[0], np.cumsum(histogram)[:-1]])) // step, 255)
 
 
+def _sharpness(image: PIL.Image.Image, factor: float) -> PIL.Image.Image:
+    """``ImageEnhance.Sharpness(image).enhance(factor)`` with torch, about 2x faster and pixel-identical (tested).
+
+    PIL blends the image with its SMOOTH-filtered copy (3 x 3 kernel 1 1 1 / 1 5 1 / 1 1 1, divided by 13 and
+    rounded; border pixels kept): out = trunc(smooth + factor * (image - smooth)), clipped to [0, 255].
+    """
+    if image.width < 3 or image.height < 3:
+        return ImageEnhance.Sharpness(image).enhance(factor)
+    pixels = np.array(image)  # (H, W, 3) uint8, a writable copy: the border rows and columns stay as they are
+    x = torch.from_numpy(pixels)
+    xf = x.float()
+    rows = xf[:-2] + xf[1:-1]
+    rows += xf[2:]
+    box = rows[:, :-2] + rows[:, 1:-1]
+    box += rows[:, 2:]
+    centre = xf[1:-1, 1:-1]
+    smooth = box.add_(centre, alpha=4).div_(13).round_()
+    x[1:-1, 1:-1] = centre.sub(smooth).mul_(factor).add_(smooth).clamp_(0, 255).to(torch.uint8)
+    return PIL.Image.fromarray(pixels)
+
+
 class ColorRandAugment(v2.RandAugment):
     """``torchvision.transforms.v2.RandAugment`` restricted to its colour operations.
 
@@ -83,8 +104,9 @@ class ColorRandAugment(v2.RandAugment):
 
     RGB PIL images take a faster path with the same random draws and **identical pixels** (tested against
     torchvision): the per-channel operations (Brightness, Contrast, Posterize, Solarize, AutoContrast, Equalize) are
-    composed into one lookup table, computed with numpy from the image's histogram, and applied once; Color and
-    Sharpness (not per-channel) run PIL's ``ImageEnhance`` as torchvision does. Other inputs use torchvision.
+    composed into one lookup table, computed with numpy from the image's histogram, and applied once; Color runs
+    PIL's ``ImageEnhance`` as torchvision does and Sharpness its exact torch equivalent (:func:`_sharpness`). Other
+    inputs use torchvision.
     """
 
     GEOMETRIC_OPS = GEOMETRIC_OPS
@@ -126,7 +148,7 @@ class ColorRandAugment(v2.RandAugment):
             if op == "Color":
                 return ImageEnhance.Color(image).enhance(1.0 + magnitude), None
             if op == "Sharpness":
-                return ImageEnhance.Sharpness(image).enhance(1.0 + magnitude), None
+                return _sharpness(image, 1.0 + magnitude), None
             grey = np.asarray(image.convert("L").histogram(), dtype=np.float64)  # ImageEnhance.Contrast's mean
             step = np.broadcast_to(_blend_table(int((grey * _LEVELS).sum() / grey.sum() + 0.5), 1.0 + magnitude),
                                    (3, 256))
