@@ -4,9 +4,9 @@ Per sample: decode a 224 x 224 JPEG and a 3 s WAV (16 kHz, 16-bit), build branch
 (training: two independently drawn colour RandAugments; evaluation: one shared tensor), the VGGish log-mel
 examples (16 kHz) and the SoundNet waveform (22.05 kHz), and the 224 x 224 ground-truth map, then collate into
 batches -- exactly what ``XPLCollator`` does inside a DataLoader worker. One process, one torch thread.
-Quality bar: >= 300 samples/s per CPU core. The per-core figure is samples per CPU-second of this process
-(``time.process_time``), which a busy machine does not distort; the wall-clock rate is printed next to it with the
-load average.
+Quality bar: >= 500 samples per CPU-second for the training transform. CPU time (``time.process_time``) is less
+distorted by other processes than the wall clock, but on a shared machine it still varies by 20-30% between runs
+(caches, frequency): compare versions by interleaving runs of both on the same machine and quote the ratio.
 
     python bench/data_throughput.py [--num_samples 512] [--batch_size 32] [--image_size 224] [--repeats 3]
 """
@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from xpl_hf.data.synthetic import SyntheticConfig, generate_sample
 from xpl_hf.data.transforms import XPLCollator
 from xpl_hf.processing_xpl import XPLProcessor
+
+TARGET = 500  # samples per CPU-second
 
 
 def measure(collate: XPLCollator, rows: list[dict], batch_size: int, repeats: int) -> tuple[list[float], list[float]]:
@@ -75,11 +77,9 @@ def main() -> None:
     results["load_average_1min"] = round(load, 2)
     for name in ("train", "eval"):
         rate = results[f"{name}_samples_per_cpu_s"]
-        verdict = "meets" if rate >= 300 else "BELOW"
-        print(
-            f"{name:5s} transform: {rate:7.1f} samples per CPU-second ({verdict} the 300 samples/s per core target); "
-            f"wall clock {results[f'{name}_samples_per_s_wall']:.1f} samples/s at load average {load:.2f}"
-        )
+        verdict = "meets" if rate >= TARGET else "BELOW"
+        print(f"{name:5s} transform: {rate:7.1f} samples per CPU-second ({verdict} the {TARGET} per CPU-second "
+              f"target); wall clock {results[f'{name}_samples_per_s_wall']:.1f} samples/s at load average {load:.2f}")
     print(json.dumps(results, indent=2))
 
 
