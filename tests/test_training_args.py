@@ -31,3 +31,16 @@ def test_no_sharpening_reaches_the_method():
     method = XPLTrainingArguments(no_sharpening=True).to_method()
     assert method.sharpen_temperature is None and method.name == "xpl-no_sharpening"
     assert XPLTrainingArguments(method="sup_only").to_method().to_dict()["pl_ema_alpha"] == 0.0
+
+
+def test_help_documents_every_flag():
+    import contextlib
+    import dataclasses
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = out.getvalue()
+    for f in dataclasses.fields(XPLTrainingArguments):
+        assert f"--{f.name}" in text and f.metadata.get("help"), f.name

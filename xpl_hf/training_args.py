@@ -114,7 +114,7 @@ class XPLTrainingArguments:
     output_dir: str = _help("Where the model, card, logs and checkpoints go.", default="xpl-output")
     logging_steps: int = _help("Steps between logged (averaged) training values.", default=10)
     grad_share_steps: int = _help("Every N steps, log each loss term's gradient norm and share of the update "
-                                  "(one extra backward pass per term, ~3% of the time at 50; 0 = off).", default=50)
+                                  "(one extra backward pass per term, ~3%% of the time at 50; 0 = off).", default=50)
     best_model_from_stage2: bool = _help("Keep the best validation model among stage-2 evaluations only (methods "
                                          "that use unlabelled data), so the saved model has learnt from the "
                                          "unlabelled data; stage-1 validations are still logged.", default=True)
