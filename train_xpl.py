@@ -107,9 +107,13 @@ def main(argv: list[str] | None = None) -> dict:
     labeled_batches = LabeledBatches(len(labeled), args.train_batch_size, args.seed,
                                      accelerator.process_index, accelerator.num_processes)
 
+    pin_memory = accelerator.device.type == "cuda"
+    torch.backends.cudnn.benchmark = pin_memory  # fixed input sizes: let cuDNN pick its fastest kernels
+
     def make_labeled_loader():
         return DataLoader(labeled, batch_sampler=labeled_batches, num_workers=args.dataloader_num_workers,
-                          collate_fn=SeededCollate(train_collate, sample_seed(args.seed, "labeled")))
+                          collate_fn=SeededCollate(train_collate, sample_seed(args.seed, "labeled")),
+                          pin_memory=pin_memory, persistent_workers=args.dataloader_num_workers > 0)
 
     drop_labels = DropLabels(logger)  # the unlabelled split is unlabelled, whatever boxes it carries
     unlabeled_stream = UnlabeledStream(
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
             seed=args.seed, shuffle_buffer=args.shuffle_buffer, epoch=epoch).map(drop_labels),
         make_loader=lambda stream: DataLoader(
             stream, batch_size=args.unlabeled_batch_size, num_workers=args.dataloader_num_workers,
-            collate_fn=SeededCollate(train_collate, sample_seed(args.seed, "unlabeled"))),
+            collate_fn=SeededCollate(train_collate, sample_seed(args.seed, "unlabeled")), pin_memory=pin_memory),
     ) if method.uses_unlabeled else None
 
     # -------------------------------------------------------------------------------------- models

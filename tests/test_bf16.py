@@ -55,7 +55,8 @@ def test_losses_under_bf16_autocast_are_finite_and_close_to_fp32(stage2_batch):
     model = XPLModel(XPLConfig(image_size=64, embed_dim=32, vggish_fc_dim=64, clip_seconds=1.0))
     out16, bf16 = _train(copy.deepcopy(model), stage2_batch, torch.bfloat16)
     _, fp32 = _train(model, stage2_batch, None)
-    assert out16.maps_a.dtype == torch.bfloat16  # the autocast really ran in bf16
+    assert out16.similarity_a.dtype == torch.bfloat16  # the autocast really ran in bf16 ...
+    assert out16.maps_a.dtype == torch.float32  # ... and the maps P, where the BCE terms live, are fp32
     for step, (low, full) in enumerate(zip(bf16, fp32)):
         assert all(torch.isfinite(torch.tensor(v)) for v in low.values()), (step, low)
         if step == 0:  # same weights: the terms agree to bf16 precision

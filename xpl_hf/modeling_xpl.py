@@ -87,8 +87,9 @@ class AVSLBranch(nn.Module):
         return "audio_log_mel" if self.audio_backbone == "vggish" else "audio_waveform"
 
     def localization_map(self, similarity: torch.Tensor) -> torch.Tensor:
-        """P = sigmoid(w * S + b): any-shaped similarity in [-1, 1] -> probability in (0, 1)."""
-        return torch.sigmoid(self.map_log_scale.exp() * similarity + self.map_bias)
+        """P = sigmoid(w * S + b): any-shaped similarity in [-1, 1] -> probability in (0, 1), in fp32 (under bf16
+        autocast a bf16 P would resolve only ~0.004 near 0 and 1, where the BCE terms live)."""
+        return torch.sigmoid(self.map_log_scale.exp() * similarity.float() + self.map_bias)
 
     def forward(self, pixel_values: torch.Tensor, audio_input: torch.Tensor) -> AVSLBranchOutput:
         """
