@@ -124,14 +124,19 @@ def summarize_ciou(per_sample_ciou: Sequence[float] | np.ndarray) -> dict[str, f
     }
 
 
+def _as_float_tensor(value: Any, what: str) -> torch.Tensor:
+    """Tensor / array / nested list -> float32 CPU tensor; a ValueError names ``what`` when it cannot be read."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float32)
+    try:
+        return torch.from_numpy(np.asarray(value, dtype=np.float32))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{what}: cannot be read as a float array ({error})") from error
+
+
 def as_prediction_tensor(prediction: Any, index: int) -> torch.Tensor:
-    if isinstance(prediction, torch.Tensor):
-        tensor = prediction.detach().to("cpu", torch.float32)
-    else:
-        try:
-            tensor = torch.from_numpy(np.asarray(prediction, dtype=np.float32))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"prediction {index}: cannot be read as a 2-D float array ({error})") from error
+    """A raw map (h, w), checked: non-empty, 2-D, finite."""
+    tensor = _as_float_tensor(prediction, f"prediction {index}")
     if tensor.ndim != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
         raise ValueError(f"prediction {index}: expected a non-empty 2-D map (h, w), got shape {tuple(tensor.shape)}")
     if not torch.isfinite(tensor).all():
@@ -140,13 +145,7 @@ def as_prediction_tensor(prediction: Any, index: int) -> torch.Tensor:
 
 
 def _ground_truth_tensor(ground_truth: Any, index: int) -> torch.Tensor:
-    if isinstance(ground_truth, torch.Tensor):
-        tensor = ground_truth.detach().to("cpu", torch.float32)
-    else:
-        try:
-            tensor = torch.from_numpy(np.asarray(ground_truth, dtype=np.float32))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"ground truth {index}: cannot be read as a float array ({error})") from error
+    tensor = _as_float_tensor(ground_truth, f"ground truth {index}")
     if tuple(tensor.shape) != (EVAL_SIZE, EVAL_SIZE):
         raise ValueError(
             f"ground truth {index}: expected shape ({EVAL_SIZE}, {EVAL_SIZE}), got {tuple(tensor.shape)}"
