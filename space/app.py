@@ -48,9 +48,9 @@ except ImportError:  # pragma: no cover - depends on how the app is started
     sys.path.insert(0, str(HERE.parent))
 
 from xpl_hf import XPLModel, XPLProcessor  # noqa: E402
-from xpl_hf.audio import AudioError, decode_audio  # noqa: E402
+from xpl_hf.audio import WINDOW_MARGIN_SECONDS, AudioError, decode_audio  # noqa: E402
 from xpl_hf.image import MAX_PIXELS, load_image  # noqa: E402
-from xpl_hf.loading import WEIGHT_FILES, load_model_and_processor  # noqa: E402
+from xpl_hf.loading import load_model_and_processor  # noqa: E402
 from xpl_hf.paths import looks_like_hub_id  # noqa: E402
 from xpl_hf.visualization import overlay_heatmap  # noqa: E402
 
@@ -124,10 +124,6 @@ def candidate_sources(model: str | None = None) -> list[str]:
     return out
 
 
-def _has_weights(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in WEIGHT_FILES)
-
-
 def _describe(model: XPLModel, source: str, kind: str) -> str:
     c = model.config
     text = (f"**Model:** `{source}` ({kind}) · branch A = {c.image_backbone_a} + {c.audio_backbone_a}, "
@@ -155,26 +151,16 @@ def load_model(source: str, device: str | None = None) -> LoadedModel:
         ModelNotFound: the folder does not exist / holds no saved model, or the Hub id cannot be loaded.
     """
     path = Path(source).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelNotFound(f"`{source}` is a file; pass the folder written by training (save_pretrained).")
-        kind, location = "local folder", str(path)
-        if not (path / "config.json").is_file() or not _has_weights(path):
-            best = path / "best"  # train_xpl.py keeps the best validation model there while it trains
-            if (best / "config.json").is_file() and _has_weights(best):
-                kind, location = "best validation model so far: training has not finished", str(best)
-            else:
-                in_progress = (path / "checkpoints").is_dir() or any(path.glob("checkpoint-*"))
-                hint = (" It holds only training checkpoints: training has not finished writing the final model "
-                        "yet.") if in_progress else ""
-                raise ModelNotFound(f"`{source}` exists but holds no saved model (config.json + model.safetensors)."
-                                    f"{hint}")
-    elif looks_like_hub_id(source):
-        kind, location = "Hub", source
-    else:
+    kind, location = ("local folder", str(path)) if path.exists() else ("Hub", source)
+    best = path / "best"  # train_xpl.py keeps the best validation model there while it trains
+    if path.is_dir() and not (path / "config.json").is_file() and (best / "config.json").is_file():
+        kind, location = "best validation model so far: training has not finished", str(best)
+    elif not path.exists() and not looks_like_hub_id(source):
         raise ModelNotFound(f"`{source}` does not exist.")
-    try:
+    try:  # the package's loader checks the folder (a file, no model, training checkpoints only) with a message
         model, processor = load_model_and_processor(location, device=device)
+    except FileNotFoundError as err:
+        raise ModelNotFound(str(err)) from None
     except Exception as err:  # noqa: BLE001 - turn any loading failure into a plain message
         raise ModelNotFound(f"could not load `{source}` ({kind}): {type(err).__name__}: {err}") from err
     return LoadedModel(model=model, processor=processor, source=source, description=_describe(model, source, kind))
@@ -337,7 +323,7 @@ def _read_audio_av(path: str, clip_seconds: float) -> tuple[np.ndarray, int]:
             if samples.size > MAX_AUDIO_SECONDS * rate:
                 raise InputError(f"The audio is longer than the limit of {MAX_AUDIO_SECONDS:g} s.")
             return samples, rate
-        seconds = clip_seconds + 0.1  # the window decode_audio reads, with a margin for the resampling filter
+        seconds = clip_seconds + WINDOW_MARGIN_SECONDS  # the window decode_audio reads
         start = max(0.0, (duration - seconds) / 2)
         return _decode_audio_window(container, stream, start, seconds, MAX_AUDIO_SECONDS + 1.0)
 
@@ -364,7 +350,7 @@ def read_audio(value, clip_seconds: float = 3.0) -> tuple[np.ndarray, int]:
         if duration > MAX_AUDIO_SECONDS:
             raise _too_long(duration, MAX_AUDIO_SECONDS, "audio")
         try:
-            return decode_audio(path, clip_seconds=clip_seconds + 0.1)
+            return decode_audio(path, clip_seconds=clip_seconds + WINDOW_MARGIN_SECONDS)
         except AudioError as err:
             raise InputError(f"Could not read the audio {_name(path)}: {_details(err)}") from err
     if not HAVE_AV:

@@ -97,6 +97,10 @@ def _pcm16_wav(data: bytes) -> tuple[int, int, int, int] | None:
     return None
 
 
+WINDOW_MARGIN_SECONDS = 0.1
+"""Extra audio read around a clip's centred window, for the resampling filter's edges."""
+
+
 def decode_audio(source, clip_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode a WAV/FLAC/OGG file (path, bytes or file object) with soundfile.
 

@@ -113,15 +113,13 @@ class XPLMethod:
                 base, name=name, pl_ema_alpha=0.0 if no_pl_ema else base.pl_ema_alpha,
                 sharpen_temperature=None if no_sharpening else base.sharpen_temperature,
                 cross_refine=not no_cross_refine, data_selection=not no_data_selection)
-        if method == "sup_only":
-            return dataclasses.replace(base, name=method, avc_on_unlabeled=False, pseudo_labels=None,
-                                       cross_refine=False, pl_ema_alpha=0.0, sharpen_temperature=None,
-                                       data_selection=False)
-        if method == "hard_pl":
-            return dataclasses.replace(base, name=method, pseudo_labels="hard", cross_refine=False, pl_ema_alpha=0.0,
-                                       sharpen_temperature=None, data_selection=False)
+        # the rows without soft pseudo-labels: no cross-refinement, PL-EMA, sharpening or selection
         none = dict(pseudo_labels=None, cross_refine=False, pl_ema_alpha=0.0, sharpen_temperature=None,
                     data_selection=False)
+        if method == "sup_only":
+            return dataclasses.replace(base, name=method, avc_on_unlabeled=False, **none)
+        if method == "hard_pl":
+            return dataclasses.replace(base, name=method, **{**none, "pseudo_labels": "hard"})
         if method == "sup_contrastive":
             return dataclasses.replace(base, name=method, **none)
         if method == "full_supervision":
@@ -206,10 +204,10 @@ def compute_losses(out, batch: dict, method: XPLMethod, *, bank: PseudoLabelBank
         teacher = {"a": "b", "b": "a"} if method.cross_refine else {"a": "a", "b": "b"}
         terms["a"]["cross"] = cross_bce(maps_a, targets[teacher["a"]], admitted)
         terms["b"]["cross"] = cross_bce(maps_b, targets[teacher["b"]], admitted)
+        share = admitted.float().mean()
         if method.cross_normalization == "unlabeled":  # mean over admitted -> sum over admitted / all unlabelled
-            share = admitted.float().mean()
             terms["a"]["cross"], terms["b"]["cross"] = terms["a"]["cross"] * share, terms["b"]["cross"] * share
-        logs.update(admitted_fraction=admitted.float().mean(), consensus_mean=consensus.mean(),
+        logs.update(admitted_fraction=share, consensus_mean=consensus.mean(),
                     consensus_p10=consensus.quantile(0.1), consensus_p90=consensus.quantile(0.9))
         if diagnostics and "true_gt_maps" in batch:
             logs.update(pseudo_label_quality(targets, take(batch["true_gt_maps"], rows_unlabeled), admitted))

@@ -26,7 +26,7 @@ from PIL import Image
 from transformers import BatchFeature, FeatureExtractionMixin
 from transformers.audio_utils import mel_filter_bank
 
-from .audio import AudioError, check_sample_rate, decode_audio, prepare_clip
+from .audio import WINDOW_MARGIN_SECONDS, AudioError, check_sample_rate, decode_audio, prepare_clip
 from .image import ImageError, load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -158,7 +158,7 @@ class XPLProcessor(FeatureExtractionMixin):
             if isinstance(audio, (str, os.PathLike)) and not Path(audio).is_file():
                 raise AudioError(f"audio file {os.fspath(audio)!r} does not exist.")
             # Read the centred window plus a margin for the resampling filter.
-            waveform, file_rate = decode_audio(audio, clip_seconds=self.clip_seconds + 0.1)
+            waveform, file_rate = decode_audio(audio, clip_seconds=self.clip_seconds + WINDOW_MARGIN_SECONDS)
             if sampling_rate is not None and check_sample_rate(sampling_rate) != file_rate:
                 raise AudioError(f"sampling_rate={sampling_rate} contradicts the file's own rate of {file_rate} Hz; "
                                  "omit sampling_rate for files.")
