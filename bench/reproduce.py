@@ -276,7 +276,7 @@ def trivial_baselines(data_dir: Path) -> dict:
     import numpy as np
 
     from xpl_hf.data import load_labeled
-    from xpl_hf.data.ground_truth import ground_truth_map
+    from xpl_hf.metrics.ground_truth import ground_truth_map
     from xpl_hf.metrics.protocol import localization_metrics
 
     test = load_labeled(str(data_dir), "test")

@@ -11,9 +11,9 @@ import soundfile as sf
 from conftest import make_benchmark
 
 from xpl_hf.data import prepare
-from xpl_hf.data.ground_truth import ground_truth_map
 from xpl_hf.data.loading import load_labeled, load_unlabeled_stream
 from xpl_hf.data.schema import DataValidationError
+from xpl_hf.metrics.ground_truth import ground_truth_map
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 METADATA = "/work/shared/data/avsl_metadata"

@@ -12,10 +12,10 @@ from conftest import make_benchmark
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from xpl_hf.data.ground_truth import ground_truth_map
 from xpl_hf.data.loading import load_labeled, load_unlabeled_stream
 from xpl_hf.data.synthetic import SyntheticConfig, generate_sample
 from xpl_hf.data.transforms import GEOMETRIC_OPS, BadSampleError, ColorRandAugment, XPLCollator
+from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.processing_xpl import XPLProcessor
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0

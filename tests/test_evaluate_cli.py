@@ -14,8 +14,8 @@ import torch
 from xpl_hf import XPLConfig, XPLModel, XPLProcessor
 from xpl_hf.data import generate_benchmark, load_labeled
 from xpl_hf.data.decoding import decode_audio, decode_image
-from xpl_hf.data.ground_truth import ground_truth_map
 from xpl_hf.evaluate import main
+from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.metrics.protocol import localization_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,5 +1,6 @@
-"""The cIoU / AUC protocol (xpl_hf.metrics), the ground-truth rules (xpl_hf.data.ground_truth), the `evaluate`
-metric, the model loop (xpl_hf.evaluation) and the overlays (xpl_hf.visualization)."""
+"""The cIoU / AUC protocol (xpl_hf.metrics), the ground-truth rules (xpl_hf.metrics.ground_truth), the annotation
+parsers (xpl_hf.data.annotations), the `evaluate` metric, the model loop (xpl_hf.evaluation) and the overlays
+(xpl_hf.visualization)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from xpl_hf import METRIC_PATH
-from xpl_hf.data.ground_truth import flickr_boxes_from_xml, ground_truth_map, read_id_list
+from xpl_hf.data.annotations import flickr_boxes_from_xml, read_id_list
 from xpl_hf.evaluation import evaluate_model
 from xpl_hf.metrics import protocol as ev
+from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.metrics.protocol import localization_metrics, summarize_ciou
 from xpl_hf.visualization import pick_best_median_worst, save_overlay_grid
 

@@ -11,8 +11,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xpl_hf"
 # package import (data.schema excepted: it is the data layer's base).
 LAYERS = [
     {"maps", "distributed", "paths", "image", "audio", "losses", "backbones", "configuration_xpl", "metrics.protocol",
-     "data.schema"},
-    {"data.shards", "pseudo_labels", "curriculum", "modeling_xpl", "processing_xpl", "metrics", "data.ground_truth",
+     "data.annotations"},
+    {"metrics.ground_truth"},
+    {"metrics", "data.schema"},
+    {"data.shards", "pseudo_labels", "curriculum", "modeling_xpl", "processing_xpl",
      "data.decoding", "data", "visualization"},
     {"data.loading", "data.synthetic", "data.streams", "data.transforms", "method", "pretrained", "loading", "hub",
      "pipeline_xpl"},

@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
-from xpl_hf.data.ground_truth import ground_truth_map, read_id_list
+from xpl_hf.data.annotations import read_id_list
 from xpl_hf.evaluation import BRANCHES, evaluate_model
 from xpl_hf.loading import load_model_and_processor
+from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.visualization import pick_best_median_worst, save_overlay_grid
 
 logger = logging.getLogger("xpl_hf.evaluate")

@@ -86,8 +86,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..audio import AudioError, check_waveform, decode_audio
+from .annotations import flickr_boxes_from_xml, read_id_list
 from .decoding import decode_image
-from .ground_truth import flickr_boxes_from_xml, read_id_list
 from .schema import XPL_FEATURES, BoxReport, DataValidationError, check_gt_rule, clean_boxes
 from .shards import ShardWriter, even_shard_sizes, split_shard_paths, write_dataset_card
 

@@ -42,7 +42,8 @@ from collections.abc import Iterable, Sequence
 
 from datasets import Audio, Features, Image, List, Value
 
-GT_RULES = ("union", "flickr", "none")
+from ..metrics.ground_truth import GT_RULES
+
 REQUIRED_COLUMNS = ("id", "image", "audio", "boxes", "gt_rule")
 OPTIONAL_COLUMNS = ("label", "true_boxes")
 

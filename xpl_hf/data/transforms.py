@@ -30,9 +30,9 @@ from PIL import ImageEnhance
 from torch.utils.data import get_worker_info
 from torchvision.transforms import v2
 
+from ..metrics.ground_truth import ground_truth_map
 from ..metrics.protocol import EVAL_SIZE
 from .decoding import decode_audio
-from .ground_truth import ground_truth_map
 from .schema import GT_RULES
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The community's audio-visual source localization protocol (cIoU / AUC): the one implementation behind every
 number the package reports (the ``avsl_localization`` ``evaluate`` metric, ``python -m xpl_hf.evaluate``, the
-trainer's validation). Ground-truth maps come from :mod:`xpl_hf.data.ground_truth`.
+trainer's validation). Ground-truth maps come from :mod:`xpl_hf.metrics.ground_truth`.
 
 Protocol (LVS / EZ-VSL / SLAVC evaluation code, reproduced exactly; see docs/evaluation.md):
 

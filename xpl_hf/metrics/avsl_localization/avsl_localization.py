@@ -15,7 +15,7 @@ A thin wrapper around :func:`xpl_hf.metrics.protocol.localization_metrics` (the 
 import datasets
 import evaluate
 import numpy as np
-from xpl_hf.data.ground_truth import ground_truth_map
+from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.metrics.protocol import PROTOCOL
 from xpl_hf.metrics.protocol import localization_metrics
 
