@@ -221,7 +221,7 @@ def test_push_space_plan(fake_hub):
     assert {"app.py", "README.md", "requirements.txt", "xpl_space.json"} <= set(ops)
     package = {p for p in ops if p.startswith("xpl_hf/")}
     for module in ("__init__.py", "configuration_xpl.py", "modeling_xpl.py", "processing_xpl.py", "audio.py",
-                   "backbones.py", "curriculum.py", "hub.py", "data/synthetic.py"):
+                   "backbones.py", "curriculum.py", "hub/__init__.py", "data/synthetic.py"):
         assert f"xpl_hf/{module}" in package, module
     assert not any("__pycache__" in p or p.endswith(".pyc") for p in ops)
     assert ops["app.py"] == (SPACE_DIR / "app.py").read_bytes()

@@ -1,21 +1,7 @@
-"""Hugging Face Hub helpers: the model card (with model-index), pushing a model folder, pushing the Gradio Space.
+"""The model card of an XPL checkpoint (README.md with model-index metadata), from its config and results.
 
-Python::
-
-    from xpl_hf.hub import write_model_card, push_model_folder, push_space
-    write_model_card("xpl-output", results={"dataset": "VGG-SS", "split": "test",
-                                            "fused": {"ciou": 39.1, "auc": 40.2}, "a": {...}, "b": {...}})
-    push_model_folder("xpl-output", "my-org/xpl-vggss")
-    push_space("space", "my-org/xpl-demo", model_id="my-org/xpl-vggss")
-
-Command line (the token comes from ``--token``, ``$HF_TOKEN`` or ``hf auth login``)::
-
-    python -m xpl_hf.hub push-model --folder xpl-output --repo_id my-org/xpl-vggss [--private]
-    python -m xpl_hf.hub push-space --space_id my-org/xpl-demo [--model_id my-org/xpl-vggss] [--private]
-    python -m xpl_hf.hub write-card --folder xpl-output [--results results.json]
-
-Results format (``results`` argument, or the JSON file of ``write-card --results``): one dict, or a list of dicts
-(one per evaluation set)::
+Results format (``results`` argument, or the JSON file of ``python -m xpl_hf.hub write-card --results``): one dict,
+or a list of dicts (one per evaluation set)::
 
     {
       "dataset": "VGG-SS",             # display name (required)
@@ -33,18 +19,15 @@ Hub renders the numbers on the model page.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
-import shutil
-import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..paths import is_local
 
 TASK_TYPE = "audio-visual-source-localization"
 TASK_NAME = "Audio-visual source localization"
@@ -64,45 +47,33 @@ EVAL_PROTOCOL = (
     "AUC = 100 x trapezoid area of the success rate over thresholds 0, 0.05, ..., 1. Ground truth: VGG-SS = union "
     "of the boxes; Flickr-SoundNet = sum of the annotators' boxes / 2, clipped to 1."
 )
-SPACE_VARIABLE = "XPL_MODEL_ID"
-# Training state that may sit next to the final model in the trainer's output folder: not part of the model repo.
-MODEL_IGNORE_PATTERNS = ("checkpoints/**", "checkpoint-*/**", "best/**", ".tmp-*/**", ".old-*/**", "runs/**",
-                         "logs/**", "*.pt", "__pycache__/**", "optimizer*.bin", "scheduler*.bin",
-                         "random_states_*.pkl")
-# Files of the package that the Space does not need (tests, caches, metric scripts that load `evaluate`).
-_PACKAGE_IGNORE = ("__pycache__", "*.pyc", "*.pyo", ".pytest_cache")
-_SPACE_IGNORE = ("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", "xpl-output")
 
 
-# ----------------------------------------------------------------------------------------------------- model card
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "dataset"
 
 
-def _is_local_path(text: str) -> bool:
-    """Whether `text` names a local file or folder rather than a Hub id ("org/name") or a plain name."""
-    path = Path(text).expanduser()
-    separators = "/" in text or os.sep in text
-    return (path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1
-            or (os.sep != "/" and os.sep in text) or (separators and path.exists()))
+def _is_path(text: str) -> bool:
+    """Whether `text` names a local file or folder (:func:`xpl_hf.paths.is_local`); an empty string does not."""
+    return bool(text) and is_local(text)
 
 
 def dataset_display_name(dataset) -> str:
     """A local dataset folder is named by its last component, never by its path; a Hub id or a name is kept."""
     text = str(dataset)
-    return Path(text).expanduser().resolve().name if _is_local_path(text) else text
+    return Path(text).expanduser().resolve().name if _is_path(text) else text
 
 
 def _hub_dataset_id(dataset) -> str | None:
     """`dataset` if it is a Hub dataset id ("org/name"), else None."""
     text = str(dataset)
-    return text if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not _is_local_path(text) else None
+    return text if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not _is_path(text) else None
 
 
 def public_value(value):
     """A value as a card or a results file may show it: local paths (also inside lists and dicts) become their last
     component; Hub ids and everything else are kept."""
-    if isinstance(value, str) and _is_local_path(value):
+    if isinstance(value, str) and _is_path(value):
         return Path(value).expanduser().resolve().name
     if isinstance(value, (list, tuple)):
         return [public_value(v) for v in value]
@@ -336,128 +307,3 @@ def write_model_card(folder, results=None, config=None, training_args=None, *,
     path = folder / "README.md"
     card.save(path)
     return path
-
-
-# ----------------------------------------------------------------------------------------------------------- push
-def push_model_folder(folder, repo_id: str, token: str | None = None, private: bool = False,
-                      commit_message: str = "Upload XPL model", api: HfApi | None = None):
-    """Create the model repo `repo_id` if needed and upload `folder` (save_pretrained output + README.md).
-
-    Training state (`checkpoint-*/`, TensorBoard `runs/`, optimizer / scheduler / RNG files) is left out; a missing
-    README.md is written first (a model card without results).
-
-    Returns:
-        The `CommitInfo` of the upload.
-    """
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json; pass the folder written by save_pretrained or the "
-                                "trainer.")
-    if not (folder / "README.md").is_file():
-        write_model_card(folder, repo_id=repo_id)  # a card without results beats an empty model page
-    api = api or HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True, token=token)
-    return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder), token=token,
-                             commit_message=commit_message, ignore_patterns=list(MODEL_IGNORE_PATTERNS))
-
-
-def _set_models_metadata(readme: Path, model_id: str) -> None:
-    """Add `model_id` to the `models:` list of a Space README's YAML header (links the Space to the model)."""
-    from huggingface_hub import RepoCard
-
-    card = RepoCard.load(readme)
-    models = list(card.data.get("models") or [])
-    if model_id not in models:
-        models.append(model_id)
-    card.data["models"] = models
-    card.save(readme)
-
-
-def stage_space(space_dir, target, model_id: str | None = None) -> Path:
-    """Copy what the Space needs into `target`: `space_dir`'s files plus the `xpl_hf` package source.
-
-    The package is not on PyPI yet, so its source is bundled next to `app.py` (`import xpl_hf` then finds it). With
-    `model_id`, the README's `models:` metadata names it and `xpl_space.json` records it for the app.
-    """
-    space_dir, target = Path(space_dir), Path(target)
-    for required in ("app.py", "README.md", "requirements.txt"):
-        if not (space_dir / required).is_file():
-            raise FileNotFoundError(f"{space_dir / required} is missing; is {space_dir} the Space folder?")
-    shutil.copytree(space_dir, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_SPACE_IGNORE))
-    package = Path(__file__).resolve().parent
-    shutil.copytree(package, target / "xpl_hf", dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_PACKAGE_IGNORE))
-    if model_id:
-        _set_models_metadata(target / "README.md", model_id)
-        (target / "xpl_space.json").write_text(json.dumps({"model_id": model_id}, indent=2) + "\n")
-    return target
-
-
-def push_space(space_dir, space_id: str, model_id: str | None = None, token: str | None = None,
-               private: bool = False, commit_message: str = "Update the XPL Space", api: HfApi | None = None):
-    """Create (or update) the Gradio Space `space_id` from `space_dir` plus the bundled `xpl_hf` package.
-
-    With `model_id`, the Space loads that Hub model: it is written into the upload (`xpl_space.json`, README
-    `models:`) and set as the Space variable `XPL_MODEL_ID`.
-
-    Returns:
-        The `CommitInfo` of the upload.
-    """
-    api = api or HfApi(token=token)
-    api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True, token=token)
-    with tempfile.TemporaryDirectory(prefix="xpl-space-") as tmp:
-        staged = stage_space(space_dir, Path(tmp) / "space", model_id=model_id)
-        info = api.upload_folder(repo_id=space_id, repo_type="space", folder_path=str(staged), token=token,
-                                 commit_message=commit_message)
-    if model_id:
-        api.add_space_variable(space_id, SPACE_VARIABLE, model_id, description="Hub id of the XPL model to load",
-                               token=token)
-    return info
-
-
-# ------------------------------------------------------------------------------------------------------------ CLI
-def _default_space_dir() -> Path:
-    here = Path(__file__).resolve().parent.parent / "space"
-    return here if here.is_dir() else Path("space")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xpl_hf.hub", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("push-space", help="create/update the Gradio Space (space/ + the xpl_hf package)")
-    p.add_argument("--space_id", required=True, help="ORG/NAME of the Space")
-    p.add_argument("--model_id", default=None, help="Hub id of the model the Space loads (Space variable XPL_MODEL_ID)")
-    p.add_argument("--space_dir", default=None, help="folder of the Space (default: the repository's space/)")
-    p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN or the cached login)")
-    p.add_argument("--private", action="store_true")
-
-    p = sub.add_parser("push-model", help="upload a save_pretrained folder (model + processor + card)")
-    p.add_argument("--folder", required=True)
-    p.add_argument("--repo_id", required=True)
-    p.add_argument("--token", default=None)
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--commit_message", default="Upload XPL model")
-
-    p = sub.add_parser("write-card", help="(re)write FOLDER/README.md, the model card")
-    p.add_argument("--folder", required=True)
-    p.add_argument("--results", default=None, help="JSON file in the results format of xpl_hf.hub")
-    p.add_argument("--repo_id", default=None)
-
-    args = parser.parse_args(argv)
-    if args.command == "push-space":
-        space_dir = Path(args.space_dir) if args.space_dir else _default_space_dir()
-        info = push_space(space_dir, args.space_id, model_id=args.model_id, token=args.token, private=args.private)
-        print(f"Space updated: https://huggingface.co/spaces/{args.space_id} ({getattr(info, 'commit_url', info)})")
-    elif args.command == "push-model":
-        info = push_model_folder(args.folder, args.repo_id, token=args.token, private=args.private,
-                                 commit_message=args.commit_message)
-        print(f"Model uploaded: https://huggingface.co/{args.repo_id} ({getattr(info, 'commit_url', info)})")
-    else:
-        results = json.loads(Path(args.results).read_text()) if args.results else None
-        path = write_model_card(args.folder, results=results, repo_id=args.repo_id)
-        print(f"Model card written to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
