@@ -26,7 +26,8 @@ def ids(stream):
 
 def test_load_labeled(bench_dir):
     ds = load_labeled(str(bench_dir), "labeled")
-    assert len(ds) == 16 and ds.column_names == ["id", "image", "audio", "boxes", "gt_rule", "label", "true_boxes"]
+    assert len(ds) == 16 and ds.column_names == ["id", "image", "audio", "boxes", "gt_rule", "label", "true_boxes",
+                                                 "objects"]
     row = ds[0]
     assert isinstance(row["image"], dict) and row["image"]["bytes"][:2] == b"\xff\xd8"  # undecoded JPEG
     assert isinstance(row["audio"], dict) and row["audio"]["bytes"][:4] == b"RIFF"

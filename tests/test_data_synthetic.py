@@ -18,6 +18,7 @@ from xpl_hf.data.synthetic import (
     generate_sample,
     main,
 )
+from xpl_hf.data.schema import DataValidationError, check_objects
 
 SIZES = dict(num_labeled=12, num_unlabeled=16, num_validation=6, num_test=6, image_size=64)
 
@@ -32,7 +33,7 @@ def test_generate_splits_and_schema(tmp_path):
     }
     assert len(manifest["splits"]["unlabeled"]["files"]) == 4  # shardable across 2 ranks
     table = pq.read_table(tmp_path / manifest["splits"]["labeled"]["files"][0])
-    assert table.column_names == ["id", "image", "audio", "boxes", "gt_rule", "label", "true_boxes"]
+    assert table.column_names == ["id", "image", "audio", "boxes", "gt_rule", "label", "true_boxes", "objects"]
     row = table.slice(0, 1).to_pylist()[0]
     assert row["true_boxes"] is None  # labeled splits: the box is in `boxes`
     image = PIL.Image.open(io.BytesIO(row["image"]["bytes"]))
@@ -113,3 +114,56 @@ def test_command_line(tmp_path, capsys):
     )
     assert "labeled=4" in capsys.readouterr().out
     assert (tmp_path / "data" / "unlabeled-00003-of-00004.parquet").exists()
+
+
+def test_objects_list_every_object_and_mark_the_sounding_one():
+    config = SyntheticConfig(image_size=64)
+    counts = {2: 0, 3: 0}
+    sounding_positions = []
+    for index in range(40):
+        row = generate_sample(config, "test", index)
+        objects = check_objects(row["objects"], sample_id=row["id"])
+        assert len(objects) in counts and len({o["label"] for o in objects}) == len(objects)  # distinct classes
+        counts[len(objects)] += 1
+        sounding = [o for o in objects if o["sounding"]]
+        assert len(sounding) == 1
+        assert sounding[0]["box"] == row["boxes"][0] and sounding[0]["label"] == row["label"]
+        sounding_positions.append([o["sounding"] for o in objects].index(True))
+    assert counts[2] and counts[3]  # both scene sizes occur
+    assert len(set(sounding_positions)) == 3  # the sounding object is not always the first one drawn
+    unlabeled = generate_sample(config, "unlabeled", 0)
+    assert [o["box"] for o in unlabeled["objects"] if o["sounding"]] == unlabeled["true_boxes"]
+
+
+def test_objects_column_round_trips_through_parquet(tmp_path):
+    kw = dict(num_labeled=0, num_unlabeled=0, num_validation=0, num_test=3, image_size=32, progress=False)
+    generate_benchmark(str(tmp_path), **kw, num_workers=1)
+    rows = pq.read_table(tmp_path / "data/test-00000-of-00001.parquet").to_pylist()
+    for index, row in enumerate(rows):
+        expected = generate_sample(SyntheticConfig(**{k: v for k, v in kw.items() if k != "progress"}), "test", index)
+        assert [o["label"] for o in row["objects"]] == [o["label"] for o in expected["objects"]]
+        np.testing.assert_allclose([o["box"] for o in row["objects"]], [o["box"] for o in expected["objects"]],
+                                   rtol=1e-6)
+        assert [o["sounding"] for o in row["objects"]] == [o["sounding"] for o in expected["objects"]]
+
+
+def test_check_objects_names_the_sample_and_the_object():
+    good = {"box": [0.1, 0.2, 0.5, 0.6], "label": "dog", "sounding": True}
+    assert check_objects(None) is None and check_objects([]) == []
+    assert check_objects([good]) == [good]
+    bad_values = {
+        "box": {**good, "box": [0.5, 0.2, 0.1, 0.6]},  # x1 < x0
+        "outside": {**good, "box": [0.1, 0.2, 1.5, 0.6]},
+        "nan": {**good, "box": [0.1, float("nan"), 0.5, 0.6]},
+        "three numbers": {**good, "box": [0.1, 0.2, 0.5]},
+        "label": {**good, "label": 3},
+        "sounding": {**good, "sounding": "yes"},
+        "keys": {"box": good["box"], "label": "dog"},
+    }
+    for name, bad in bad_values.items():
+        try:
+            check_objects([good, bad], sample_id="scene-7")
+        except DataValidationError as error:
+            assert "'scene-7'" in str(error) and "object 1" in str(error), name
+        else:
+            raise AssertionError(f"{name}: accepted {bad}")

@@ -27,7 +27,7 @@ def test_load_dataset_reads_every_split(bench, tmp_path):
     ds = datasets.load_dataset(str(bench), cache_dir=str(tmp_path))
     assert {name: len(split) for name, split in ds.items()} == ROWS
     for name, split in ds.items():
-        assert split.column_names == ["id", "image", "audio", "boxes", "gt_rule", "label", "true_boxes"]
+        assert split.column_names == ["id", "image", "audio", "boxes", "gt_rule", "label", "true_boxes", "objects"]
         row = split[0]
         assert isinstance(row["audio"], dict) and row["audio"]["bytes"][:4] == b"RIFF"  # undecoded: no FFmpeg needed
         assert row["image"].size == (32, 32)
@@ -57,7 +57,7 @@ def test_card_metadata_and_body(bench):
     assert {"name": "audio", "dtype": {"audio": {"decode": False}}} in info["features"]
     text = card.text
     assert "## Provenance" in text and "python -m xpl_hf.data.synthetic" in text
-    assert "| `true_boxes` |" in text and "| `unlabeled` | 6 | 4 |" in text
+    assert "| `true_boxes` |" in text and "| `objects` |" in text and "| `unlabeled` | 6 | 4 |" in text
     assert 'load_dataset("xpl-synthetic")' in text  # the folder's name, never its local path
     assert str(bench.parent) not in card.content
 

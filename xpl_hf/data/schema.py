@@ -14,6 +14,10 @@ column      feature                                meaning
 ``label``   ``Value("string")``                    class name (may be empty)
 =========== ====================================== =====================================================
 
+Optional column ``objects`` (``List({"box": [4 x float32], "label": string, "sounding": bool})``): every visible
+object of the scene, the sounding one(s) marked, for the object-selection check of
+:mod:`xpl_hf.metrics.listening`; ``None`` or absent when unknown. :func:`check_objects` holds its rules.
+
 The synthetic benchmark adds ``true_boxes`` (same type as ``boxes``) to **every** split, so that all its splits share
 one feature set and ``datasets.load_dataset(folder)`` reads them together: the exact box of the sounding object in the
 unlabeled split (diagnostics only, never used for training), ``None`` in the labeled and evaluation splits (their
@@ -45,22 +49,24 @@ from datasets import Audio, Features, Image, List, Value
 from ..metrics.ground_truth import GT_RULES
 
 REQUIRED_COLUMNS = ("id", "image", "audio", "boxes", "gt_rule")
-OPTIONAL_COLUMNS = ("label", "true_boxes")
+OPTIONAL_COLUMNS = ("label", "true_boxes", "objects")
 
 BOXES_FEATURE = List(List(Value("float32"), length=4))
+OBJECTS_FEATURE = List({"box": List(Value("float32"), length=4), "label": Value("string"), "sounding": Value("bool")})
 
 
 class DataValidationError(ValueError):
     """Raised when a dataset or a sample does not follow the xpl-hf schema; the message names the problem."""
 
 
-def xpl_features(with_true_boxes: bool = False, decode_image: bool = True) -> Features:
+def xpl_features(with_true_boxes: bool = False, decode_image: bool = True, with_objects: bool = False) -> Features:
     """The xpl-hf schema as :class:`datasets.Features`.
 
     Args:
         with_true_boxes: add the diagnostic ``true_boxes`` column (every split of the synthetic benchmark).
         decode_image: ``Image(decode=...)``. Training loaders use ``False`` so that a corrupt image reaches the
             transform (which names the sample) instead of failing inside the dataset iterator.
+        with_objects: add the optional ``objects`` column (every visible object: box, label, sounding).
     """
     features = {
         "id": Value("string"),
@@ -72,14 +78,17 @@ def xpl_features(with_true_boxes: bool = False, decode_image: bool = True) -> Fe
     }
     if with_true_boxes:
         features["true_boxes"] = BOXES_FEATURE
+    if with_objects:
+        features["objects"] = OBJECTS_FEATURE
     return Features(features)
 
 
 XPL_FEATURES = xpl_features()
 """The schema of every labeled / evaluation split."""
 
-SYNTHETIC_FEATURES = xpl_features(with_true_boxes=True)
-"""The schema of every split of the synthetic benchmark (adds ``true_boxes``; ``None`` outside the unlabeled split)."""
+SYNTHETIC_FEATURES = xpl_features(with_true_boxes=True, with_objects=True)
+"""The schema of every split of the synthetic benchmark (adds ``true_boxes``, ``None`` outside the unlabeled split, and
+``objects``, every object of every scene)."""
 
 SYNTHETIC_UNLABELED_FEATURES = SYNTHETIC_FEATURES
 """Former name of :data:`SYNTHETIC_FEATURES` (the unlabeled split used to be the only one with ``true_boxes``)."""
@@ -94,6 +103,8 @@ COLUMN_DESCRIPTIONS = {
     "label": "class name of the sounding object (may be empty)",
     "true_boxes": "diagnostics only: the hidden exact box of an unlabeled sample (never used for training); null in "
                   "splits whose `boxes` already hold it",
+    "objects": "every visible object of the scene: `box` (`[x0, y0, x1, y1]` normalised), `label` and `sounding` "
+               "(true for the object(s) making the sound); used by the object-selection check; null when unknown",
 }
 """One line per column of the schema, for dataset cards and error messages."""
 
@@ -219,3 +230,35 @@ def check_gt_rule(rule: str, *, sample_id: str = "?") -> str:
     if rule not in GT_RULES:
         raise DataValidationError(f"sample {sample_id!r}: gt_rule must be one of {GT_RULES}, got {rule!r}")
     return rule
+
+
+def check_objects(objects: Sequence[dict] | None, *, sample_id: str = "?") -> list[dict] | None:
+    """Check one row's ``objects`` value and return it as plain ``[{"box", "label", "sounding"}]`` (``None`` stays
+    ``None``: the scene's objects are unknown).
+
+    Rules: each object is a mapping with ``box`` (4 finite numbers, ``0 <= x0 < x1 <= 1`` and ``0 <= y0 < y1 <= 1``),
+    ``label`` (a string, may be empty) and ``sounding`` (a bool). Nothing is repaired: converters clean the boxes with
+    :func:`clean_boxes` first. Raises :class:`DataValidationError` naming the sample and the object.
+    """
+    if objects is None:
+        return None
+    checked = []
+    for index, item in enumerate(objects):
+        where = f"sample {sample_id!r}: object {index}"
+        if not isinstance(item, dict) or not {"box", "label", "sounding"} <= set(item):
+            raise DataValidationError(f"{where} must be a mapping with keys box, label and sounding, got {item!r}")
+        try:
+            box = [float(v) for v in item["box"]]
+        except (TypeError, ValueError):
+            raise DataValidationError(f"{where}: box {item['box']!r} is not a list of numbers") from None
+        if len(box) != 4 or not all(math.isfinite(v) for v in box):
+            raise DataValidationError(f"{where}: box must be 4 finite numbers [x0, y0, x1, y1], got {item['box']!r}")
+        x0, y0, x1, y1 = box
+        if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+            raise DataValidationError(f"{where}: box {box} must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+        if not isinstance(item["label"], str):
+            raise DataValidationError(f"{where}: label must be a string, got {item['label']!r}")
+        if not isinstance(item["sounding"], bool):
+            raise DataValidationError(f"{where}: sounding must be true or false, got {item['sounding']!r}")
+        checked.append({"box": box, "label": item["label"], "sounding": item["sounding"]})
+    return checked

@@ -226,7 +226,8 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
 """The known sources of a dataset folder (keys: ``synthetic`` and the converters' kinds)."""
 
 SCHEMA_TYPES = {"id": "string", "image": "Image", "audio": "Audio(decode=False)", "boxes": "list of [4 x float32]",
-                "gt_rule": "string", "label": "string", "true_boxes": "list of [4 x float32] or null"}
+                "gt_rule": "string", "label": "string", "true_boxes": "list of [4 x float32] or null",
+                "objects": "list of {box: [4 x float32], label: string, sounding: bool} or null"}
 
 
 def _split_features(root: str, splits: list[str]) -> dict[str, Features]:

@@ -16,6 +16,11 @@ Splits (all in the xpl-hf schema, see :mod:`xpl_hf.data.schema`):
   for training); written as several shards so that streaming can split it across processes;
 * ``validation`` and ``test``: like ``labeled``.
 
+Every split also has ``objects``: every object of the scene (exact box, class name, ``sounding``), for the
+object-selection check of :mod:`xpl_hf.metrics.listening` (in the unlabeled split, like ``true_boxes``, diagnostics
+only). The sounding object is drawn uniformly among the scene's objects, independently of the picture, so a map that
+ignores the sound selects it with probability 1 / (number of objects).
+
 Every split has the same columns (``true_boxes`` is ``None`` outside the unlabeled split), and the folder gets a
 dataset card (``README.md``), so ``datasets.load_dataset(DIR)`` returns all four splits, with ``streaming=True`` too.
 
@@ -53,7 +58,7 @@ from .shards import CARD_NAME, ShardWriter, even_shard_sizes, split_shard_paths,
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "xpl_synthetic.json"
-GENERATOR_VERSION = 3  # of the folder's format: a manifest of another version is regenerated
+GENERATOR_VERSION = 4  # of the folder's format: a manifest of another version is regenerated
 SAMPLE_VERSION = 2  # of the samples themselves (part of every sample's seed): bump only when the content changes
 SCALE_RANGE = {1: (0.3, 0.45), 2: (0.26, 0.4), 3: (0.23, 0.33)}  # object radius / image side, by count
 SPLITS = ("labeled", "unlabeled", "validation", "test")
@@ -445,6 +450,9 @@ def generate_sample(config: SyntheticConfig, split: str, index: int) -> dict[str
         "gt_rule": "union",
         "label": CLASSES[classes[k]].name,
         "true_boxes": None,
+        "objects": [
+            {"box": box, "label": CLASSES[c].name, "sounding": i == k} for i, (c, box) in enumerate(zip(classes, boxes))
+        ],
     }
     if split == "unlabeled":
         row["true_boxes"] = row["boxes"]
