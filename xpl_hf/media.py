@@ -23,7 +23,7 @@ import io
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import PIL.Image
@@ -297,15 +297,33 @@ def _check_time(time: float, duration: float | None, label: str) -> float:
     return t
 
 
+def _frames_from(container, stream, t: float, first_slack: float = 0.0) -> Iterator:
+    """Decoded frames of `stream` from the last one starting at or before `t` s on (a seek, never from the start).
+
+    Some demuxers land after the wanted time (e.g. Matroska audio without cues): the seek is then retried from
+    further back (by `first_slack`, 1 s, 10 s, then the start).
+    """
+    slacks = [first_slack, max(first_slack, 1.0), 10.0, math.inf]
+    for slack in slacks:
+        container.seek(int(max(t - slack, 0.0) * av.time_base), backward=True, any_frame=False)
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is None:
+            return
+        if first.time is None or first.time <= t + 1e-3 or t - slack <= 0:
+            yield first
+            yield from frames
+            return
+
+
 def _decode_frames_at(container, stream, targets: list[float], label: str, rotation: int):
     """The first frame at or after each target time (the last frame when a target is past the end)."""
-    container.seek(int(targets[0] * av.time_base), backward=True, any_frame=False)
     rate = float(stream.average_rate or stream.guessed_rate or 30)
     budget = MAX_DECODE_FRAMES + math.ceil((targets[-1] - targets[0]) * min(rate, 1000))
     chosen: list = []
     last = None
     try:
-        for count, frame in enumerate(container.decode(stream), start=1):
+        for count, frame in enumerate(_frames_from(container, stream, targets[0]), start=1):
             _check_frame_size(frame.width, frame.height, label)  # the decoded size, whatever the header said
             last = frame
             while len(chosen) < len(targets) and (frame.time is None or frame.time >= targets[len(chosen)] - 1e-3):
@@ -332,13 +350,12 @@ def _decode_frames_at(container, stream, targets: list[float], label: str, rotat
 def _decode_audio_window(container, stream, start: float, seconds: float, label: str) -> np.ndarray:
     """Mono float32 samples of [start, start + seconds) at the stream's own rate (seeking to `start` first)."""
     rate = int(stream.rate or stream.codec_context.sample_rate)
-    container.seek(int(start * av.time_base), backward=True, any_frame=False)
     downmix = av.AudioResampler(format="flt", layout="mono", rate=rate)  # channels averaged, rate unchanged
     chunks: list[np.ndarray] = []
     decoded, first_time, needed = 0, None, 0
     budget = (seconds + AUDIO_SEEK_SLACK_SECONDS) * rate
     try:
-        for frame in container.decode(stream):
+        for frame in _frames_from(container, stream, start, first_slack=0.5):
             if first_time is None:
                 first_time = float(frame.time) if frame.time is not None else 0.0
                 needed = math.ceil((start + seconds - first_time) * rate)
