@@ -97,8 +97,17 @@ class AVSLBranch(nn.Module):
             pixel_values: (B, 3, S, S) ImageNet-normalised images.
             audio_input: (B, N, 96, 64) log-mel examples for VGGish, or (B, L) waveform for SoundNet-8.
         """
-        visual = F.normalize(self.visual_proj(self.image_encoder(pixel_values)), dim=1)
-        audio = F.normalize(self.audio_proj(self.audio_encoder(audio_input)), dim=-1)
+        return self.forward_features(self.image_encoder(pixel_values), self.audio_encoder(audio_input))
+
+    def forward_features(self, image_features: torch.Tensor, audio_features: torch.Tensor) -> AVSLBranchOutput:
+        """The heads on the trunks' outputs (what trains when the trunks are frozen; a feature cache calls this).
+
+        Args:
+            image_features: (B, C_img, h, w) output of `image_encoder`.
+            audio_features: (B, C_audio) output of `audio_encoder`.
+        """
+        visual = F.normalize(self.visual_proj(image_features), dim=1)
+        audio = F.normalize(self.audio_proj(audio_features), dim=-1)
         similarity = torch.einsum("bdhw,bd->bhw", visual, audio)
         return AVSLBranchOutput(
             maps=self.localization_map(similarity), similarity=similarity, visual_features=visual, audio_embeds=audio

@@ -1,0 +1,106 @@
+"""Frozen-trunk feature cache for the CPU study protocol (bench/reproduce.py).
+
+The main command trains XPL with frozen pretrained trunks (`--freeze_backbones all`): only the projections and the
+map heads learn. Then a trunk's output for a given input never changes, so the trunks can run ONCE per scene and the
+heads can train for thousands of steps on 2 CPU cores. This module builds that cache from the package's own
+benchmark generator, processor and trunks:
+
+    image trunk (EfficientNet-Lite0, ImageNet)  -> (N, 1280, 7, 7) fp16, one clean view per scene
+    branch A audio trunk (VGGish; random offline) -> (N, 128)
+    branch B audio trunk (SoundNet-8, pretrained)  -> (N, 1024)
+    ground truth (224 x 224 bool, the protocol's rule), every object's box, class and sounding flag
+
+    python bench/feature_cache.py --out /tmp/xpl-study/cache.pt --num_pool 300 --num_unlabeled 3000 \
+        --num_validation 500 --num_test 2000
+
+What differs from end-to-end training: no colour augmentation (one clean view per scene), trunks never update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from xpl_hf import XPLConfig, XPLModel, XPLProcessor
+from xpl_hf.data.synthetic import CLASS_NAMES, SyntheticConfig, generate_sample
+from xpl_hf.metrics.protocol import EVAL_SIZE
+from xpl_hf.pretrained import load_pretrained_backbones
+
+SPLITS = ("labeled", "unlabeled", "validation", "test")
+
+
+def study_model_config(image_size: int = 224, clip_seconds: float = 3.0) -> XPLConfig:
+    return XPLConfig(image_backbone_a="efficientnet_lite0", image_backbone_b="efficientnet_lite0",
+                     image_size=image_size, clip_seconds=clip_seconds)
+
+
+def box_mask(box, size: int = EVAL_SIZE) -> np.ndarray:
+    """The protocol's VGG-SS rule for one normalised box: (clip(b, 0, 1) * 224).astype(int), filled."""
+    x0, y0, x1, y1 = (np.clip(np.asarray(box, dtype=np.float64), 0, 1) * size).astype(int)
+    m = np.zeros((size, size), dtype=bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+@torch.inference_mode()
+def build_cache(out: Path, sizes: dict[str, int], seed: int = 0, image_size: int = 224, clip_seconds: float = 3.0,
+                batch_size: int = 32) -> dict:
+    syn = SyntheticConfig(image_size=image_size, clip_seconds=clip_seconds, seed=seed,
+                          **{f"num_{k}": v for k, v in sizes.items()})
+    config = study_model_config(image_size, clip_seconds)
+    model = XPLModel(config).eval()
+    report = load_pretrained_backbones(model)
+    processor = XPLProcessor.from_config(config)
+    cache: dict = {"config": config.to_dict(), "pretrained": report, "synthetic": syn.to_json(), "splits": {}}
+    for split, n in sizes.items():
+        feats, aud_a, aud_b, gts, objects, labels, ids = [], [], [], [], [], [], []
+        for start in tqdm(range(0, n, batch_size), desc=f"cache {split}"):
+            rows = [generate_sample(syn, split, i) for i in range(start, min(n, start + batch_size))]
+            images = [Image.open(io.BytesIO(r["image"]["bytes"])) for r in rows]
+            audio = [sf.read(io.BytesIO(r["audio"]["bytes"]), dtype="float32")[0] for r in rows]
+            inputs = processor(images=images, audio=audio, sampling_rate=syn.sample_rate)
+            feats.append(model.branch_a.image_encoder(inputs["pixel_values"]).half())
+            aud_a.append(model.branch_a.audio_encoder(inputs["audio_log_mel"]))
+            aud_b.append(model.branch_b.audio_encoder(inputs["audio_waveform"]))
+            for r in rows:
+                box = (r["true_boxes"] or r["boxes"])[0]
+                gts.append(torch.from_numpy(box_mask(box)))
+                objects.append(r["objects"])
+                labels.append(CLASS_NAMES.index(r["label"]))
+                ids.append(r["id"])
+        cache["splits"][split] = dict(
+            image=torch.cat(feats), audio_a=torch.cat(aud_a), audio_b=torch.cat(aud_b), gt=torch.stack(gts),
+            labels=torch.tensor(labels), objects=objects, ids=ids)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(cache, out)
+    return cache
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--num_pool", type=int, default=300, help="labelled pool; each seed draws its labels from it")
+    p.add_argument("--num_unlabeled", type=int, default=3000)
+    p.add_argument("--num_validation", type=int, default=500)
+    p.add_argument("--num_test", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0, help="benchmark seed")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t = time.time()
+    build_cache(args.out, {"labeled": args.num_pool, "unlabeled": args.num_unlabeled,
+                           "validation": args.num_validation, "test": args.num_test}, seed=args.seed)
+    print(f"cache written to {args.out} in {time.time() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
