@@ -1,5 +1,10 @@
 """Every option of `train_xpl.py`, validated before any work: `XPLTrainingArguments` (parsed with
-`transformers.HfArgumentParser`; a `--config file.yaml|json` supplies defaults that the command line overrides)."""
+`transformers.HfArgumentParser`; a `--config file.yaml|json` supplies defaults that the command line overrides).
+
+Each rule lives with its owner: the method's settings are checked by `XPLMethod`, the architecture by `XPLConfig`,
+and this module checks the run's own options (ranges with upper bounds, so a typo is an error and not a 6 GiB
+allocation). The Trainer's common names are accepted as aliases (``--max_steps``, ``--per_device_train_batch_size``,
+...). Nothing here imports torch, so ``train_xpl.py --help`` answers at once."""
 
 from __future__ import annotations
 
@@ -9,12 +14,11 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from transformers import HfArgumentParser
 
 from .method import METHODS, XPLMethod
-from .paths import is_local
+from .paths import public_path
 
 __all__ = ["XPLTrainingArguments", "parse_args", "DEFAULT_DATASET", "RUN_CONTROL_OPTIONS"]
 
@@ -25,14 +29,29 @@ RUN_CONTROL_OPTIONS = frozenset({
     "output_dir", "logging_steps", "eval_steps", "eval_batch_size", "eval_max_samples", "checkpointing_steps",
     "checkpoints_total_limit", "resume_from_checkpoint", "report_to", "push_to_hub", "hub_model_id", "hub_token",
     "hub_private", "config", "dataloader_num_workers", "on_bad_sample", "synthetic_size", "test_split",
-    "grad_share_steps",
+    "grad_share_steps", "save_final_checkpoint", "save_optimizer_state",
 })
 """Options that may change when a run is resumed (where to write, how often to log, evaluate and save). Every other
 option shapes the training trajectory and must stay as the checkpoint has it (`XPLTrainingArguments.fingerprint`)."""
 
+INTEGER_RANGES = (  # (flag, lowest, highest): the upper bounds turn typos into errors, not huge allocations
+    ("max_train_steps", 1, 10**8), ("warmup_stage_steps", 0, 10**8), ("train_batch_size", 1, 4096),
+    ("unlabeled_batch_size", 1, 4096), ("eval_batch_size", 1, 4096), ("gradient_accumulation_steps", 1, 4096),
+    ("logging_steps", 1, 10**8), ("eval_steps", 1, 10**8), ("checkpointing_steps", 1, 10**8),
+    ("grad_share_steps", 0, 10**8), ("lr_warmup_steps", 0, 10**8), ("dataloader_num_workers", 0, 256),
+    ("shuffle_buffer", 0, 10**7), ("image_size", 32, 1024), ("embed_dim", 1, 8192), ("vggish_fc_dim", 1, 16384),
+    ("eval_max_samples", 1, 10**9), ("checkpoints_total_limit", 1, 10**6), ("curriculum_rampup_steps", 0, 10**8),
+    ("seed", 0, 2**32 - 1),
+)
+OPTIONAL_INTEGERS = frozenset({"eval_max_samples", "checkpoints_total_limit", "curriculum_rampup_steps"})
+NUMBER_RANGES = (("learning_rate", 0.0, 10.0), ("backbone_learning_rate_scale", 0.0, 100.0),
+                 ("weight_decay", 0.0, 10.0), ("max_grad_norm", 0.0, 1e6), ("clip_seconds", 0.0, 1e9))
+NON_NEGATIVE = frozenset({"weight_decay", "max_grad_norm"})  # 0 allowed; the others must be > 0
 
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
+
+def _help(text: str, aliases: tuple[str, ...] = (), **kwargs):
+    metadata = {"help": text, **({"aliases": list(aliases)} if aliases else {})}
+    return field(metadata=metadata, **kwargs)
 
 
 @dataclass
@@ -94,18 +113,21 @@ class XPLTrainingArguments:
                                      "samples of the batch) or 'admitted' (mean over admitted samples only).",
                                      default=_M.cross_normalization)
     # schedule
-    max_train_steps: int = _help("Optimiser steps in total (stage 1 + stage 2).", default=300)
+    max_train_steps: int = _help("Optimiser steps in total (stage 1 + stage 2).", default=300,
+                                 aliases=("--max_steps",))
     warmup_stage_steps: int = _help("Stage 1 (labelled data only) length in steps.", default=100)
-    train_batch_size: int = _help("Labelled samples per step and process.", default=8)
+    train_batch_size: int = _help("Labelled samples per step and process.", default=8,
+                                  aliases=("--per_device_train_batch_size",))
     unlabeled_batch_size: int = _help("Unlabelled samples per step and process (stage 2).", default=8)
     learning_rate: float = _help("Peak learning rate (AdamW).", default=1e-3)
-    backbone_learning_rate_scale: float = _help("Learning-rate factor of pretrained backbones (0.1: measured better on "
-                                                "validation than 1.0, results/ISSUE11_FINDINGS.md).", default=0.1)
+    backbone_learning_rate_scale: float = _help("Learning-rate factor of pretrained backbones (0.1 validated better "
+                                                "than 1.0 on the synthetic benchmark).", default=0.1)
     freeze_backbones: str = _help("none | image | all: keep these encoders frozen (eval-mode BatchNorm, no gradient), "
                                   "a fast proxy where only projections and map heads train.", default="none")
     weight_decay: float = _help("AdamW weight decay.", default=1e-4)
     lr_scheduler_type: str = _help("transformers scheduler name (cosine, linear, constant, ...).", default="cosine")
-    lr_warmup_steps: int = _help("Learning-rate warm-up steps.", default=20)
+    lr_warmup_steps: int = _help("Learning-rate warm-up steps (the Trainer's --warmup_steps; not stage 1, which is "
+                                 "--warmup_stage_steps).", default=20, aliases=("--warmup_steps",))
     max_grad_norm: float = _help("Gradient clipping norm (0 disables).", default=1.0)
     gradient_accumulation_steps: int = _help("Batches per optimiser step.", default=1)
     mixed_precision: str | None = _help("no | fp16 | bf16 (default: accelerate's config).", default=None)
@@ -115,14 +137,23 @@ class XPLTrainingArguments:
     logging_steps: int = _help("Steps between logged (averaged) training values.", default=10)
     grad_share_steps: int = _help("Every N steps, log each loss term's gradient norm and share of the update "
                                   "(one extra backward pass per term, ~3%% of the time at 50; 0 = off).", default=50)
-    best_model_from_stage2: bool = _help("Keep the best validation model among stage-2 evaluations only (methods "
-                                         "that use unlabelled data), so the saved model has learnt from the "
-                                         "unlabelled data; stage-1 validations are still logged.", default=True)
-    eval_steps: int = _help("Steps between validations (the best validation model is kept).", default=50)
-    eval_batch_size: int = _help("Batch size of validation and test.", default=32)
+    model_selection: str = _help("Which validated model the run keeps, the same rule for every --method: 'best' "
+                                 "(highest validation fused CIoU over all evaluations, a tie goes to the later "
+                                 "step), 'best_stage2' (the same over evaluations after --warmup_stage_steps) or "
+                                 "'last'.", default="best")
+    eval_steps: int = _help("Steps between validations (the model --model_selection picks is kept).", default=50)
+    eval_batch_size: int = _help("Batch size of validation and test.", default=32,
+                                 aliases=("--per_device_eval_batch_size",))
     eval_max_samples: int | None = _help("Validate on at most this many samples.", default=None)
-    checkpointing_steps: int = _help("Steps between checkpoints.", default=100)
-    checkpoints_total_limit: int | None = _help("Checkpoints kept (oldest removed).", default=2)
+    checkpointing_steps: int = _help("Steps between checkpoints.", default=100, aliases=("--save_steps",))
+    checkpoints_total_limit: int | None = _help("Checkpoints kept (oldest removed).", default=2,
+                                                aliases=("--save_total_limit",))
+    save_final_checkpoint: bool = _help("Also write a checkpoint at the last step (to continue the run later with a "
+                                        "larger --max_train_steps). false keeps small runs small: the final model "
+                                        "is written either way.", default=True)
+    save_optimizer_state: bool = _help("Store the optimiser and scheduler states in checkpoints (2/3 of a "
+                                       "checkpoint's size). Without them a resume restarts AdamW's moments and is "
+                                       "no longer bit-exact.", default=True)
     resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder.", default=None)
     report_to: str = _help("tensorboard | wandb | all | none.", default="tensorboard")
     push_to_hub: bool = _help("Upload the final folder to --hub_model_id.", default=False)
@@ -132,51 +163,59 @@ class XPLTrainingArguments:
     config: str | None = _help("YAML/JSON file of options; the command line overrides it.", default=None)
 
     def __post_init__(self):
-        self._validate()
-        if self.curriculum_rampup_steps is None:
+        if self.curriculum_rampup_steps is None and isinstance(self.max_train_steps, int):
             self.curriculum_rampup_steps = max((self.max_train_steps - self.warmup_stage_steps) // 2, 0)
+        self._validate()
 
     def _validate(self) -> None:
-        """Every numeric and choice option, checked before any work; the message names the flag."""
+        """Every option checked before any work; the message names the flag. The method's settings are checked by
+        `XPLMethod`, the architecture by `XPLConfig`, the selection rule by `BestModelTracker` (their owners)."""
         def need(ok: bool, flag: str, rule: str):
             if not ok:
                 raise ValueError(f"--{flag} {getattr(self, flag)!r}: {rule}.")
 
-        for flag in ("max_train_steps", "train_batch_size", "unlabeled_batch_size", "logging_steps", "eval_steps",
-                     "eval_batch_size", "checkpointing_steps", "gradient_accumulation_steps", "curriculum_window",
-                     "image_size", "embed_dim", "vggish_fc_dim"):
-            need(isinstance(getattr(self, flag), int) and getattr(self, flag) > 0, flag, "must be a positive integer")
-        for flag in ("warmup_stage_steps", "lr_warmup_steps", "dataloader_num_workers", "shuffle_buffer",
-                     "grad_share_steps"):
-            need(getattr(self, flag) >= 0, flag, "must be >= 0")
-        for flag in ("eval_max_samples", "checkpoints_total_limit", "curriculum_rampup_steps"):
+        for flag, low, high in INTEGER_RANGES:
             value = getattr(self, flag)
-            need(value is None or value >= (0 if flag == "curriculum_rampup_steps" else 1), flag,
-                 "must be a positive integer (or omitted)")
-        for flag in ("learning_rate", "backbone_learning_rate_scale", "avc_temperature", "sharpen_temperature",
-                     "clip_seconds"):
+            if value is None and flag in OPTIONAL_INTEGERS:
+                continue
+            need(isinstance(value, int) and low <= value <= high, flag, f"must be an integer in [{low}, {high:,}]")
+        for flag, low, high in NUMBER_RANGES:
             value = getattr(self, flag)
-            need(math.isfinite(value) and value > 0, flag, "must be a positive number")
-        for flag in ("weight_decay", "max_grad_norm", "avc_weight"):
-            value = getattr(self, flag)
-            need(math.isfinite(value) and value >= 0, flag, "must be a number >= 0")
-        need(0.0 <= self.pl_ema_alpha < 1.0, "pl_ema_alpha", "must be in [0, 1)")
-        need(0.0 < self.curriculum_r0 <= 1.0, "curriculum_r0", "must be in (0, 1]")
-        need(-1.0 <= self.consensus_min <= 1.0, "consensus_min", "must be in [-1, 1] (a correlation)")
-        need(self.clip_seconds >= 0.96, "clip_seconds", "must be >= 0.96 s (one VGGish example)")
-        need(self.image_size % 32 == 0, "image_size", "must be a multiple of 32")
-        need(self.method in METHODS, "method", f"must be one of {METHODS}")
-        need(self.on_bad_sample in ("skip", "raise"), "on_bad_sample", "must be 'skip' or 'raise'")
+            need(math.isfinite(value) and low <= value <= high and (value > 0 or low < 0 or flag in NON_NEGATIVE),
+                 flag, f"must be a number in {'[' if flag in NON_NEGATIVE else '('}{low:g}, {high:g}]")
+        need(self.clip_seconds <= 30.0, "clip_seconds", "must be <= 30 s (the paper uses 3 s)")
+        need(self.image_size >= 64, "image_size", "must be >= 64 (maps of at least 2 x 2; 32 px would give one "
+                                                  "cell, where consensus and pseudo-labels are undefined)")
         need(self.freeze_backbones in ("none", "image", "all"), "freeze_backbones", "must be none, image or all")
-        need(self.cross_normalization in ("unlabeled", "admitted"), "cross_normalization",
-             "must be 'unlabeled' or 'admitted'")
         need(self.mixed_precision in (None, "no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
         need(self.report_to in ("tensorboard", "wandb", "all", "none"), "report_to",
              "must be tensorboard, wandb, all or none")
         need(self.synthetic_size in ("tiny", "demo", "full"), "synthetic_size", "must be tiny, demo or full")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME.")
-        self.to_method()  # ablation switches only combine with --method xpl
+        if self.model_selection == "best_stage2" and self.warmup_stage_steps >= self.max_train_steps:
+            raise ValueError(f"--model_selection best_stage2 with --warmup_stage_steps {self.warmup_stage_steps} >= "
+                             f"--max_train_steps {self.max_train_steps}: no evaluation is after stage 1.")
+        from .trainer import BestModelTracker  # torch: imported after parsing, never for --help
+
+        for owner in (lambda: self.to_method(), lambda: BestModelTracker(rule=self.model_selection),
+                      self._check_architecture):
+            try:
+                owner()
+            except ValueError as err:  # the owners name the setting; the flag is the setting with "--"
+                message = str(err)
+                raise ValueError(message if message.startswith("--") else f"--{message}") from None
+
+    def _check_architecture(self) -> None:
+        if self.model_name_or_path is None:
+            from .configuration_xpl import XPLConfig
+
+            try:
+                XPLConfig(**self.model_config_kwargs())
+            except ValueError as err:  # "image_size=100 must be ..." -> "--image_size 100: must be ..."
+                name, _, rest = str(err).partition("=")
+                value, _, rule = rest.partition(" ")
+                raise ValueError(f"--{name} {value}: {rule}") from None
 
     def to_method(self) -> XPLMethod:
         """The run's method settings (the single object the trainer, the card and eval_results read)."""
@@ -185,7 +224,7 @@ class XPLTrainingArguments:
             no_sharpening=self.no_sharpening, no_data_selection=self.no_data_selection,
             pl_ema_alpha=self.pl_ema_alpha, sharpen_temperature=self.sharpen_temperature,
             consensus_min=self.consensus_min, curriculum_r0=self.curriculum_r0,
-            curriculum_rampup_steps=self.curriculum_rampup_steps or 0, curriculum_window=self.curriculum_window,
+            curriculum_rampup_steps=self.curriculum_rampup_steps, curriculum_window=self.curriculum_window,
             avc_weight=self.avc_weight, avc_temperature=self.avc_temperature,
             cross_normalization=self.cross_normalization)
 
@@ -206,9 +245,8 @@ class XPLTrainingArguments:
             value = getattr(self, f.name)
             if f.name == "hub_token":
                 continue
-            if f.name in ("dataset", "output_dir", "model_name_or_path", "config", "resume_from_checkpoint") \
-                    and isinstance(value, str) and is_local(value) and value != "latest":
-                value = Path(value).name
+            if f.name in ("dataset", "output_dir", "model_name_or_path", "config", "resume_from_checkpoint"):
+                value = public_path(value)
             out[f.name] = value
         return out
 

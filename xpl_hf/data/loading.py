@@ -35,27 +35,17 @@ import glob
 import logging
 import os
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets import Audio, Dataset, Features, Image, IterableDataset, Value, load_dataset
 from datasets.distributed import split_dataset_by_node
 
+from ..paths import is_local
 from .schema import GT_RULES, DataValidationError, check_columns, check_unique_ids
 from .shards import DATA_DIR, list_splits, split_shard_paths
 
 logger = logging.getLogger(__name__)
-
-
-def _looks_local(path_or_id: str) -> bool:
-    p = os.fspath(path_or_id)
-    return (
-        os.path.exists(p)
-        or os.path.isabs(p)
-        or p.startswith((".", "~"))
-        or p.count("/") > 1
-        or os.sep != "/"
-        and os.sep in p
-    )
 
 
 def local_split_files(root: str, split: str) -> list[str]:
@@ -104,7 +94,7 @@ def load_split_features(
     path_or_id: str, split: str, *, revision: str | None = None, token: str | bool | None = None
 ) -> tuple[Features, list[str] | None]:
     """``(features as stored, local parquet files or None for a Hub id)`` of one split."""
-    if _looks_local(path_or_id):
+    if is_local(path_or_id):
         files = local_split_files(path_or_id, split)
         try:
             schema = pq.read_schema(files[0])
@@ -136,6 +126,61 @@ def _load(path_or_id: str, split: str, features: Features, files: list[str] | No
         raise
 
 
+def _boxes_with_rows(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """``(coordinates (K, 4) float32, row index (K,))`` of every box of ``ds``'s ``boxes`` column."""
+    column = ds.data.column("boxes").combine_chunks()
+    boxes = pc.list_flatten(column)
+    if boxes.null_count:
+        row = int(pc.list_parent_indices(column)[pc.index(pc.is_null(boxes), True).as_py()].as_py())
+        return np.full((1, 4), np.nan, np.float32), np.array([row])
+    coords = pc.list_flatten(boxes).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return coords.reshape(-1, 4), pc.list_parent_indices(column).to_numpy()
+
+
+def _reorder_corners(boxes: list) -> list:
+    return [[min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)] for x0, y0, x1, y1 in boxes or []]
+
+
+def check_boxes(ds: Dataset, where: str) -> Dataset:
+    """The box rules where a split enters (:func:`load_labeled`), for splits written without the converters.
+
+    * a box with a missing, NaN or infinite coordinate is refused (:class:`DataValidationError` naming the row's id);
+    * a coordinate outside [0, 1] is refused (boxes are ``[x0, y0, x1, y1]`` divided by the image's width and
+      height; values above 1 are usually pixel units);
+    * swapped corners (``x0 > x1`` or ``y0 > y1``) are reordered, the converters' ``inverted="reorder"`` rule
+      (:mod:`xpl_hf.data.schema`), with a warning that counts them and names the first ids.
+
+    Returns:
+        ``ds``, or a copy in memory with the inverted boxes reordered.
+    """
+    coords, rows = _boxes_with_rows(ds)
+    if len(coords) == 0:
+        return ds
+    ids = ds.data.column("id")
+
+    def refuse(box_index: int, problem: str) -> DataValidationError:
+        row = int(rows[box_index])
+        return DataValidationError(f"{where}: row {row} (id {ids[row].as_py()!r}) has the box "
+                                   f"{coords[box_index].tolist()}: {problem}")
+
+    not_finite = ~np.isfinite(coords).all(axis=1)
+    if not_finite.any():
+        raise refuse(int(np.argmax(not_finite)), "a coordinate is missing, NaN or infinite")
+    outside = ((coords < 0) | (coords > 1)).any(axis=1)
+    if outside.any():
+        index = int(np.argmax(outside))
+        hint = " (pixel units? divide x by the image width and y by its height)" if coords[index].max() > 1 else ""
+        raise refuse(index, f"coordinates must lie in [0, 1]{hint}")
+    inverted = (coords[:, 0] > coords[:, 2]) | (coords[:, 1] > coords[:, 3])
+    if not inverted.any():
+        return ds
+    shown = sorted({ids[int(row)].as_py() for row in rows[inverted]})
+    logger.warning("%s: reordered the swapped corners of %d box(es) (ids %s%s), the converters' rule",
+                   where, int(inverted.sum()), ", ".join(map(repr, shown[:5])), ", ..." if len(shown) > 5 else "")
+    return ds.map(lambda boxes: {"boxes": [_reorder_corners(b) for b in boxes]}, batched=True,
+                  input_columns=["boxes"], features=ds.features, keep_in_memory=True, load_from_cache_file=False)
+
+
 def load_labeled(
     path_or_id: str,
     split: str,
@@ -159,7 +204,8 @@ def load_labeled(
     Raises:
         FileNotFoundError: the local folder does not exist.
         ValueError: the split does not exist (the message lists the available ones).
-        DataValidationError: missing columns, a labeled split without boxes, unknown gt_rule, duplicated ids.
+        DataValidationError: missing columns, a labeled split without boxes, unknown gt_rule, duplicated ids, a
+            box that is not finite or not in [0, 1] (:func:`check_boxes`; swapped corners are reordered).
     """
     features, files = load_split_features(path_or_id, split, revision=revision, token=token)
     where = f"split {split!r} of {path_or_id!r}"
@@ -177,6 +223,8 @@ def load_labeled(
             raise DataValidationError(
                 f"{where} has unknown gt_rule value(s) {sorted(map(str, unknown))}; expected {GT_RULES}"
             )
+    if "boxes" in ds.column_names:
+        ds = check_boxes(ds, where)
     if require_boxes and len(ds) > 0:
         n_boxes = pc.sum(pc.list_value_length(ds.data.column("boxes"))).as_py() or 0
         if n_boxes == 0:

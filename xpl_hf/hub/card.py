@@ -27,7 +27,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..paths import is_local
+from ..paths import is_local, public_path
 
 TASK_TYPE = "audio-visual-source-localization"
 TASK_NAME = "Audio-visual source localization"
@@ -70,16 +70,7 @@ def _hub_dataset_id(dataset) -> str | None:
     return text if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not _is_path(text) else None
 
 
-def public_value(value):
-    """A value as a card or a results file may show it: local paths (also inside lists and dicts) become their last
-    component; Hub ids and everything else are kept."""
-    if isinstance(value, str) and _is_path(value):
-        return Path(value).expanduser().resolve().name
-    if isinstance(value, (list, tuple)):
-        return [public_value(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: public_value(v) for k, v in value.items()}
-    return value
+public_value = public_path  # the package's one redaction rule (cards, results files, logged options)
 
 
 def _setting(value) -> str:
