@@ -128,6 +128,11 @@ def _as_float_tensor(value: Any, what: str) -> torch.Tensor:
     """Tensor / array / nested list -> float32 CPU tensor; a ValueError names ``what`` when it cannot be read."""
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", torch.float32)
+    if isinstance(value, (list, tuple)) and all(isinstance(row, (list, tuple, np.ndarray)) for row in value):
+        lengths = sorted({len(row) for row in value})
+        if len(lengths) > 1:
+            raise ValueError(f"{what}: its rows have different lengths {lengths} (a ragged map); expected a 2-D "
+                             "array (h, w)")
     try:
         return torch.from_numpy(np.asarray(value, dtype=np.float32))
     except (TypeError, ValueError) as error:
@@ -145,11 +150,19 @@ def as_prediction_tensor(prediction: Any, index: int) -> torch.Tensor:
 
 
 def _ground_truth_tensor(ground_truth: Any, index: int) -> torch.Tensor:
+    """A ground-truth map (224, 224), checked: values finite and in [0, 1] (a 0/255 mask would score as if every
+    pixel of the box counted 255 times)."""
     tensor = _as_float_tensor(ground_truth, f"ground truth {index}")
     if tuple(tensor.shape) != (EVAL_SIZE, EVAL_SIZE):
         raise ValueError(
             f"ground truth {index}: expected shape ({EVAL_SIZE}, {EVAL_SIZE}), got {tuple(tensor.shape)}"
         )
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"ground truth {index}: values must lie in [0, 1]; the map holds NaN or infinite values")
+    low, high = float(tensor.min()), float(tensor.max())
+    if low < 0 or high > 1:
+        hint = " (a 0/255 mask? divide it by 255)" if high > 1 else ""
+        raise ValueError(f"ground truth {index}: values must lie in [0, 1], got [{low:g}, {high:g}]{hint}")
     return tensor
 
 
@@ -159,7 +172,12 @@ def per_sample_ciou(predictions: Sequence[Any], ground_truths: Sequence[Any]) ->
     Args:
         predictions: N raw maps, each a 2-D np.ndarray / torch.Tensor / nested list of any resolution (h, w);
             a (N, h, w) array or tensor also works. Maps of equal shape are processed in vectorised chunks.
-        ground_truths: N ground-truth maps of shape (224, 224) (see :func:`ground_truth_map`).
+        ground_truths: N ground-truth maps of shape (224, 224) with values in [0, 1] (see
+            :func:`xpl_hf.metrics.ground_truth.ground_truth_map`).
+
+    Raises:
+        ValueError: naming the index of a prediction that is empty, ragged, not 2-D or not finite, or of a ground
+            truth that is not (224, 224) or has values outside [0, 1].
 
     Returns:
         np.float64 array (N,).

@@ -15,6 +15,7 @@ A thin wrapper around :func:`xpl_hf.metrics.protocol.localization_metrics` (the 
 import datasets
 import evaluate
 import numpy as np
+from xpl_hf.metrics.ground_truth import as_box_array
 from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.metrics.protocol import PROTOCOL
 from xpl_hf.metrics.protocol import localization_metrics
@@ -31,9 +32,11 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions: list of raw localization maps, each a 2-D array (h, w) of any resolution (nested lists or
         numpy arrays).
-    references: configuration "default": list of 224 x 224 ground-truth maps (values in [0, 1]);
+    references: configuration "default": list of 224 x 224 ground-truth maps (values in [0, 1]; others are
+        refused);
         configuration "union" (VGG-SS) or "flickr" (Flickr-SoundNet): list of box lists, each box
-        [x0, y0, x1, y1] normalised to [0, 1] (Flickr: 256-px annotation coordinates / 256, all annotators).
+        [x0, y0, x1, y1] normalised to [0, 1] (Flickr: 256-px annotation coordinates / 256, all annotators);
+        coordinates are clipped to [0, 1] as the protocol does; NaN, infinite or above 2 (pixel units) are refused.
 Returns:
     ciou (float): percentage of samples with cIoU >= 0.5 (the number papers report as CIoU).
     auc (float): 100 x area under the success rate over the thresholds 0, 0.05, ..., 1.
@@ -58,6 +61,8 @@ _CITATION = """\
 _MAP = datasets.List(datasets.List(datasets.Value("float32")))
 _BOXES = datasets.List(datasets.List(datasets.Value("float64")))
 _BOX_RULES = ("union", "flickr")
+# Box coordinates a little outside [0, 1] are clipped by the protocol (VGG-SS holds some); beyond this they are pixels.
+_MAX_COORDINATE = 2.0
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -79,11 +84,23 @@ class AvslLocalization(evaluate.Metric):
             reference_urls=["https://github.com/hche11/Localizing-Visual-Sounds-the-Hard-Way"],
         )
 
+    def _reference_map(self, index, boxes):
+        """Boxes of reference ``index`` -> its ground-truth map; refuses non-finite and pixel-unit coordinates."""
+        try:
+            boxes = as_box_array(boxes)
+        except ValueError as error:
+            raise ValueError(f"reference {index}: {error}") from None
+        if not np.isfinite(boxes).all():
+            raise ValueError(f"reference {index}: a box coordinate is NaN or infinite: {boxes.tolist()}")
+        if boxes.size and boxes.max() > _MAX_COORDINATE:
+            raise ValueError(f"reference {index}: boxes must be normalised to [0, 1], got {boxes.tolist()} (pixel "
+                             "units? divide x by the image width and y by its height)")
+        return ground_truth_map(boxes, self.config_name)
+
     def _compute(self, predictions, references):
+        # Maps stay as given: the protocol reads each one and names the index of a ragged or non-finite one.
         if self.config_name in _BOX_RULES:
-            references = [ground_truth_map(boxes, self.config_name) for boxes in references]
-        predictions = [np.asarray(prediction, dtype=np.float32) for prediction in predictions]
-        references = [np.asarray(reference, dtype=np.float32) for reference in references]
+            references = [self._reference_map(index, boxes) for index, boxes in enumerate(references)]
         results = localization_metrics(predictions, references)
         results["protocol"] = dict(PROTOCOL, ground_truth=self.config_name)
         return results
