@@ -85,7 +85,7 @@ def test_folder_round_trip_with_bad_inputs(bench, tmp_path):
     ]
     (src / "annotations.json").write_text(json.dumps(entries + bad))
     out = tmp_path / "converted"
-    report = prepare.main(["folder", "--input", str(src), "--output", str(out), "--num_shards", "2"])
+    report = prepare.main(["folder", "--input", str(src), "--output", str(out), "--shards_per_split", "2"])
     assert report.written == {"labeled": n_good["labeled"] + 1, "unlabeled": n_good["unlabeled"], "test": 4}
     assert report.skipped == {
         "missing id": [f"<entry {len(entries) + 6}>"],
@@ -166,7 +166,7 @@ def test_vggss_converter(bench, tmp_path):
         progress=False,
     )
     assert report.written == {"test": 3, "heard_test": 1, "unheard_test": 2, "unlabeled": 1}
-    assert len(report.skipped["missing image"]) == 5158 - 3
+    assert len(report.skipped["missing media"]) == 5158 - 3
     assert report.extra["corrupt_box_entries"] == 12
     test = {r["id"]: r for r in load_labeled(str(out), "test")}
     assert test["MKC9LvRivTM_000030"]["boxes"] == [] and test[chosen[0]]["label"] == raw[0]["class"]
@@ -220,7 +220,7 @@ def test_flickr_converter(bench, tmp_path):
         progress=False,
     )
     assert report.written == {"test": 2, "labeled": 1, "unlabeled": 1}
-    assert report.skipped == {"missing image": ["3908875357"], "missing annotation": ["999"]}
+    assert report.skipped == {"missing media": ["3908875357"], "missing annotation": ["999"]}
     test = {r["id"]: r for r in load_labeled(str(out), "test")}
     np.testing.assert_allclose(test["10000130166"]["boxes"], np.array(boxes["10000130166"]) / 256, atol=1e-7)
     assert test["10000130166"]["gt_rule"] == "flickr"
@@ -246,7 +246,7 @@ def test_push_to_hub_offline(bench, tmp_path, monkeypatch):
             str(src),
             "--output",
             str(tmp_path / "out"),
-            "--num_shards",
+            "--shards_per_split",
             "2",
             "--push_to_hub",
             "me/xpl-toy",

@@ -69,7 +69,7 @@ def test_converted_folder_has_a_card_and_loads(bench, tmp_path):
     prepare.convert("folder", str(src), str(out), progress=False)
     card = DatasetCard.load(out / "README.md")
     assert card.data.license == DATASET_SOURCES["folder"].license
-    assert "python -m xpl_hf.data.prepare folder" in card.text and str(tmp_path) not in card.content
+    assert "python -m xpl_hf.data.convert folder" in card.text and str(tmp_path) not in card.content
     ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
     assert {name: len(split) for name, split in ds.items()} == {"labeled": 4, "unlabeled": 6, "test": 2}
     assert len(list(datasets.load_dataset(str(out), split="unlabeled", streaming=True))) == 6

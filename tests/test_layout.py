@@ -11,15 +11,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xpl_hf"
 # package import (data.schema excepted: it is the data layer's base).
 LAYERS = [
     {"maps", "distributed", "paths", "image", "audio", "losses", "backbones", "configuration_xpl", "metrics.protocol",
-     "data.annotations"},
+     "data.annotations", "data.augment", "data.convert.archive"},
     {"metrics.ground_truth"},
     {"metrics", "data.schema"},
     {"data.shards", "pseudo_labels", "curriculum", "modeling_xpl", "processing_xpl",
-     "data.decoding", "data", "visualization"},
+     "data.decoding", "data", "visualization", "data.convert.report"},
     {"data.loading", "data.synthetic", "data.streams", "data.transforms", "method", "pretrained", "loading", "hub",
-     "pipeline_xpl"},
-    {"data.prepare", "evaluation", "training_args", "checkpointing", "__init__"},
-    {"evaluate"},
+     "pipeline_xpl", "data.convert.samples"},
+    {"evaluation", "training_args", "checkpointing", "__init__", "data.convert.sources", "data.convert.video",
+     "data.convert.writer"},
+    {"evaluate", "data.convert.folder", "data.convert.flickr", "data.convert.vggss"},
+    {"data.convert.cli"},
+    {"data.convert"},
+    {"data.prepare", "data.convert.__main__"},
 ]
 
 

@@ -21,11 +21,10 @@ _LAZY = {
     "load_labeled": "loading",
     "load_unlabeled_stream": "loading",
     "load_split_features": "loading",
-    "ColorRandAugment": "transforms",
+    "ColorRandAugment": "augment",
     "XPLSampleTransform": "transforms",
     "XPLCollator": "transforms",
     "BadSampleError": "transforms",
-    "convert": "prepare",
 }
 
 __all__ = [

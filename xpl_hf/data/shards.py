@@ -159,6 +159,46 @@ class ShardWriter:
             self.abort()
 
 
+def shard_path(root: str, split: str, index: int, total: int) -> str:
+    """``root/data/<split>-<index>-of-<total>.parquet``, the Hub's shard name."""
+    return os.path.join(root, DATA_DIR, f"{split}-{index:05d}-of-{total:05d}.parquet")
+
+
+def write_shard(path: str, rows: Iterable[dict], features: Features, row_group_size: int = 64) -> int:
+    """Write ``rows`` as one parquet shard at ``path``, atomically: a hidden temporary file in the same folder, then
+    ``os.replace``, so ``path`` is either absent, the old shard, or the complete new one (never a partial file, even
+    when the process is killed). Returns the number of rows."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    schema, n, buffer = features.arrow_schema, 0, []
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for row in rows:
+                buffer.append(row)
+                n += 1
+                if len(buffer) >= row_group_size:
+                    writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
+                    buffer = []
+            if buffer:  # an empty shard has no row group (a 0-row group breaks readers)
+                writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return n
+
+
+def open_shard(path: str) -> pq.ParquetFile:
+    """A shard's :class:`pyarrow.parquet.ParquetFile` (its footer read); a corrupt or truncated shard is a ValueError
+    naming it."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"parquet shard {path} is corrupt or truncated ({type(err).__name__}: {err}); delete it and "
+                         "convert again (the converter redoes only the missing shards)") from None
+
+
 def even_shard_sizes(num_rows: int, num_shards: int) -> list[int]:
     """Sizes of ``min(num_shards, num_rows)`` shards holding ``num_rows`` rows as evenly as possible."""
     k = max(1, min(num_shards, num_rows))
@@ -203,7 +243,8 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
         "The frames and sounds come from Flickr videos of the SoundNet collection, each under its uploader's licence; "
         "check the terms of the Flickr-SoundNet download before redistributing this folder. The test and labeled id "
         "lists come from the LVS, EZ-VSL and SLAVC repositories (Apache-2.0).",
-        "Converted by `python -m xpl_hf.data.prepare flickr` from the Flickr-SoundNet download (frames, audio and "
+        "Converted by `python -m xpl_hf.data.convert flickr` from the Flickr-SoundNet download (frames and audio, or "
+        "videos, and "
         "`Annotations/*.xml`: three annotators' boxes in 256-px coordinates, stored normalised, `gt_rule = flickr`).",
     ),
     "vggss": DatasetSource(
@@ -212,14 +253,15 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
         "VGGSound is distributed under CC-BY-4.0; its clips are YouTube videos under their uploaders' terms. The box "
         "annotations (`vggss.json`) and the heard/unheard lists come from the LVS and EZ-VSL repositories "
         "(Apache-2.0).",
-        "Converted by `python -m xpl_hf.data.prepare vggss` from VGG-Sound frames and audio with the `vggss.json` "
+        "Converted by `python -m xpl_hf.data.convert vggss` from VGG-Sound videos (or frames and audio) with the "
+        "`vggss.json` "
         "boxes (`gt_rule = union`).",
     ),
     "folder": DatasetSource(
         "Audio-visual source localization dataset (xpl-hf schema)",
         "other",
         "The licences of the source images, sounds and annotations apply; they are not recorded here.",
-        "Converted by `python -m xpl_hf.data.prepare folder` from a folder of images, sounds and an "
+        "Converted by `python -m xpl_hf.data.convert folder` from a folder of images and sounds, or videos, and an "
         "`annotations.json`.",
     ),
 }
@@ -231,11 +273,11 @@ SCHEMA_TYPES = {"id": "string", "image": "Image", "audio": "Audio(decode=False)"
 
 
 def _split_features(root: str, splits: list[str]) -> dict[str, Features]:
-    return {s: Features.from_arrow_schema(pq.read_schema(split_shard_paths(root, s)[0])) for s in splits}
+    return {s: Features.from_arrow_schema(open_shard(split_shard_paths(root, s)[0]).schema_arrow) for s in splits}
 
 
 def _split_rows(root: str, split: str) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in split_shard_paths(root, split))
+    return sum(open_shard(p).metadata.num_rows for p in split_shard_paths(root, split))
 
 
 def dataset_card_metadata(root: str, source: DatasetSource):
@@ -319,7 +361,7 @@ def write_dataset_card(
     columns = list(dict.fromkeys(c for f in features.values() for c in f))
     shared = len(card_data.configs) == 1
     split_rows = "\n".join(f"| `{s}` | {_split_rows(root, s)} | {len(split_shard_paths(root, s))} |" for s in splits)
-    schema_rows = "\n".join(f"| `{c}` | {SCHEMA_TYPES.get(c, '')} | {COLUMN_DESCRIPTIONS.get(c, '')} |"
+    schema_rows = "\n".join(f"| `{c}` | {SCHEMA_TYPES.get(c, '')} | {COLUMN_DESCRIPTIONS.get(c, FRAMES_DESCRIPTION if c == 'frames' else '')} |"
                             for c in columns)
     load = (f'ds = load_dataset("{name}")  # DatasetDict of every split\n' if shared else
             f'ds = load_dataset("{name}", "{splits[0]}")  # one config per split: their features differ\n')

@@ -1,0 +1,78 @@
+"""The ``flickr`` format: a Flickr-SoundNet download.
+
+``DIR/frames/<id>.jpg`` + ``DIR/audio/<id>.wav`` (any soundfile format), or ``DIR/videos/<id>.mp4`` (any allow-listed
+video; used for the ids without both a frame and an audio file), and ``DIR/Annotations/<id>.xml`` (three annotators'
+boxes in 256-px coordinates, stored normalised ``v / 256``; ``gt_rule="flickr"``). ``--input`` may also be a .tar /
+.tar.gz archive holding those files (members are matched by file name, wherever they are in the archive). Splits
+``test`` and ``labeled`` come from id lists (first column of a CSV/TXT); ``--unlabeled`` adds every other id with
+media as ``unlabeled`` (``gt_rule="none"``). Symbolic links in the folders are followed (they often point to a
+dataset disk).
+"""
+
+from __future__ import annotations
+
+import io
+
+from ..annotations import flickr_boxes_from_xml
+from .archive import ArchiveMember, ArchiveReader
+from .report import ConversionReport, shown
+from .samples import Candidate
+from .sources import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_inputs, index_inputs, read_ids
+
+
+def _boxes(ref) -> list:
+    if isinstance(ref, ArchiveMember):
+        with ArchiveReader() as reader:
+            return flickr_boxes_from_xml(io.BytesIO(reader.read(ref)), normalize=True)
+    return flickr_boxes_from_xml(ref, normalize=True)
+
+
+def flickr_candidates(
+    input_dir: str,
+    test_list: str | None,
+    labeled_list: str | None = None,
+    unlabeled: bool = False,
+    frames_dir: str = "frames",
+    audio_dir: str = "audio",
+    video_dir: str = "videos",
+    annotations_dir: str = "Annotations",
+) -> tuple[list[Candidate], ConversionReport]:
+    """Candidates of a Flickr-SoundNet download (module docstring)."""
+    inputs = [input_dir]
+    check_inputs(inputs, "Flickr-SoundNet")
+    frames = index_inputs(inputs, frames_dir, IMAGE_EXTENSIONS)
+    audio = index_inputs(inputs, audio_dir, AUDIO_EXTENSIONS)
+    videos = index_inputs(inputs, video_dir, VIDEO_EXTENSIONS)
+    xmls = index_inputs(inputs, annotations_dir, (".xml",))
+    report = ConversionReport("flickr")
+
+    def make(sid: str, split: str, **kwargs) -> Candidate:
+        if sid in frames and sid in audio:
+            return Candidate(sid, split, image=frames[sid], audio=audio[sid], **kwargs)
+        if sid in videos:
+            return Candidate(sid, split, video=videos[sid], **kwargs)
+        c = Candidate(sid, split, image=frames.get(sid), audio=audio.get(sid), **kwargs)
+        if not c.media():
+            c.problem = ("missing media", f"no {frames_dir}/{sid}.jpg + {audio_dir}/{sid}.wav nor {video_dir}/{sid}.mp4")
+        return c
+
+    out: list[Candidate] = []
+    annotated: set[str] = set()
+    for split, list_path in (("test", test_list), ("labeled", labeled_list)):
+        if not list_path:
+            continue
+        for sid in read_ids(list_path):
+            annotated.add(sid)
+            c = make(sid, split, gt_rule="flickr", box_mode="drop")
+            if sid not in xmls:
+                c.problem = ("missing annotation", f"no {annotations_dir}/{sid}.xml")
+            else:
+                try:
+                    c.boxes = _boxes(xmls[sid])
+                except (ValueError, OSError) as err:
+                    c.problem = ("bad annotation", f"{shown(str(xmls[sid]))}: {err}")
+            out.append(c)
+    if unlabeled:
+        for sid in sorted(((set(frames) & set(audio)) | set(videos)) - annotated):
+            out.append(make(sid, "unlabeled", gt_rule="none"))
+    return out, report

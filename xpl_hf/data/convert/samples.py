@@ -1,0 +1,226 @@
+"""One sample of a conversion: a :class:`Candidate` (what the annotations say) -> a row of the schema.
+
+A candidate's media are either an image file and an audio file, stored as they are, or one video, from which the
+frame and the audio window around it are taken (:func:`video_media`). Media are file paths, or
+:class:`~xpl_hf.data.convert.archive.ArchiveMember` s whose bytes the writer reads in the main process and hands over.
+
+Checks before anything is decoded: a file's size (:data:`MAX_IMAGE_BYTES`, :data:`MAX_AUDIO_BYTES`; a 4 GiB audio
+file is refused unread) and the audio header (soundfile reads the header only); videos are checked from their
+headers by :mod:`xpl_hf.media`, which opens only allow-listed container formats and seeks to the window it decodes.
+
+:func:`build_row` never raises: a problem becomes ``(None, reason, detail, ...)`` so one odd sample cannot end a
+conversion; problems of a kept sample (e.g. silent audio) come back as notes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+from typing import Any, Union
+
+import numpy as np
+import PIL.Image
+import soundfile as sf
+
+from ...audio import AudioError, check_waveform, decode_audio
+from ..decoding import decode_image
+from ..schema import BoxReport, DataValidationError, clean_boxes
+from .archive import ArchiveMember
+from .report import SampleProblem, is_utf8, shown
+
+MAX_IMAGE_BYTES = 64 * 2**20
+"""Image files larger than this are refused from their size, unread."""
+MAX_AUDIO_BYTES = 256 * 2**20
+"""Audio files larger than this are refused from their size, unread (cut long recordings around the frame first)."""
+MAX_VIDEO_BYTES = 4 * 2**30
+"""Video files larger than this are refused from their size (a video itself is only read around its frame)."""
+SILENCE_PEAK = 1e-4
+"""An audio window whose peak stays below this (-80 dBFS) is kept but reported as ``silent audio``."""
+
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
+"""A valid split name (it becomes part of the shard file names and of the Hub dataset's splits)."""
+
+MediaRef = Union[str, ArchiveMember]
+
+
+def split_problem(split: str) -> tuple[str, str] | None:
+    """(reason, detail) when ``split`` is not a valid split name, else None."""
+    if SPLIT_NAME.fullmatch(split):
+        return None
+    return "bad split name", f"split {split!r} is not a split name (letters, digits and _ only)"
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One sample before validation: media references (None when missing), raw boxes and where it goes.
+
+    ``video`` replaces ``image`` + ``audio``; ``time`` (seconds) is its frame time (None: the option's, by default
+    the middle frame).
+    """
+
+    id: str
+    split: str
+    image: MediaRef | None = None
+    audio: MediaRef | None = None
+    video: MediaRef | None = None
+    time: float | None = None
+    boxes: Any = None
+    gt_rule: str = "none"
+    label: str = ""
+    box_mode: str = "reorder"  # clean_boxes(inverted=...)
+    require_box: bool = False  # skip the sample if it had boxes and none survives cleaning
+    problem: tuple[str, str] | None = None  # (reason, detail) known before reading media: the sample is skipped
+    notes: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (reason, detail): reported, kept
+
+    def media(self) -> list[MediaRef]:
+        return [m for m in (self.video, self.image, self.audio) if m is not None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipOptions:
+    """How a video becomes a row.
+
+    Attributes:
+        frame_time: seconds into the clip of the stored frame; None = the middle frame (the protocol's).
+        frames_per_clip: K > 1 also stores K frames spread over the audio window in the ``frames`` column (training
+            picks one per visit; evaluation always uses ``image``).
+        clip_seconds: length of the stored audio window, centred on the frame (the model's ``clip_seconds``).
+        sample_rate: the stored audio's rate; the window is mixed to mono and resampled once, at conversion.
+        audio_format: ``"wav"`` (16-bit PCM, the fastest to read back) or ``"flac"``.
+        jpeg_quality: quality of the stored JPEG frames.
+    """
+
+    frame_time: float | None = None
+    frames_per_clip: int = 1
+    clip_seconds: float = 3.0
+    sample_rate: int = 22050
+    audio_format: str = "wav"
+    jpeg_quality: int = 95
+
+
+@dataclasses.dataclass
+class RowResult:
+    """What :func:`build_row` made of a candidate: a row, or the reason it was refused."""
+
+    row: dict | None
+    reason: str | None = None
+    detail: str = ""
+    box_report: BoxReport = dataclasses.field(default_factory=BoxReport)
+    notes: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # time per stage (video rows)
+
+
+def media_name(ref: MediaRef) -> str:
+    """The file name stored with the media (no folder: rows never carry local paths)."""
+    return shown(os.path.basename(ref.name if isinstance(ref, ArchiveMember) else ref))
+
+
+def read_file(ref: MediaRef, what: str, unreadable: str, limit: int, loaded: dict[str, bytes]) -> bytes:
+    """The bytes of a media file (``loaded`` holds archive members read by the writer), size-checked first."""
+    if isinstance(ref, ArchiveMember):
+        if ref.size > limit:
+            raise SampleProblem(f"{what} file too large", f"{what} '{ref}' is {ref.size} bytes; the limit is {limit}")
+        return loaded[str(ref)]
+    if not os.path.isfile(ref):
+        raise SampleProblem(f"missing {what}", f"{what} file '{shown(ref)}' does not exist")
+    try:
+        size = os.path.getsize(ref)
+        if size > limit:
+            raise SampleProblem(f"{what} file too large", f"{what} file '{shown(ref)}' is {size} bytes; the limit is "
+                                f"{limit} (not read)")
+        if what == "audio":
+            sf.info(ref)  # the header only: a file soundfile cannot read is refused before being read whole
+        with open(ref, "rb") as f:
+            return f.read()
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise SampleProblem(unreadable, f"{what} file '{shown(ref)}': {err}") from None
+    except OSError as err:
+        raise SampleProblem(unreadable, f"{what} file '{shown(ref)}': {err.strerror or err}") from None
+
+
+def _audio_notes(mono: np.ndarray) -> list[tuple[str, str]]:
+    peak = float(np.abs(mono).max()) if mono.size else 0.0
+    return [("silent audio", f"peak {peak:.1e} < {SILENCE_PEAK:g}: kept (silent clips are valid input)")] \
+        if peak < SILENCE_PEAK else []
+
+
+def _check_audio_file(data: bytes, name: str) -> list[tuple[str, str]]:
+    """Decode and apply the package's audio rules (the processor's); return notes, raise SampleProblem."""
+    try:
+        waveform, rate = decode_audio(data)
+        mono, _ = check_waveform(waveform, rate, what="the clip")
+    except AudioError as err:
+        raise SampleProblem(err.reason, f"audio '{name}': {err}") from None
+    except Exception as err:  # soundfile may raise other errors on odd files
+        raise SampleProblem("unreadable audio", f"audio '{name}': {type(err).__name__}: {err}") from None
+    return _audio_notes(mono)
+
+
+def encode_jpeg(image: PIL.Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_audio(mono: np.ndarray, rate: int, audio_format: str) -> bytes:
+    """float32 mono samples -> WAV (16-bit PCM) or FLAC bytes."""
+    buf = io.BytesIO()
+    sf.write(buf, mono, rate, format=audio_format.upper(), subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _image_and_audio(c: Candidate, loaded: dict[str, bytes]) -> tuple[dict, list[tuple[str, str]]]:
+    if c.image is None:
+        raise SampleProblem("missing image", "no image file for this sample")
+    image_bytes = read_file(c.image, "image", "corrupt image", MAX_IMAGE_BYTES, loaded)
+    image_name = media_name(c.image)
+    try:
+        decode_image(image_bytes)
+    except DataValidationError as err:
+        raise SampleProblem("corrupt image", f"image '{image_name}': {err}") from None
+    if c.audio is None:
+        raise SampleProblem("missing audio", "no audio file for this sample")
+    audio_bytes = read_file(c.audio, "audio", "unreadable audio", MAX_AUDIO_BYTES, loaded)
+    audio_name = media_name(c.audio)
+    notes = _check_audio_file(audio_bytes, audio_name)
+    return {"image": {"bytes": image_bytes, "path": image_name},
+            "audio": {"bytes": audio_bytes, "path": audio_name}}, notes
+
+
+def _validate(c: Candidate, loaded: dict[str, bytes], options: ClipOptions) -> RowResult:
+    if c.problem:
+        raise SampleProblem(*c.problem)
+    for what, text in (("id", c.id), ("label", c.label)):
+        if not is_utf8(text):
+            raise SampleProblem(f"{what} not UTF-8", f"{what} '{shown(text)}' is not valid UTF-8 (a file name in "
+                                "another encoding?); rename it")
+    raw = c.boxes if isinstance(c.boxes, (list, tuple)) else ([] if c.boxes is None else [c.boxes])
+    boxes, box_report = clean_boxes(raw, inverted=c.box_mode)
+    if c.require_box and raw and not boxes:
+        raise SampleProblem("no valid box", f"none of its {len(raw)} box(es) is valid ({box_report.describe()})",
+                            box_report)
+    seconds: dict[str, float] = {}
+    if c.video is not None:
+        from .video import video_media  # imports xpl_hf.media (PyAV) only when a video is converted
+
+        media, notes, seconds = video_media(c, loaded, options)
+    else:
+        media, notes = _image_and_audio(c, loaded)
+    row = {"id": c.id, **media, "boxes": boxes, "gt_rule": c.gt_rule, "label": c.label or ""}
+    if options.frames_per_clip > 1:
+        row.setdefault("frames", None)
+    return RowResult(row, box_report=box_report, notes=notes, seconds=seconds)
+
+
+def build_row(c: Candidate, loaded: dict[str, bytes] | None = None, options: ClipOptions = ClipOptions()
+              ) -> RowResult:
+    """Validate a candidate and build its row; never raises (an unexpected error is the reason
+    ``unexpected error``, with its message)."""
+    try:
+        return _validate(c, loaded or {}, options)
+    except SampleProblem as problem:
+        return RowResult(None, problem.reason, problem.detail, problem.box_report)
+    except Exception as err:
+        return RowResult(None, "unexpected error", f"{type(err).__name__}: {err}")

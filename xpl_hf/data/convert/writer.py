@@ -1,0 +1,308 @@
+"""Validate candidates in parallel and write them as parquet shards that survive a kill and never repeat a row.
+
+Shards. Each split's accepted candidates (in the converter's order; archive members in the order of their bytes in
+the archive) are cut into ``T`` contiguous blocks, one shard each: ``data/<split>-<j>-of-<T>.parquet``. With
+``num_shards=N`` (machines) and ``shard_index=I``, ``T`` is a multiple of ``N`` and this machine writes blocks
+``I*T/N`` to ``(I+1)*T/N - 1`` only: N machines given the same inputs split one conversion, and copying their
+``data/`` folders together gives the complete dataset.
+
+Resume. A shard is written to a temporary file, then moved into place (``os.replace``); then its record (the ids it
+holds, the problems of its samples, a fingerprint of its inputs and options) is written to
+``.convert/<shard>.json`` the same way. A rerun skips every shard whose record matches and whose file is intact,
+and rewrites the others under the same names: a killed conversion resumes where it stopped, and a rerun never
+duplicates a row. Shards of an earlier conversion that are no longer part of this one are removed.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from datasets import Features, Image, List
+
+from ..schema import DataValidationError, xpl_features
+from ..shards import DATA_DIR, open_shard, shard_path, write_dataset_card, write_shard
+from .archive import ArchiveMember, ArchiveReader
+from .report import REPORT_NAME, ConversionReport
+from .samples import (MAX_AUDIO_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, Candidate, ClipOptions, RowResult,
+                      build_row, split_problem)
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = ".convert"
+ROWS_PER_SHARD = 1000
+"""Default shard size: a split gets ``ceil(rows / ROWS_PER_SHARD)`` shards."""
+
+
+def features_for(options: ClipOptions) -> Features:
+    """The schema of the rows written with ``options`` (adds ``frames`` when K > 1)."""
+    features = xpl_features()
+    if options.frames_per_clip > 1:
+        features["frames"] = List(Image())
+    return features
+
+
+def _refuse(report: ConversionReport, c: Candidate, reason: str, detail: str, strict: bool) -> None:
+    if strict:
+        raise DataValidationError(f"sample {c.id!r} (split {c.split!r}): {reason}: {detail} (--strict)")
+    report.skip(reason, c.id, detail, c.split)
+
+
+def _sort_key(c: Candidate) -> tuple:
+    ref = next(iter(c.media()), None)
+    return (ref.archive, ref.offset) if isinstance(ref, ArchiveMember) else ("", 0)
+
+
+def _fingerprint(kind: str, options: ClipOptions, block: Sequence[Candidate]) -> str:
+    h = hashlib.sha256(json.dumps([kind, repr(options)]).encode())
+    for c in block:
+        h.update(json.dumps([c.id, c.split, [str(m) for m in c.media()], c.time, c.boxes, c.gt_rule, c.label,
+                             c.notes], default=str).encode())
+        for m in c.media():
+            if isinstance(m, str) and os.path.exists(m):
+                st = os.stat(m)
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _ordered_map(fn: Callable, items: Iterable[tuple], num_workers: int, max_pending: int) -> Iterator[Any]:
+    """``fn(*args)`` for each args tuple, in order; in ``num_workers`` processes with at most ``max_pending`` in flight
+    (archive bytes are read ahead no further than that)."""
+    if num_workers <= 1:
+        yield from (fn(*args) for args in items)
+        return
+    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context, initializer=_worker_init) as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for args in items:
+                pending.append(pool.submit(fn, *args))
+                if len(pending) >= max_pending:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core: no nested thread pools
+
+
+class _Plan:
+    """The shards of one split: blocks of candidates, the total ``T`` and the ones this machine writes."""
+
+    def __init__(self, split: str, items: list[Candidate], per_split: int | None, num_shards: int, shard_index: int):
+        wanted = per_split or max(1, math.ceil(len(items) / ROWS_PER_SHARD))
+        self.per_part = max(1, math.ceil(wanted / num_shards))
+        self.total = self.per_part * num_shards
+        bounds = [round(i * len(items) / self.total) for i in range(self.total + 1)]
+        self.split = split
+        self.blocks = {j: items[bounds[j]:bounds[j + 1]]
+                       for j in range(shard_index * self.per_part, (shard_index + 1) * self.per_part)}
+
+
+def _record_path(output: str, path: str) -> str:
+    return os.path.join(output, STATE_DIR, os.path.basename(path) + ".json")
+
+
+def _load_record(output: str, path: str, fingerprint: str) -> dict | None:
+    """The record of a finished shard, or None when the shard must be (re)written."""
+    try:
+        with open(_record_path(output, path)) as f:
+            record = json.load(f)
+        if record.get("fingerprint") != fingerprint:
+            return None
+        if open_shard(path).metadata.num_rows != len(record["ids"]):
+            raise ValueError(f"{path} holds a different number of rows than its record")
+    except (OSError, ValueError, KeyError):
+        if os.path.exists(path):
+            logger.warning("rewriting shard %s (missing, corrupt or from other inputs)", path)
+        return None
+    return record
+
+
+def _save_json(path: str, value: Any) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
+
+
+def _jobs(blocks: Iterable[list[Candidate]], options: ClipOptions) -> Iterator[tuple]:
+    """(candidate, archive bytes it needs, options) per candidate; archive members are read here, in order."""
+    with ArchiveReader() as reader:
+        for block in blocks:
+            for c in block:
+                limits = ((c.video, MAX_VIDEO_BYTES), (c.image, MAX_IMAGE_BYTES), (c.audio, MAX_AUDIO_BYTES))
+                loaded = {str(m): reader.read(m) for m, limit in limits
+                          if isinstance(m, ArchiveMember) and m.size <= limit}
+                yield c, loaded, options
+
+
+def _remove_stale(output: str, keep: set[str], splits_done: set[str], every_split: bool) -> None:
+    """Delete shards (and records) of earlier conversions: of this conversion's splits, or of every split."""
+    data = os.path.join(output, DATA_DIR)
+    for name in sorted(os.listdir(data)) if os.path.isdir(data) else []:
+        if not name.endswith(".parquet") or name in keep:
+            continue
+        if every_split or name.rsplit("-", 3)[0] in splits_done:
+            logger.warning("removing %s: a shard of an earlier conversion into %s", name, output)
+            os.remove(os.path.join(data, name))
+            record = _record_path(output, name)
+            if os.path.exists(record):
+                os.remove(record)
+
+
+def write_dataset(
+    candidates: Sequence[Candidate],
+    output: str,
+    kind: str,
+    *,
+    shards_per_split: dict[str, int] | int | None = None,
+    num_workers: int = 1,
+    strict: bool = False,
+    progress: bool = True,
+    report: ConversionReport | None = None,
+    options: ClipOptions = ClipOptions(),
+    num_shards: int = 1,
+    shard_index: int = 0,
+    unique_across_splits: bool = True,
+) -> ConversionReport:
+    """Validate candidates, write this machine's shards of every split under ``output``, its report and the card.
+
+    Args:
+        shards_per_split: shards per split (an int for all, or a dict; default ``ceil(rows / 1000)``), rounded up
+            to a multiple of ``num_shards``.
+        num_workers: processes reading and validating media.
+        strict: raise :class:`DataValidationError` naming the sample at the first problem (skipped or reported).
+        options: how videos become rows.
+        num_shards, shard_index: this machine converts part ``shard_index`` of ``num_shards`` (module docstring).
+        unique_across_splits: ids must be unique over all splits (False: within each split; VGG-SS's heard/unheard
+            splits repeat test ids).
+
+    Raises:
+        DataValidationError: ``output`` is a file; strict mode met a problem; or no row was written at all (the
+            report is saved first: it says why).
+    """
+    from tqdm.auto import tqdm
+
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise DataValidationError(f"--output {output!r} is a file; give a folder (it is created if missing)")
+    if not (isinstance(num_shards, int) and num_shards >= 1 and 0 <= shard_index < num_shards):
+        raise ValueError(f"--shard_index must be in [0, --num_shards); got {shard_index} of {num_shards}")
+    report = report or ConversionReport(kind)
+    features = features_for(options)
+    seen: set = set()
+    by_split: dict[str, list[Candidate]] = collections.defaultdict(list)
+    for i, c in enumerate(candidates):
+        mine = i % num_shards == shard_index  # pre-known problems: each reported by one machine
+        key = c.id if unique_across_splits else (c.split, c.id)
+        problem = ("duplicate id", "the id was seen before; the first occurrence is kept") if key in seen else \
+            c.problem or split_problem(c.split)
+        seen.add(key)
+        if problem:
+            if mine:
+                _refuse(report, c, *problem, strict)
+            continue
+        by_split[c.split].append(c)
+    plans = []
+    for split, items in by_split.items():
+        per_split = shards_per_split.get(split) if isinstance(shards_per_split, dict) else shards_per_split
+        plans.append(_Plan(split, sorted(items, key=_sort_key), per_split, num_shards, shard_index))
+    os.makedirs(os.path.join(output, DATA_DIR), exist_ok=True)
+    work, keep = [], set()
+    for plan in plans:
+        for j, block in plan.blocks.items():
+            path = shard_path(output, plan.split, j, plan.total)
+            keep.add(os.path.basename(path))
+            fingerprint = _fingerprint(kind, options, block)
+            record = _load_record(output, path, fingerprint)
+            if record is None:
+                work.append((plan.split, block, path, fingerprint))
+            else:
+                _replay(report, record, plan.split)
+    _remove_stale(output, keep, {p.split for p in plans}, every_split=num_shards == 1)
+    total = sum(len(b) for p in plans for b in p.blocks.values())
+    todo = sum(len(block) for _, block, _, _ in work)
+    seconds: dict[str, float] = collections.defaultdict(float)
+    bar = tqdm(total=total, initial=total - todo, desc=f"{kind}", unit="clip", disable=not progress)
+    results = _ordered_map(build_row, _jobs((block for _, block, _, _ in work), options), num_workers,
+                           max_pending=8 * max(1, num_workers))
+    for split, block, path, fingerprint in work:
+        shard = ConversionReport(kind)
+        rows: list[dict] = []
+        for c in block:
+            result: RowResult = next(results)
+            bar.update()
+            for stage, value in result.seconds.items():
+                seconds[stage] += value
+            shard.boxes += result.box_report
+            if result.row is None:
+                _refuse(shard, c, result.reason, result.detail, strict)
+                continue
+            for reason, detail in [*c.notes, *result.notes]:
+                if strict:
+                    raise DataValidationError(f"sample {c.id!r} (split {c.split!r}): {reason}: {detail} (--strict)")
+                shard.note(reason, c.id, detail, c.split)
+            if result.box_report.repaired:
+                shard.repaired_ids.append(c.id)
+            rows.append(result.row)
+        started = time.perf_counter()
+        write_shard(path, rows, features)
+        seconds["write"] += time.perf_counter() - started
+        record = {"fingerprint": fingerprint, "ids": [r["id"] for r in rows],
+                  "boxed": sum(bool(r["boxes"]) for r in rows), "problems": shard.problems,
+                  "box_repairs": shard.boxes.as_dict(), "repaired_ids": shard.repaired_ids}
+        _save_json(_record_path(output, path), record)
+        _replay(report, record, split, warn=False)
+    bar.close()
+    for plan in plans:  # splits whose every block is empty still get their counts
+        report.written.setdefault(plan.split, 0)
+        report.boxed.setdefault(plan.split, 0)
+    if seconds:
+        report.extra["seconds_per_stage"] = {k: round(v, 3) for k, v in seconds.items()}
+    name = REPORT_NAME if num_shards == 1 else REPORT_NAME.replace(".json", f"-{shard_index:05d}-of-{num_shards:05d}"
+                                                                               ".json")
+    report.save(os.path.join(output, name))
+    written = sum(report.written.values())
+    if written:
+        write_dataset_card(output, kind)
+    if not written:
+        raise DataValidationError(f"{kind}: no row was written to {output} ({report.num_skipped} sample(s) skipped: "
+                                  f"see {os.path.join(output, name)})")
+    return report
+
+
+def _replay(report: ConversionReport, record: dict, split: str, warn: bool = True) -> None:
+    """Add a shard record's rows and problems to the conversion's report."""
+    from ..schema import BoxReport
+
+    n, boxed = len(record["ids"]), record["boxed"]
+    report.written[split] = report.written.get(split, 0) + n
+    report.boxed[split] = report.boxed.get(split, 0) + boxed
+    for problem in record["problems"]:
+        (report.add_problem if warn else _quiet_add(report))(problem)
+    report.boxes += BoxReport(**record["box_repairs"])
+    report.repaired_ids += record["repaired_ids"]
+
+
+def _quiet_add(report: ConversionReport) -> Callable[[dict], None]:
+    def add(problem: dict) -> None:  # already logged when the shard's samples were validated
+        table = report.skipped if problem["action"] == "skipped" else report.reported
+        table[problem["reason"]].append(problem["id"])
+        report.problems.append(problem)
+
+    return add
