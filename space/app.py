@@ -12,13 +12,15 @@ Model lookup, first match wins: `--model`, `$XPL_MODEL_ID` (Hub id), `$XPL_MODEL
 next to this file (written by `python -m xpl_hf.hub push-space --model_id ...`), then `./xpl-output` and the
 `xpl-output/` folder of the repository checkout. Without a trained model the page says so and runs nothing.
 
-Everything the page does is in plain functions (`load_model`, `read_image`, `read_audio`, `read_video`,
-`localize`) so it can be tested without a browser; `build_demo` assembles the page. The maps and overlays come from
-the package (`XPLProcessor.post_process_localization`, `xpl_hf.visualization.overlay_heatmap`), as in any script.
+Everything the page does is in plain functions (`load_model`, `localize`, and `read_image`, `read_audio`,
+`read_video` from `uploads.py` next to this file) so it can be tested without a browser; `build_demo` assembles the
+page. The maps and overlays come from the package (`XPLProcessor.post_process_localization`,
+`xpl_hf.visualization.overlay_heatmap`), as in any script.
 
-Hostile uploads: sizes, durations and pixel counts are read from the headers and checked before decoding; only the
-audio window and the video frame the model uses are decoded; messages never show the server's paths; uploaded files
-are deleted from Gradio's cache (`DELETE_CACHE`).
+Hostile uploads (`uploads.py`): sizes, durations and pixel counts are read from the headers and checked before
+decoding; videos and non-libsndfile audio are opened only through `xpl_hf.media` (allow-listed container formats; no
+playlists, concat scripts or protocols); only the audio window and the video frame the model uses are decoded;
+messages never show the server's paths; uploaded files are deleted from Gradio's cache (`DELETE_CACHE`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import re
 import sys
 import tempfile
 import time
@@ -38,7 +38,6 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -47,43 +46,24 @@ try:  # In the Space, xpl_hf/ is bundled next to this file; in a checkout, it is
 except ImportError:  # pragma: no cover - depends on how the app is started
     sys.path.insert(0, str(HERE.parent))
 
+if str(HERE) not in sys.path:  # uploads.py lives next to this file
+    sys.path.insert(0, str(HERE))
+
+from uploads import (  # noqa: E402
+    AUDIO_FORMATS, HAVE_AV, IMAGE_FORMATS, MAX_AUDIO_MB, MAX_AUDIO_SECONDS, MAX_IMAGE_MB, MAX_IMAGE_SIDE, MAX_VIDEO_MB,
+    MAX_VIDEO_SECONDS, VIDEO_FORMATS, InputError, read_audio, read_image, read_video, strip_paths, video_duration)
 from xpl_hf import XPLModel, XPLProcessor  # noqa: E402
-from xpl_hf.audio import WINDOW_MARGIN_SECONDS, AudioError, decode_audio  # noqa: E402
-from xpl_hf.image import MAX_PIXELS, load_image  # noqa: E402
 from xpl_hf.loading import load_model_and_processor  # noqa: E402
 from xpl_hf.paths import looks_like_hub_id  # noqa: E402
 from xpl_hf.visualization import overlay_heatmap  # noqa: E402
 
 logger = logging.getLogger("xpl_space")
 
-# ----------------------------------------------------------------------------------------------------------- limits
-MAX_IMAGE_MB = 20
-MAX_AUDIO_MB = 20
-MAX_VIDEO_MB = 100
-MAX_AUDIO_SECONDS = 60.0
-MAX_VIDEO_SECONDS = 30 * 60.0
-MAX_IMAGE_SIDE = 4096  # images and video frames; also at most xpl_hf.image.MAX_PIXELS pixels
-MIN_IMAGE_SIDE = 8
-MAX_VIDEO_DECODE_FRAMES = 600  # frames decoded, from the keyframe before the chosen time, to reach it
-AUDIO_SEEK_SLACK_SECONDS = 30.0  # audio decoded before the wanted window when a video's seek lands early
+# --------------------------------------------------------------------------------------------------------- settings
 DELETE_CACHE = (300, 900)  # gr.Blocks(delete_cache=): every 5 min, delete uploads and outputs older than 15 min
 DISPLAY_SIDE = 512  # overlays are drawn on the image scaled to at most this many pixels a side
 OVERLAY_ALPHA = 0.5
 DEFAULT_MODEL_DIR = "xpl-output"  # train_xpl.py's default --output_dir
-IMAGE_FORMATS = "JPEG, PNG, WebP, BMP, GIF, TIFF"
-AUDIO_FORMATS = "WAV, FLAC, OGG, MP3"
-
-try:  # PyAV's wheels bundle the FFmpeg libraries: no system FFmpeg needed.
-    import av
-
-    HAVE_AV = True
-except ImportError:  # pragma: no cover - depends on the environment
-    av = None
-    HAVE_AV = False
-
-
-class InputError(ValueError):
-    """A user input the app cannot use; the message is shown in the page as is."""
 
 
 # ------------------------------------------------------------------------------------------------------------ model
@@ -187,252 +167,6 @@ def find_model(model: str | None = None) -> tuple[LoadedModel | None, str]:
     return None, notice
 
 
-# ------------------------------------------------------------------------------------------------------------ inputs
-# Every reader checks sizes from the file's headers before decoding anything, then decodes only what the model uses:
-# the audio window around the middle (or around the chosen time of a video) and the one video frame. Messages name
-# an upload by its own file name, never by the server's temporary path.
-def _file_path(value) -> str | None:
-    """A Gradio file payload (FileData dict, as received with preprocess=False), or a path -> the local path."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        if isinstance(value.get("video"), dict):  # gr.Video's payload: {"video": FileData, "subtitles": ...}
-            value = value["video"]
-        return value.get("path")
-    return str(getattr(value, "path", value))
-
-
-def _name(path: str | None) -> str:
-    """How a message calls an uploaded file: its own name (Gradio keeps it), else "the uploaded file"."""
-    name = os.path.basename(path or "")
-    return f"'{name}'" if name else "the uploaded file"
-
-
-_ABSOLUTE_PATH = re.compile(r"""(?<![\w.:/])/(?:[^\s'"/]+/)+([^\s'"/]+)""")
-
-
-def _strip_paths(text: str) -> str:
-    """Replace every absolute path in `text` by its file name (the server's folders stay private)."""
-    return _ABSOLUTE_PATH.sub(r"\1", text)
-
-
-def _details(err: Exception) -> str:
-    """A library error in a few words without file paths (PyAV's `strerror` holds no path; its str() does)."""
-    return _strip_paths(getattr(err, "strerror", None) or str(err) or type(err).__name__)
-
-
-def _check_size(path: str, limit_mb: float, what: str) -> None:
-    size = os.path.getsize(path)
-    if size == 0:
-        raise InputError(f"The {what} file is empty.")
-    if size > limit_mb * 1024 * 1024:
-        raise InputError(f"The {what} file is {size / 1024 / 1024:.1f} MB; the limit is {limit_mb:g} MB.")
-
-
-def _check_pixels(width: int, height: int, what: str) -> None:
-    """Refuse pictures / video frames beyond the side and megapixel caps (from the header, before decoding)."""
-    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_PIXELS:
-        raise InputError(f"The {what} is {width}×{height} px; the limit is {MAX_IMAGE_SIDE} px a side.")
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise InputError(f"The {what} is {width}×{height} px; it must be at least {MIN_IMAGE_SIDE} px a side.")
-
-
-def _too_long(duration: float, limit: float, what: str) -> InputError:
-    if limit >= 120:
-        return InputError(f"The {what} is {duration / 60:.1f} min long; the limit is {limit / 60:g} min.")
-    return InputError(f"The {what} is {duration:.1f} s long; the limit is {limit:g} s.")
-
-
-def read_image(value) -> PIL.Image.Image:
-    """Uploaded image -> RGB PIL image (the package's image rule), with size limits and plain messages."""
-    path = _file_path(value)
-    if not path:
-        raise InputError("Please add an image (a video frame).")
-    _check_size(path, MAX_IMAGE_MB, "image")
-    try:
-        with PIL.Image.open(path) as im:
-            _check_pixels(*im.size, "image")  # from the header: nothing decoded yet
-            im.seek(0)  # first frame of animated GIF / WebP
-            im.load()
-            return load_image(PIL.ImageOps.exif_transpose(im) or im)  # alpha on white, 16-bit scaled: xpl_hf.image
-    except InputError:
-        raise
-    except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError) as err:
-        raise InputError(f"Could not read the image {_name(path)}: not a supported image file "
-                         f"({IMAGE_FORMATS}).") from err
-    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise InputError(f"Could not read the image {_name(path)}: the file is truncated or corrupt "
-                         f"({_details(err)}).") from err
-
-
-def _media_duration(container, stream) -> float | None:
-    """Duration in seconds from the container's or the stream's header, None when neither says."""
-    if container.duration:
-        return float(container.duration / av.time_base)
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    return None
-
-
-def _decode_audio_window(container, stream, start: float, seconds: float,
-                         budget_seconds: float) -> tuple[np.ndarray, int]:
-    """Decode `seconds` of `stream` from `start` (seeking there first) -> (mono float32 samples, rate).
-
-    At most `budget_seconds` of audio are decoded: when seeking lands too far before `start` (a file without an
-    index), the file is refused instead of decoded from its beginning.
-    """
-    rate = stream.rate or stream.codec_context.sample_rate
-    if not rate:
-        raise InputError("The audio track does not say its sample rate.")
-    if start > 0:
-        container.seek(int(start * av.time_base), backward=True, any_frame=False)
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-    chunks, decoded, first_time, needed = [], 0, None, 0
-    for frame in container.decode(stream):
-        if first_time is None:
-            first_time = float(frame.time) if frame.time is not None else start
-            needed = math.ceil((start + seconds - first_time) * rate)
-        for out in resampler.resample(frame):
-            chunks.append(out.to_ndarray().reshape(-1))
-            decoded += chunks[-1].size
-        if decoded >= needed:
-            break
-        if decoded > budget_seconds * rate:
-            raise InputError(f"Could not reach the sound at {start:.1f} s: the file cannot be searched (no index).")
-    chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-    samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
-    offset = max(0, round((start - (first_time or 0.0)) * rate))
-    samples = samples[offset:offset + math.ceil(seconds * rate)]
-    if samples.size == 0:
-        raise InputError("The audio track holds no samples.")
-    return samples, rate
-
-
-def _read_audio_av(path: str, clip_seconds: float) -> tuple[np.ndarray, int]:
-    """Any audio FFmpeg reads -> (mono samples of the centred window, rate); the duration is checked first."""
-    with av.open(path) as container:  # reads the headers only
-        if not container.streams.audio:
-            raise InputError(f"Could not read the audio {_name(path)}: the file has no audio track.")
-        stream = container.streams.audio[0]
-        duration = _media_duration(container, stream)
-        if duration is not None and duration > MAX_AUDIO_SECONDS:
-            raise _too_long(duration, MAX_AUDIO_SECONDS, "audio")
-        if duration is None:  # unknown: decode up to just past the limit, refuse if the sound goes on
-            samples, rate = _decode_audio_window(container, stream, 0.0, MAX_AUDIO_SECONDS + 0.5,
-                                                 MAX_AUDIO_SECONDS + 1.0)
-            if samples.size > MAX_AUDIO_SECONDS * rate:
-                raise InputError(f"The audio is longer than the limit of {MAX_AUDIO_SECONDS:g} s.")
-            return samples, rate
-        seconds = clip_seconds + WINDOW_MARGIN_SECONDS  # the window decode_audio reads
-        start = max(0.0, (duration - seconds) / 2)
-        return _decode_audio_window(container, stream, start, seconds, MAX_AUDIO_SECONDS + 1.0)
-
-
-def read_audio(value, clip_seconds: float = 3.0) -> tuple[np.ndarray, int]:
-    """Uploaded / recorded audio -> (samples (channels, n), rate) of the window the model uses.
-
-    WAV, FLAC, OGG and MP3 are read with soundfile; anything else (e.g. M4A, AAC, WebM) with PyAV when installed.
-    Either way the duration comes from the headers and is checked before anything is decoded, and only the
-    window around the middle is decoded.
-    """
-    path = _file_path(value)
-    if not path:
-        raise InputError("Please add a sound: upload an audio file or record one with the microphone.")
-    _check_size(path, MAX_AUDIO_MB, "audio")
-    import soundfile as sf
-
-    try:
-        info = sf.info(path)
-    except Exception:  # noqa: BLE001 - not a libsndfile format: try PyAV, else say what is supported
-        info = None
-    if info is not None:
-        duration = info.frames / info.samplerate if info.samplerate else 0.0
-        if duration > MAX_AUDIO_SECONDS:
-            raise _too_long(duration, MAX_AUDIO_SECONDS, "audio")
-        try:
-            return decode_audio(path, clip_seconds=clip_seconds + WINDOW_MARGIN_SECONDS)
-        except AudioError as err:
-            raise InputError(f"Could not read the audio {_name(path)}: {_details(err)}") from err
-    if not HAVE_AV:
-        raise InputError(f"Could not read the audio {_name(path)}: not a supported audio file ({AUDIO_FORMATS}).")
-    try:
-        samples, rate = _read_audio_av(path, clip_seconds)
-    except InputError:
-        raise
-    except Exception as err:  # noqa: BLE001 - av raises many error types
-        raise InputError(f"Could not read the audio {_name(path)}: not an audio file, or a corrupt one "
-                         f"({AUDIO_FORMATS}, or any format FFmpeg reads; {_details(err)}).") from err
-    return samples[None], rate
-
-
-def video_duration(value) -> float:
-    """Duration in seconds of an uploaded video, from its headers (0 when it cannot be read)."""
-    path = _file_path(value)
-    if not path or not HAVE_AV:
-        return 0.0
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                return 0.0
-            return _media_duration(container, container.streams.video[0]) or 0.0
-    except Exception:  # noqa: BLE001
-        return 0.0
-
-
-def _decode_frame_at(container, stream, t: float) -> PIL.Image.Image:
-    """The first frame at or after `t` s (the last one if `t` is past the end), decoding from the keyframe before it
-    and at most MAX_VIDEO_DECODE_FRAMES frames."""
-    container.seek(int(t * av.time_base), backward=True, any_frame=False)
-    chosen = None
-    for count, frame in enumerate(container.decode(stream), start=1):
-        _check_pixels(frame.width, frame.height, "video")  # the decoded size, in case the header said otherwise
-        chosen = frame
-        if frame.time is None or frame.time >= t - 1e-3:
-            break
-        if count >= MAX_VIDEO_DECODE_FRAMES:
-            raise InputError(f"Could not reach the frame at {t:.2f} s: it lies more than {MAX_VIDEO_DECODE_FRAMES} "
-                             "frames after the previous keyframe. Pick another time, or re-encode the video with "
-                             "more keyframes.")
-    if chosen is None:
-        raise InputError("Could not decode a frame of the video.")
-    return chosen.to_image().convert("RGB")
-
-
-def read_video(value, time_s: float, clip_seconds: float = 3.0) -> tuple[PIL.Image.Image, np.ndarray, int, float]:
-    """Video -> (the frame at `time_s`, mono audio of `clip_seconds` centred on it, rate, the time actually used)."""
-    if not HAVE_AV:
-        raise InputError("Video needs the `av` package (PyAV): `pip install av`.")
-    path = _file_path(value)
-    if not path:
-        raise InputError("Please add a video.")
-    _check_size(path, MAX_VIDEO_MB, "video")
-    try:
-        with av.open(path) as container:  # reads the headers only
-            if not container.streams.video:
-                raise InputError(f"Could not read the video {_name(path)}: the file has no video track.")
-            stream = container.streams.video[0]
-            duration = _media_duration(container, stream)
-            if duration is not None and duration > MAX_VIDEO_SECONDS:
-                raise _too_long(duration, MAX_VIDEO_SECONDS, "video")
-            if stream.codec_context.width and stream.codec_context.height:
-                _check_pixels(stream.codec_context.width, stream.codec_context.height, "video")
-            t = max(float(time_s or 0.0), 0.0)
-            if duration is not None:
-                t = min(t, max(duration - 1e-3, 0.0))
-            picture = _decode_frame_at(container, stream, t)
-            if not container.streams.audio:
-                raise InputError(f"The video {_name(path)} has no audio track; the model needs the sound.")
-            start = max(0.0, t - clip_seconds / 2)
-            samples, rate = _decode_audio_window(container, container.streams.audio[0], start, clip_seconds,
-                                                 clip_seconds + AUDIO_SEEK_SLACK_SECONDS)
-    except InputError:
-        raise
-    except Exception as err:  # noqa: BLE001 - av raises many error types
-        raise InputError(f"Could not read the video {_name(path)}: not a supported or a corrupt video file "
-                         f"({_details(err)}).") from err
-    return picture, samples[None], rate, t
-
-
 # --------------------------------------------------------------------------------------------------------- inference
 @dataclass
 class Localization:
@@ -527,7 +261,7 @@ def make_examples(directory: str | Path | None = None, count: int = 3) -> list[t
 
 def _error(err: Exception) -> gr.Error:
     logger.info("rejected input: %s", err)
-    return gr.Error(_strip_paths(str(err)), duration=None, title="Cannot localize", print_exception=False)
+    return gr.Error(strip_paths(str(err)), duration=None, title="Cannot localize", print_exception=False)
 
 
 INTRO = """# XPL: where does the sound come from?
@@ -539,8 +273,9 @@ Their agreement (**ρ**, Pearson correlation of the two maps) hints at how relia
 
 LIMITS = (f"Limits: images ≤ {MAX_IMAGE_MB} MB and ≤ {MAX_IMAGE_SIDE} px a side ({IMAGE_FORMATS}); audio ≤ "
           f"{MAX_AUDIO_MB} MB and ≤ {MAX_AUDIO_SECONDS:g} s ({AUDIO_FORMATS}"
-          f"{', other formats via PyAV' if HAVE_AV else ''}); "
-          f"video ≤ {MAX_VIDEO_MB} MB, ≤ {MAX_VIDEO_SECONDS / 60:g} min and ≤ {MAX_IMAGE_SIDE} px a side. The model "
+          f"{', M4A, AAC, WebM' if HAVE_AV else ''}); "
+          f"video ≤ {MAX_VIDEO_MB} MB, ≤ {MAX_VIDEO_SECONDS / 60:g} min and ≤ {MAX_IMAGE_SIDE} px a side "
+          f"({VIDEO_FORMATS}; playlists are refused). The model "
           "listens to the clip length shown above, around the middle of the clip (or around the chosen time of a "
           "video).")
 
@@ -595,7 +330,7 @@ def build_demo(model: str | LoadedModel | None = None, examples_dir: str | Path 
                                              elem_id="run-pair")
                     with gr.Tab("Video", id="video"):
                         if HAVE_AV:
-                            video_in = gr.Video(label="Video (MP4, WebM, MOV, ...)", sources=["upload"],
+                            video_in = gr.Video(label=f"Video ({VIDEO_FORMATS})", sources=["upload"],
                                                 elem_id="video-input", height=280)
                             time_in = gr.Slider(0, 1, value=0, step=0.01, label="Time of the frame (s)",
                                                 elem_id="video-time")
@@ -607,7 +342,8 @@ def build_demo(model: str | LoadedModel | None = None, examples_dir: str | Path 
                 gr.Markdown(LIMITS)
             with gr.Column(scale=2):
                 status = gr.Markdown("Add a frame and a sound, then press **Localize the sound**." if ready else
-                                     "Nothing to run without a trained model.", elem_id="result-status")
+                                     "Nothing to run without a trained model.", label="Summary", show_label=False,
+                                     elem_id="result-status")
                 with gr.Row():
                     out_a = gr.Image(label="Branch A (VGGish)", type="pil", elem_id="map-a", interactive=False)
                     out_b = gr.Image(label="Branch B (SoundNet-8)", type="pil", elem_id="map-b", interactive=False)
@@ -656,8 +392,22 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     demo = build_demo(args.model)
+    # quiet: Gradio's own hint names `share=True` in `launch()`; this app's switch is its --share flag.
     demo.queue(default_concurrency_limit=1, max_size=32).launch(
-        server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(demo))
+        server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True,
+        **launch_kwargs(demo))
+    print(launch_message(demo), flush=True)
+    demo.block_thread()
+
+
+def launch_message(demo: gr.Blocks) -> str:
+    """Where the running app answers, and how to get a public link (this app's `--share` flag)."""
+    lines = [f"* Running on local URL:  {demo.local_url}"]
+    if getattr(demo, "share_url", None):
+        lines.append(f"* Running on public URL: {demo.share_url}")
+    elif not os.environ.get("SPACE_ID"):
+        lines.append("* To create a public link, start the app with `--share`: python space/app.py --share")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

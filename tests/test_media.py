@@ -16,6 +16,12 @@ from xpl_hf.media import ALLOWED_FORMATS, MediaError, open_media, probe_video, r
 
 
 @pytest.fixture(scope="module")
+def server_file(tmp_path_factory):
+    """A server-side MPEG-TS clip: FFmpeg's HLS demuxer reads it as a playlist segment."""
+    return make_video(tmp_path_factory.mktemp("server") / "secret.ts", container_format="mpegts")
+
+
+@pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """4 s, 10 fps, 32 x 24 mpeg4 + mono AAC at 16 kHz."""
     return make_video(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=4.0)
@@ -171,9 +177,9 @@ def _secret_playlist(target) -> str:
 
 
 @pytest.mark.parametrize("file_name", ["x.m3u8", "x.m3u", "playlist.mp4"])
-def test_playlists_naming_a_server_file_are_refused(clip, tmp_path, file_name):
+def test_playlists_naming_a_server_file_are_refused(server_file, tmp_path, file_name):
     path = tmp_path / file_name
-    path.write_text(_secret_playlist(clip))
+    path.write_text(_secret_playlist(server_file))
     with pytest.raises(MediaError, match=file_name.replace(".", r"\.")):
         read_video_clip(path)
     with pytest.raises(MediaError):
@@ -182,11 +188,11 @@ def test_playlists_naming_a_server_file_are_refused(clip, tmp_path, file_name):
         probe_video(f)
 
 
-def test_nested_opens_are_refused_even_for_an_allowed_demuxer(clip, monkeypatch, tmp_path):
+def test_nested_opens_are_refused_even_for_an_allowed_demuxer(server_file, monkeypatch, tmp_path):
     """The second lock: with the format allow-list widened to HLS, the playlist still cannot open the file."""
-    monkeypatch.setattr(media, "ALLOWED_FORMATS", ALLOWED_FORMATS | {"hls", "applehttp"})
+    monkeypatch.setattr(media, "ALLOWED_FORMATS", ALLOWED_FORMATS | {"hls", "applehttp", "mpegts"})
     path = tmp_path / "x.m3u8"
-    path.write_text(_secret_playlist(clip))
+    path.write_text(_secret_playlist(server_file))
     with pytest.raises(MediaError, match="refers to other files") as err:
         read_video_clip(path)
     assert err.value.reason == "refused format"

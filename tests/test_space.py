@@ -28,8 +28,10 @@ import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+from media_samples import make_video  # noqa: E402
 
 from xpl_hf import XPLConfig, XPLModel, XPLProcessor  # noqa: E402
+from xpl_hf.media import MAX_DECODE_FRAMES  # noqa: E402
 
 APP_PATH = Path(__file__).resolve().parent.parent / "space" / "app.py"
 
@@ -342,9 +344,67 @@ def test_read_video_frame_and_audio(app, tmp_path, examples):
     late, _, _, used_late = app.read_video(str(video), 3.5)
     assert early.size == (96, 96) and used == 0.0 and used_late == pytest.approx(3.5)
     assert np.asarray(late)[..., 0].mean() > np.asarray(early)[..., 0].mean() + 100  # a later frame was decoded
-    assert rate == 16000 and audio.shape[0] == 1 and abs(audio.shape[1] - 3 * rate) < rate // 10
-    _, _, _, clamped = app.read_video(str(video), 99.0)
-    assert clamped < 4.0
+    assert rate == 16000 and audio.shape == (1, math.ceil(3.1 * rate))  # the clip and the processor's margin
+    with pytest.raises(app.InputError, match="The time 99 s is past the end of the video 'clip.mp4'"):
+        app.read_video(str(video), 99.0)
+
+
+@pytest.mark.parametrize("time_s", [math.nan, math.inf, -1.0, "soon"])
+def test_bad_video_times_blame_the_time_not_the_file(app, tmp_path, examples, time_s):
+    video = write_video(tmp_path / "clip.mp4", PIL.Image.open(examples[0][0]), seconds=1.0)
+    with pytest.raises(app.InputError, match="The time") as info:
+        app.read_video(str(video), time_s)
+    assert "corrupt" not in str(info.value) and "not a supported" not in str(info.value)
+
+
+def write_playlist(folder: Path, name: str, target: Path) -> Path:
+    """A text file in HLS playlist syntax naming `target`: what a hostile upload named `x.m3u8` holds."""
+    path = folder / name
+    path.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{target}\n#EXT-X-ENDLIST\n")
+    return path
+
+
+def test_uploaded_playlist_cannot_read_a_server_file(app, tmp_path, examples, decoded):
+    """Issue 18.1: an uploaded `x.m3u8` naming a file on the server must not show that file's frame or sound (an
+    MPEG-TS file, which FFmpeg's HLS demuxer reads as a segment: the app decoded it before xpl_hf.media)."""
+    secret = make_video(tmp_path / "server-secret.ts", seconds=4.0, size=(96, 96), container_format="mpegts")
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    for name in ("x.m3u8", "x.m3u", "x.mp4"):
+        playlist = write_playlist(uploads, name, secret)
+        with pytest.raises(app.InputError, match=f"Could not read the video '{name}'"):
+            app.read_video(str(playlist), 0.5)
+        with pytest.raises(app.InputError, match=f"Could not read the audio '{name}'"):
+            app.read_audio(str(playlist))
+        assert app.video_duration(str(playlist)) == 0.0
+    concat = uploads / "concat.mp4"
+    concat.write_text(f"ffconcat version 1.0\nfile '{secret}'\n")
+    with pytest.raises(app.InputError, match="Could not read the video 'concat.mp4'"):
+        app.read_video(str(concat), 0.5)
+    assert decoded["frames"] == 0  # nothing of the server's file was decoded
+
+
+def test_client_playlist_upload_is_refused(client, app, tmp_path):
+    secret = make_video(tmp_path / "server-secret.ts", seconds=4.0, size=(96, 96), container_format="mpegts")
+    playlist = write_playlist(tmp_path, "x.m3u8", secret)
+    with pytest.raises(AppError, match="refused 'x.m3u8'"):
+        client.predict(handle_file(str(playlist)), 0.5, api_name="/localize_video")
+
+
+def test_api_outputs_are_named(client):
+    """Every output of the API has a label (Gradio names unlabelled ones `value_<id>`)."""
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for name in ("/localize", "/localize_video"):
+        labels = [item["label"] for item in endpoints[name]["returns"]]
+        assert len(labels) == 6 and not any(str(label).startswith("value_") for label in labels), labels
+        assert "Summary" in labels
+
+
+def test_launch_message_names_the_share_flag(app, served, monkeypatch):
+    demo, _ = served
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    text = app.launch_message(demo)
+    assert demo.local_url in text and "--share" in text and "share=True" not in text
 
 
 # ---------------------------------------------------------------------------------------------- hostile uploads
@@ -374,12 +434,12 @@ def test_video_frame_search_is_capped(app, tmp_path, decoded, examples):
     """One keyframe then 749 predicted frames: reaching 29 s would decode 725 frames; the app stops at its cap."""
     video = write_video(tmp_path / "one-keyframe.mp4", PIL.Image.open(examples[0][0]), seconds=30.0, fps=25,
                         keyframe_interval=10_000)
-    with pytest.raises(app.InputError, match="Could not reach the frame at 29.00 s"):
+    with pytest.raises(app.InputError, match="cannot reach the frame at 29.000 s"):
         app.read_video(str(video), 29.0)
-    assert decoded["frames"] <= app.MAX_VIDEO_DECODE_FRAMES
+    assert decoded["frames"] <= MAX_DECODE_FRAMES
     decoded["frames"] = 0
     frame, audio, rate, used = app.read_video(str(video), 0.5)  # close to the keyframe: fine
-    assert used == 0.5 and frame.size == (96, 96) and audio.shape == (1, 3 * rate)
+    assert used == 0.5 and frame.size == (96, 96) and audio.shape == (1, math.ceil(3.1 * rate))
     assert decoded["frames"] < 100  # about 13 video frames and the 3 s of audio (about 50 AAC frames)
 
 
@@ -393,7 +453,7 @@ def test_messages_never_show_server_paths(app, tmp_path, client):
             reader(str(deep / name))
         message = str(info.value)
         assert f"'{name}'" in message and "server-private" not in message and str(tmp_path) not in message, message
-    assert app._strip_paths("Invalid data: '/tmp/gradio/abc/clip.m4a' (see /var/x/y.log)") == \
+    assert app.strip_paths("Invalid data: '/tmp/gradio/abc/clip.m4a' (see /var/x/y.log)") == \
         "Invalid data: 'clip.m4a' (see y.log)"
     # through the running app: the message names the file, not Gradio's cache folder
     with pytest.raises(AppError) as info:

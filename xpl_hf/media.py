@@ -23,7 +23,7 @@ import io
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 import PIL.Image
@@ -235,10 +235,11 @@ def apply_rotation(image: PIL.Image.Image, rotation: int) -> PIL.Image.Image:
     return image.transpose(transpose[rotation]) if rotation in transpose else image
 
 
-def _info(container, label: str, *, read_rotation: bool = True) -> VideoInfo:
-    """Header facts of an open container, validated (see :func:`probe_video`)."""
+def _info(container, label: str, *, read_rotation: bool = True,
+          check: Callable[[VideoInfo], None] | None = None) -> VideoInfo:
+    """Header facts of an open container, validated (see :func:`probe_video`), then passed to `check`."""
     duration = _duration(container, label)
-    width = height = rotation = 0
+    width = height = 0
     fps = None
     video = container.streams.video[0] if container.streams.video else None
     audio = container.streams.audio[0] if container.streams.audio else None
@@ -259,6 +260,11 @@ def _info(container, label: str, *, read_rotation: bool = True) -> VideoInfo:
         if not 0 < channels <= MAX_CHANNELS:
             raise MediaError(f"'{label}': its audio header gives {channels} channels (accepted: 1 to {MAX_CHANNELS}).",
                              "bad header")
+    info = VideoInfo(duration_s=duration, width=width, height=height, fps=fps, has_video=video is not None,
+                     has_audio=audio is not None, audio_rate=audio_rate, audio_channels=channels, rotation=0,
+                     format_name=container.format.name)
+    if check is not None:
+        check(info)
     if video is not None and read_rotation:
         try:
             first = next(container.decode(video), None)
@@ -267,11 +273,9 @@ def _info(container, label: str, *, read_rotation: bool = True) -> VideoInfo:
                 from None
         if first is not None:
             _check_frame_size(first.width, first.height, label)
-            rotation = _rotation(first)
+            info.rotation = _rotation(first)
         container.seek(0)
-    return VideoInfo(duration_s=duration, width=width, height=height, fps=fps, has_video=video is not None,
-                     has_audio=audio is not None, audio_rate=audio_rate, audio_channels=channels, rotation=rotation,
-                     format_name=container.format.name)
+    return info
 
 
 def probe_video(source: Any, name: str | None = None) -> VideoInfo:
@@ -316,7 +320,7 @@ def _frames_from(container, stream, t: float, first_slack: float = 0.0) -> Itera
             return
 
 
-def _decode_frames_at(container, stream, targets: list[float], label: str, rotation: int):
+def _decode_frames_at(container, stream, targets: list[float], label: str):
     """The first frame at or after each target time (the last frame when a target is past the end)."""
     rate = float(stream.average_rate or stream.guessed_rate or 30)
     budget = MAX_DECODE_FRAMES + math.ceil((targets[-1] - targets[0]) * min(rate, 1000))
@@ -342,9 +346,9 @@ def _decode_frames_at(container, stream, targets: list[float], label: str, rotat
         raise MediaError(f"'{label}' holds no decodable video frame near {targets[0]:.3f} s (corrupt or truncated).",
                          "truncated media")
     chosen += [last] * (len(targets) - len(chosen))  # targets past the last frame get the last frame
-    frames = [apply_rotation(f.to_image().convert("RGB"), rotation or _rotation(f)) for f in chosen]
+    frames = [apply_rotation(f.to_image().convert("RGB"), _rotation(f)) for f in chosen]
     times = [float(f.time) if f.time is not None else t for f, t in zip(chosen, targets)]
-    return frames, times
+    return frames, times, _rotation(chosen[0])
 
 
 def _decode_audio_window(container, stream, start: float, seconds: float, label: str) -> np.ndarray:
@@ -392,7 +396,8 @@ def _window_start(centre: float, seconds: float, duration: float | None) -> floa
 
 
 def read_video_clip(source: Any, *, time: float | None = None, clip_seconds: float = 3.0, num_frames: int = 1,
-                    frame_spacing: float | None = None, name: str | None = None) -> VideoClip:
+                    frame_spacing: float | None = None, name: str | None = None,
+                    check: Callable[[VideoInfo], None] | None = None) -> VideoClip:
     """Frames and the audio window around one time of a video, decoding only those.
 
     Args:
@@ -402,6 +407,8 @@ def read_video_clip(source: Any, *, time: float | None = None, clip_seconds: flo
         num_frames: K frames; with K > 1 they are spread around `time`, `frame_spacing` s apart (default
             clip_seconds / K), times kept inside the video (training augmentation).
         name: how messages call the file.
+        check: called with the header facts before anything is decoded (a caller's own, stricter limits); what it
+            raises propagates.
 
     Returns:
         A :class:`VideoClip`; `audio` is None when the file has no audio stream (the caller decides).
@@ -416,7 +423,7 @@ def read_video_clip(source: Any, *, time: float | None = None, clip_seconds: flo
     if not (isinstance(clip_seconds, (int, float)) and math.isfinite(clip_seconds) and 0 < clip_seconds <= 600):
         raise ValueError(f"clip_seconds={clip_seconds!r} must be in (0, 600].")
     with open_media(source, label) as container:
-        info = _info(container, label)
+        info = _info(container, label, read_rotation=False, check=check)
         if not info.has_video:
             raise MediaError(f"'{label}' has no video stream.", "no video")
         if time is None:
@@ -433,7 +440,7 @@ def read_video_clip(source: Any, *, time: float | None = None, clip_seconds: flo
             end = info.duration_s if info.duration_s is not None else math.inf
             targets = sorted(min(max(t + (k - (num_frames - 1) / 2) * spacing, 0.0), end)
                              for k in range(num_frames))
-        frames, times = _decode_frames_at(container, container.streams.video[0], targets, label, info.rotation)
+        frames, times, info.rotation = _decode_frames_at(container, container.streams.video[0], targets, label)
         audio = None
         if info.has_audio:
             start = _window_start(t, clip_seconds, info.duration_s)
@@ -443,19 +450,21 @@ def read_video_clip(source: Any, *, time: float | None = None, clip_seconds: flo
 
 
 def read_audio_window(source: Any, *, seconds: float, centre: float | None = None, name: str | None = None,
-                      max_duration: float | None = None) -> tuple[np.ndarray, int]:
+                      max_duration: float | None = None,
+                      check: Callable[[VideoInfo], None] | None = None) -> tuple[np.ndarray, int]:
     """The `seconds` of sound centred on `centre` (default: the middle of the file) -> (mono float32, rate).
 
     `max_duration`: refuse files whose header says they are longer (checked before decoding); a file that does not
     say its duration is decoded from its start up to `max_duration` (default
     :data:`UNKNOWN_DURATION_LIMIT_SECONDS`) + 0.5 s, refused if its sound goes on, and returned whole otherwise.
+    `check`: as for :func:`read_video_clip`.
 
     Raises:
         MediaError: refused/unreadable file, absurd headers, no audio stream, too long, or undecodable audio.
     """
     label = _display_name(source, name)
     with open_media(source, label) as container:
-        info = _info(container, label, read_rotation=False)
+        info = _info(container, label, read_rotation=False, check=check)
         if not info.has_audio:
             raise MediaError(f"'{label}' has no audio stream.", "no audio")
         stream = container.streams.audio[0]
