@@ -2,10 +2,14 @@
 
     python -m xpl_hf.evaluate --model PATH_OR_HUB_ID --dataset PATH_OR_ID --split test \\
         [--batch_size 32] [--output_dir eval-output] [--max_samples N] \\
-        [--heard_list vggss_heard_test.csv --unheard_list vggss_unheard_test.csv] [--subset NAME=IDS_FILE ...]
+        [--heard_list vggss_heard_test.csv --unheard_list vggss_unheard_test.csv] [--subset NAME=IDS_FILE ...] \\
+        [--no_listening] [--listening_seed 0] [--noise_color pink] [--noise_rms 0.1]
 
 Reports CIoU / AUC for branch A (VGGish), branch B (SoundNet-8) and the fused map, per class (``label`` column) and
-per named id list (e.g. the heard / unheard open-set split), and writes ``results.json`` plus ``overlays.png``: the
+per named id list (e.g. the heard / unheard open-set split), and the listening checks of
+:mod:`xpl_hf.metrics.listening`: the same scores with each clip's sound swapped for another clip's, silenced and
+replaced by noise, and object-selection accuracy (with its chance level) where rows list their ``objects``. Writes
+``results.json``, ``per_scene.csv`` (one row per scene: every cIoU, the selected object) and ``overlays.png``: the
 fused heat maps of the best, median and worst samples (by fused cIoU) over their frames, ground truth outlined.
 The protocol lives in :mod:`xpl_hf.metrics.protocol` and the model loop in :mod:`xpl_hf.evaluation`; this module only
 loads, runs and reports.
@@ -24,7 +28,8 @@ from typing import Any
 import torch
 
 from xpl_hf.data.annotations import read_id_list
-from xpl_hf.evaluation import BRANCHES, evaluate_model
+from xpl_hf.evaluation import BRANCHES, ListeningSettings, evaluate_model, format_listening_table, save_per_scene_scores
+from xpl_hf.metrics.listening import NOISE_COLORS
 from xpl_hf.loading import load_model_and_processor
 from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.visualization import pick_best_median_worst, save_overlay_grid
@@ -53,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--overlays_per_group", type=int, default=4,
                         help="samples per row (best / median / worst) of overlays.png; 0 disables the figure")
+    parser.add_argument("--no_listening", action="store_true",
+                        help="skip the listening checks (swapped / silent / noise sound, object selection)")
+    parser.add_argument("--listening_seed", type=int, default=0, help="seed of the sound swap and of the noise clips")
+    parser.add_argument("--noise_color", default="pink", choices=NOISE_COLORS, help="noise of the noise check")
+    parser.add_argument("--noise_rms", type=float, default=0.1,
+                        help="RMS of the noise clips relative to full scale (0.1 = -20 dBFS)")
     parser.add_argument("--revision", default=None, help="Hub revision of the model")
     parser.add_argument("--dataset_revision", default=None, help="Hub revision of the dataset")
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
@@ -61,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch_size must be positive")
     if args.max_samples is not None and args.max_samples <= 0:
         parser.error("--max_samples must be positive")
+    if not args.noise_rms > 0:
+        parser.error("--noise_rms must be positive")
     return args
 
 
@@ -130,10 +143,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.max_samples is not None:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
 
+    listening = False if args.no_listening else ListeningSettings(
+        seed=args.listening_seed, noise_color=args.noise_color, noise_rms=args.noise_rms)
     start = time.perf_counter()
     result = evaluate_model(
         model, dataset, processor=processor, batch_size=args.batch_size, num_workers=args.num_workers,
-        subsets=subsets, keep_maps=args.overlays_per_group > 0, progress=True,
+        subsets=subsets, keep_maps=args.overlays_per_group > 0, progress=True, listening=listening,
     )
     seconds = time.perf_counter() - start
 
@@ -149,6 +164,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         **{key: result[key] for key in ("metrics", "summary", "subsets", "per_label", "protocol", "per_sample")},
     }
+    if "listening" in result:
+        report["listening"] = {k: v for k, v in result["listening"].items() if k != "per_scene"}
+    report["per_scene"] = save_per_scene_scores(result, output_dir / "per_scene.csv").name
     if args.overlays_per_group > 0:
         report["overlays"] = Path(write_overlays(output_dir / "overlays.png", dataset, result,
                                                  args.overlays_per_group)).name
@@ -156,7 +174,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     title = (f"{args.model} on split {args.split!r} of {args.dataset} "
              f"({report['num_samples']} samples, {seconds:.1f} s):")
     print(format_table(result, title))
-    print(f"results: {output_dir / 'results.json'}")
+    if "listening" in result:
+        print(f"\nListening checks:\n{format_listening_table(result, BRANCH_NAMES)}")
+    print(f"results: {output_dir / 'results.json'}; per-scene scores: {output_dir / report['per_scene']}")
     if "overlays" in report:
         print(f"overlays (best, median, worst): {output_dir / report['overlays']}")
     return report

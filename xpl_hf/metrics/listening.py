@@ -1,0 +1,282 @@
+"""Listening checks: does a localization model use the sound, or only the picture?
+
+A model that localizes *sounding* objects must change its map when the sound changes. Two checks, reported beside
+cIoU / AUC by :func:`xpl_hf.evaluation.evaluate_model` (``listening=True``) and ``python -m xpl_hf.evaluate``:
+
+1. **Negative audio.** The same images are scored with the protocol of :mod:`xpl_hf.metrics.protocol` after each
+   clip's sound is replaced by
+
+   - ``swapped``: the sound of another clip of the evaluation set, of a different ``label`` when labels exist
+     (:func:`swap_permutation`: a seeded permutation without fixed points);
+   - ``silence``: an all-zero waveform;
+   - ``noise``: seeded noise (:func:`noise_waveform`: pink by default, RMS 0.1 of full scale, i.e. -20 dBFS),
+     a different draw for every clip, keyed by its id.
+
+   The drop ``true - variant`` of CIoU / AUC is reported per branch; a model that ignores the sound drops by 0.
+
+2. **Object selection**, on scenes whose ``objects`` column lists every visible object (box, label, sounding):
+   the map, upsampled to 224 x 224 as in the protocol (bicubic, ``align_corners=False``; in float64 here), is
+   averaged inside each object's box, taken to 224-px integer coordinates by the VGG-SS rule
+   ``(clip(b, 0, 1) * 224).astype(int)`` (a box under one pixel wide or high keeps one pixel); the scene scores 1
+   when a sounding object gets the highest mean, 0 when a silent one does. **Ties** (means within
+   :data:`TIE_TOLERANCE` times the map's largest absolute value of the best) **count as a fraction**: a scene whose k tied best objects hold s sounding
+   ones scores s / k. So a map that ignores the sound -- a constant map, or any map computed from the picture alone --
+   scores the **chance level** ``mean over scenes of (number of sounding objects) / (number of objects)`` in
+   expectation over which object sounds (exactly, for a constant map). A scene takes part when it lists at least
+   one sounding and one silent object.
+
+Everything here is a pure function of arrays; the model loop lives in :mod:`xpl_hf.evaluation`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .protocol import EVAL_SIZE
+
+NEGATIVE_AUDIO = ("swapped", "silence", "noise")
+"""The negative-audio variants, in report order."""
+
+AUDIO_VARIANTS = ("true", *NEGATIVE_AUDIO)
+"""Every audio condition a map is scored under."""
+
+NOISE_COLORS = ("pink", "white")
+DEFAULT_NOISE_RMS = 0.1
+"""RMS of the noise clips, relative to full scale [-1, 1] (-20 dBFS)."""
+
+TIE_TOLERANCE = 1e-9
+"""Object means closer to the best than this times the map's largest absolute value are tied (a float32 map holds
+about 7 significant digits; the float64 upsampling of a constant map is constant to about 1e-16)."""
+
+_CHUNK = 64  # scenes per vectorised step of the selection check
+
+
+@dataclasses.dataclass(frozen=True)
+class ListeningSettings:
+    """Settings of the listening checks (recorded in every result).
+
+    Args:
+        seed: seed of the swap permutation and of the noise clips.
+        noise_color: ``"pink"`` (1 / f power) or ``"white"``.
+        noise_rms: RMS of the noise clips relative to full scale (0.1 = -20 dBFS).
+    """
+
+    seed: int = 0
+    noise_color: str = "pink"
+    noise_rms: float = DEFAULT_NOISE_RMS
+
+    def __post_init__(self):
+        if self.noise_color not in NOISE_COLORS:
+            raise ValueError(f"noise_color must be one of {NOISE_COLORS}, got {self.noise_color!r}")
+        if not self.noise_rms > 0:
+            raise ValueError(f"noise_rms must be positive, got {self.noise_rms}")
+
+
+def swap_permutation(labels: Sequence[str], seed: int = 0) -> tuple[np.ndarray, str]:
+    """Donor of each clip's sound for the ``swapped`` check: a seeded permutation without fixed points.
+
+    Clip ``i`` is given the sound of clip ``donors[i]``; every sound is used exactly once. When labels exist, a clip's
+    donor has a different label (clips with an empty label only need another clip). That is possible only when no
+    label holds more than half of the clips; otherwise only "another clip" is required, and the returned rule says
+    why. The permutation is drawn with ``numpy.random.default_rng(seed)`` and repaired by swaps, so it depends only
+    on the labels, their order and the seed.
+
+    Args:
+        labels: one label per clip ("" when unknown), in evaluation order.
+        seed: the seed of the draw.
+
+    Returns:
+        ``(donors, rule)``: int64 array (N,) and a description of the rule that holds.
+    """
+    n = len(labels)
+    if n < 2:
+        raise ValueError(f"the swapped-sound check needs at least 2 clips, got {n}")
+    counts = Counter(label for label in labels if label)
+    rule = "another clip (the set has no labels)"
+    groups = np.arange(n, dtype=np.int64)  # a group per clip: only "another clip" is required
+    if counts:
+        top_label, top_count = counts.most_common(1)[0]
+        if top_count <= n // 2:
+            codes = {label: -1 - k for k, label in enumerate(counts)}  # negative: never equal to a clip's own index
+            groups = np.array([codes[label] if label else i for i, label in enumerate(labels)], dtype=np.int64)
+            rule = "another clip of a different label"
+        else:
+            rule = (f"another clip (label {top_label!r} holds {top_count} of {n} clips, more than half: a different "
+                    "label for every clip is impossible)")
+    rng = np.random.default_rng(seed)
+    donors = rng.permutation(n)
+    for i in np.flatnonzero(groups[donors] == groups):
+        if groups[donors[i]] != groups[i]:
+            continue  # repaired by an earlier swap
+        # j gives its donor to i and takes i's: both end up with a donor of another group. Such a j exists when the
+        # group holds at most half of the clips (at least n - 2 * count + 1 candidates).
+        group = groups[i]
+        candidates = np.flatnonzero((groups != group) & (groups[donors] != group))
+        j = rng.choice(candidates)
+        donors[i], donors[j] = donors[j], donors[i]
+    return donors.astype(np.int64), rule
+
+
+def noise_waveform(key: str, num_samples: int, sample_rate: int, *, seed: int = 0, color: str = "pink",
+                   rms: float = DEFAULT_NOISE_RMS) -> np.ndarray:
+    """A seeded noise clip for the ``noise`` check -> float32 (num_samples,) with RMS ``rms`` (relative to [-1, 1]).
+
+    ``pink``: power spectral density proportional to 1 / f (white Gaussian noise shaped in the Fourier domain, no
+    DC); ``white``: flat. The draw depends on ``(seed, key, sample_rate)`` only (``key``: the clip's id), so a clip
+    hears the same noise whatever the batch size or order.
+    """
+    if color not in NOISE_COLORS:
+        raise ValueError(f"noise color must be one of {NOISE_COLORS}, got {color!r}")
+    if not rms > 0:
+        raise ValueError(f"noise rms must be positive, got {rms}")
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode("utf-8")), sample_rate])
+    noise = rng.standard_normal(num_samples)
+    if color == "pink":
+        spectrum = np.fft.rfft(noise)
+        frequencies = np.fft.rfftfreq(num_samples, 1.0 / sample_rate)
+        spectrum[0] = 0.0
+        spectrum[1:] /= np.sqrt(frequencies[1:])
+        noise = np.fft.irfft(spectrum, num_samples)
+    noise *= rms / max(float(np.sqrt(np.mean(noise * noise))), 1e-12)
+    return noise.astype(np.float32)
+
+
+def box_pixels(box: Sequence[float], size: int = EVAL_SIZE) -> tuple[int, int, int, int]:
+    """Normalised ``[x0, y0, x1, y1]`` -> integer ``(x0, y0, x1, y1)`` on the size x size grid (VGG-SS rule), at
+    least one pixel wide and high (``map[y0:y1, x0:x1]`` is never empty)."""
+    x0, y0, x1, y1 = (int(v) for v in (np.clip(np.asarray(box, dtype=np.float64), 0, 1) * size).astype(int))
+    x0, y0 = min(x0, size - 1), min(y0, size - 1)
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def object_means(maps: torch.Tensor, objects: Sequence[Sequence[Mapping[str, Any]]]) -> list[np.ndarray]:
+    """Mean map value inside each object's box.
+
+    Args:
+        maps: (N, h, w) raw maps (any resolution): upsampled to 224 x 224 (bicubic, ``align_corners=False``,
+            float64).
+        objects: N lists of objects (mappings with a ``box``); an empty list gives an empty array.
+
+    Returns:
+        N float64 arrays, one mean per object.
+    """
+    if len(maps) != len(objects):
+        raise ValueError(f"got {len(maps)} maps but {len(objects)} object lists")
+    means: list[np.ndarray] = []
+    for start in range(0, len(maps), _CHUNK):
+        chunk = torch.as_tensor(maps[start : start + _CHUNK]).double()[:, None]
+        chunk = torch.nn.functional.interpolate(chunk, size=(EVAL_SIZE, EVAL_SIZE), mode="bicubic",
+                                                align_corners=False)[:, 0]
+        # summed-area table with a zero row / column in front: the sum of any box is 4 look-ups
+        table = torch.nn.functional.pad(chunk.cumsum(1).cumsum(2), (1, 0, 1, 0)).numpy()
+        for offset, scene_objects in enumerate(objects[start : start + _CHUNK]):
+            values = np.zeros(len(scene_objects), dtype=np.float64)
+            for k, item in enumerate(scene_objects):
+                x0, y0, x1, y1 = box_pixels(item["box"])
+                t = table[offset]
+                values[k] = (t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0]) / ((x1 - x0) * (y1 - y0))
+            means.append(values)
+    return means
+
+
+def select_objects(maps: torch.Tensor, objects: Sequence[Sequence[Mapping[str, Any]] | None]) -> dict[str, np.ndarray]:
+    """The object-selection check for each scene (module docstring).
+
+    Args:
+        maps: (N, h, w) raw maps.
+        objects: N object lists (``box``, ``sounding``), or ``None`` where a scene's objects are unknown.
+
+    Returns:
+        ``{"selected", "score", "chance"}`` arrays (N,): the index of the best object (the first of tied ones; -1
+        where the scene takes no part), its score in [0, 1] (s / k on a k-way tie holding s sounding objects) and
+        the scene's chance level (sounding / objects); NaN where the scene takes no part.
+    """
+    n = len(objects)
+    selected = np.full(n, -1, dtype=np.int64)
+    score = np.full(n, np.nan)
+    chance = np.full(n, np.nan)
+    taking_part = [i for i, items in enumerate(objects) if items and 0 < sum(bool(o["sounding"]) for o in items)
+                   < len(items)]
+    if not taking_part:
+        return {"selected": selected, "score": score, "chance": chance}
+    maps = torch.as_tensor(maps)[taking_part]
+    scale = maps.flatten(1).abs().amax(dim=1).double().clamp_min(1.0e-300).numpy()
+    means = object_means(maps, [objects[i] for i in taking_part])
+    for i, values, largest in zip(taking_part, means, scale):
+        sounding = np.array([bool(o["sounding"]) for o in objects[i]])
+        tied = values >= values.max() - TIE_TOLERANCE * largest
+        selected[i] = int(np.argmax(tied))
+        score[i] = sounding[tied].mean()
+        chance[i] = sounding.mean()
+    return {"selected": selected, "score": score, "chance": chance}
+
+
+def summarize_selection(score: np.ndarray, chance: np.ndarray) -> dict[str, float | int] | None:
+    """``{"accuracy", "chance", "num_scenes"}`` (percentages) over the scenes that take part; ``None`` if none does."""
+    taking_part = ~np.isnan(np.asarray(score, dtype=np.float64))
+    if not taking_part.any():
+        return None
+    return {
+        "accuracy": 100.0 * float(np.mean(score[taking_part])),
+        "chance": 100.0 * float(np.mean(chance[taking_part])),
+        "num_scenes": int(taking_part.sum()),
+    }
+
+
+def listening_drops(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, dict]]:
+    """``{variant: {branch: {"ciou", "auc"}}}`` = true minus variant, for every negative-audio variant in
+    ``metrics`` (``{variant: {branch: {"ciou", "auc", ...}}}``): positive when the model loses without its sound."""
+    true = metrics["true"]
+    return {
+        variant: {branch: {name: true[branch][name] - values[name] for name in ("ciou", "auc")}
+                  for branch, values in metrics[variant].items()}
+        for variant in NEGATIVE_AUDIO if variant in metrics
+    }
+
+
+def format_listening_table(result: Mapping[str, Any], branch_names: Mapping[str, str] | None = None) -> str:
+    """A markdown table of the listening checks: CIoU / AUC per branch and object-selection accuracy under the
+    true, swapped, silent and noise sounds, the drops versus the true sound, and the chance level.
+
+    Args:
+        result: the ``listening`` entry of :func:`xpl_hf.evaluation.evaluate_model`'s result, or that result.
+        branch_names: display names of the branches (default ``a`` -> "A", ``b`` -> "B", ``fused`` -> "fused").
+    """
+    listening = result.get("listening", result)
+    if not listening:
+        return "listening checks: not run"
+    names = {"a": "A", "b": "B", "fused": "fused", **(branch_names or {})}
+    branches = list(listening["metrics"]["true"])
+    selection = listening.get("selection")
+    header = ["audio"] + [f"{names[b]} CIoU / AUC" for b in branches]
+    if selection:
+        header += [f"{names[b]} selection %" for b in branches]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for variant in AUDIO_VARIANTS:
+        cells = [variant] + [f"{m['ciou']:.2f} / {m['auc']:.2f}" for m in listening["metrics"][variant].values()]
+        if selection:
+            cells += [f"{selection['variants'][variant][b]['accuracy']:.1f}" for b in branches]
+        lines.append("| " + " | ".join(cells) + " |")
+    for variant, drops in listening["drops"].items():
+        cells = [f"true - {variant}"] + [f"{d['ciou']:+.2f} / {d['auc']:+.2f}" for d in drops.values()]
+        if selection:
+            true, other = selection["variants"]["true"], selection["variants"][variant]
+            cells += [f"{true[b]['accuracy'] - other[b]['accuracy']:+.1f}" for b in branches]
+        lines.append("| " + " | ".join(cells) + " |")
+    noise = listening["noise"]
+    notes = [f"{listening['num_scenes']} scenes; swapped: the sound of {listening['swap']['rule']} "
+             f"(seed {listening['swap']['seed']}); silence: all-zero waveform; noise: {noise['color']}, "
+             f"RMS {noise['rms']} of full scale (seed {noise['seed']})."]
+    if selection:
+        notes.append(f"Object selection over {selection['num_scenes']} scenes listing their objects: chance "
+                     f"{selection['chance']:.1f}% (a map that ignores the sound); ties count as a fraction.")
+    else:
+        notes.append("Object selection: no scene lists its objects (optional `objects` column).")
+    return "\n".join(lines + notes)
