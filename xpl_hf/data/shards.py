@@ -269,7 +269,10 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
 
 SCHEMA_TYPES = {"id": "string", "image": "Image", "audio": "Audio(decode=False)", "boxes": "list of [4 x float32]",
                 "gt_rule": "string", "label": "string", "true_boxes": "list of [4 x float32] or null",
-                "objects": "list of {box: [4 x float32], label: string, sounding: bool} or null"}
+                "objects": "list of {box: [4 x float32], label: string, sounding: bool} or null",
+                "frames": "list of Image or null"}
+FRAMES_DESCRIPTION = ("optional: K frames spread over the audio window of a video clip (`--frames_per_clip K`); "
+                      "training picks one per visit, evaluation uses `image`")
 
 
 def _split_features(root: str, splits: list[str]) -> dict[str, Features]:
