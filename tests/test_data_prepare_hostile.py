@@ -303,3 +303,136 @@ def test_write_failure_leaves_no_tmp_shard(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         _convert(src, out)
     assert _no_tmp_left(out)
+
+
+# ------------------------------------------------------------------------------- boxes of the wrong type (18.3)
+
+
+@pytest.mark.parametrize("boxes", [{}, "", 0, False, "0.1 0.2 0.3 0.4", [0.1, 0.2, 0.5, 0.6]])
+def test_boxes_of_another_type_are_refused_not_stored_as_labeled_rows_without_a_box(tmp_path, boxes):
+    src = _folder(tmp_path / "src", [_good("ok", split="labeled", boxes=[[0.1, 0.1, 0.5, 0.5]]),
+                                     _good("odd", split="labeled", boxes=boxes)])
+    out = tmp_path / "out"
+    report = _convert(src, out)
+    assert report.written == {"labeled": 1} and report.skipped == {"bad boxes": ["odd"]}
+    assert "boxes" in _problems(out)["odd"]["detail"]
+    assert [r["id"] for r in load_labeled(str(out), "labeled")] == ["ok"]
+
+
+# ------------------------------------------------------------------- converters crash instead of reporting (18.7)
+
+
+def test_annotations_nested_too_deep_are_an_error_naming_the_file(tmp_path):
+    src = _folder(tmp_path / "src", [])
+    (src / "annotations.json").write_text('[{"id": "a", "boxes": ' + "[" * 100_000 + "]" * 100_000 + "}]")
+    with pytest.raises(DataValidationError, match=r"annotations\.json.*nests too deep"):
+        _convert(src, tmp_path / "out")
+
+
+def test_vggss_bbox_that_is_a_number_is_reported_not_a_type_error(tmp_path):
+    (tmp_path / "vggss.json").write_text(json.dumps([{"file": "a_000001", "bbox": 5},
+                                                      {"file": "b_000002", "bbox": [[0.1, 0.1, 0.5, 0.5]]}]))
+    records, stats = prepare.vggss_annotations(str(tmp_path / "vggss.json"))
+    assert list(records) == ["b_000002"] and [b["entry"] for b in stats["bad_entries"]] == [0]
+
+
+def test_non_utf8_id_list_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "test.csv").write_bytes(b"caf\xe9,1\n")
+    with pytest.raises(DataValidationError, match=r"test\.csv.*UTF-8"):
+        prepare.convert("flickr", str(tmp_path), str(tmp_path / "out"), test_list=str(tmp_path / "test.csv"),
+                        progress=False)
+    with pytest.raises(SystemExit):
+        prepare.main(["flickr", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--test_list",
+                      str(tmp_path / "test.csv")])
+
+
+def test_output_that_is_a_file_is_an_error_naming_it(tmp_path):
+    src = _folder(tmp_path / "src", [_good("ok")])
+    (tmp_path / "out").write_text("I am a file")
+    with pytest.raises(DataValidationError, match=r"--output .*out.* is a file"):
+        _convert(src, tmp_path / "out")
+    assert (tmp_path / "out").read_text() == "I am a file"
+
+
+def test_a_corrupt_shard_is_named_and_a_rerun_rewrites_it(tmp_path):
+    from xpl_hf.data.shards import split_shard_paths, write_dataset_card
+
+    src = _folder(tmp_path / "src", [_good("a"), _good("b", split="test")])
+    out = tmp_path / "out"
+    _convert(src, out)
+    (shard,) = split_shard_paths(str(out), "train")
+    with open(shard, "r+b") as f:  # a disk error: the footer is gone
+        f.truncate(os.path.getsize(shard) // 2)
+    with pytest.raises(ValueError, match=os.path.basename(shard)):
+        write_dataset_card(str(out), "folder")
+    assert _convert(src, out).written == {"train": 1, "test": 1}
+    assert [r["id"] for r in load_labeled(str(out), "train", require_boxes=False)] == ["a"]
+
+
+def test_an_empty_annotation_list_or_nothing_written_is_an_error(tmp_path):
+    src = _folder(tmp_path / "src", [])
+    with pytest.raises(DataValidationError, match="empty"):
+        _convert(src, tmp_path / "out")
+    src = _folder(tmp_path / "src2", [{"id": "x", "image": "none.jpg", "audio": "a.wav"}])
+    with pytest.raises(DataValidationError, match="no row was written"):
+        _convert(src, tmp_path / "out2")
+    assert json.loads((tmp_path / "out2" / prepare.REPORT_NAME).read_text())["skipped"] == {"missing image": ["x"]}
+
+
+def test_a_huge_sparse_audio_file_is_refused_from_its_size_unread(tmp_path, monkeypatch):
+    src = _folder(tmp_path / "src", [_good("ok"), {"id": "huge", "image": "a.jpg", "audio": "huge.wav"}])
+    with open(src / "huge.wav", "wb") as f:
+        f.write(_wav()[:44])  # a valid WAV header, then a 4 GiB hole
+        f.truncate(4 * 2**30)
+    real_open, opened = open, []
+
+    def watching_open(path, *args, **kwargs):
+        opened.append(os.fspath(path) if isinstance(path, (str, os.PathLike)) else path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", watching_open)
+    report = _convert(src, tmp_path / "out")
+    assert report.skipped == {"audio file too large": ["huge"]}
+    assert str(src / "huge.wav") not in opened
+
+
+# ----------------------------------------------------------------------- own data without guessing (21.2, 21.6)
+
+
+def test_rows_without_split_get_the_documented_defaults_and_counts_add_up(tmp_path):
+    boxed = [{"id": f"b{i}", "image": "a.jpg", "audio": "a.wav", "boxes": [[0.1, 0.1, 0.5, 0.5]]} for i in range(10)]
+    plain = [{"id": f"u{i}", "image": "a.jpg", "audio": "a.wav"} for i in range(3)]
+    src = _folder(tmp_path / "src", boxed + plain)
+    report = _convert(src, tmp_path / "out")
+    assert report.written == {"labeled": 10, "unlabeled": 3} and report.boxed == {"labeled": 10, "unlabeled": 0}
+    # held-out splits carved from the boxed rows: reproducible, whatever the entries' order
+    carved = {}
+    for name, entries in (("a", boxed + plain), ("b", plain + boxed[::-1])):
+        (src / "annotations.json").write_text(json.dumps(entries))
+        report = _convert(src, tmp_path / name, validation_fraction=0.2, test_fraction=0.3, seed=7)
+        assert report.written == {"labeled": 5, "validation": 2, "test": 3, "unlabeled": 3}
+        carved[name] = {s: sorted(r["id"] for r in load_labeled(str(tmp_path / name), s, require_boxes=False))
+                        for s in ("validation", "test")}
+    assert carved["a"] == carved["b"]
+    other = _convert(src, tmp_path / "c", validation_fraction=0.2, test_fraction=0.3, seed=8)
+    assert other.written["validation"] == 2
+
+
+def test_summary_separates_boxed_rows_from_rows_without_box(tmp_path):
+    entries = [_good(f"b{i}", split="labeled", boxes=[[0.1, 0.1, 0.5, 0.5]]) for i in range(4)]
+    entries += [_good("empty", split="labeled", boxes=[]), _good("typo", split="labeled", bboxes=[[0, 0, 1, 1]])]
+    report = _convert(_folder(tmp_path / "src", entries), tmp_path / "out")
+    assert report.written == {"labeled": 6} and report.boxed == {"labeled": 4}
+    assert "labeled=6 (4 boxed, 2 without box)" in report.summary()
+    saved = json.loads((tmp_path / "out" / prepare.REPORT_NAME).read_text())
+    assert saved["written"] == {"labeled": 6} and saved["boxed"] == {"labeled": 4}
+
+
+def test_folder_help_documents_annotations_and_split_values(capsys):
+    with pytest.raises(SystemExit):
+        prepare.main(["folder", "-h"])
+    text = capsys.readouterr().out
+    for word in ("annotations.json", '"video"', "``time``", "``boxes``", "``split``", "labeled", "unlabeled",
+                 "validation", "test", "--validation_fraction"):
+        assert word in text, word

@@ -18,6 +18,15 @@ key          value
 ``gt_rule``  optional: ``"union"`` (default with boxes) or ``"flickr"`` (sum of annotators' boxes / 2)
 ============ =========================================================================================================
 
+For example::
+
+    [
+      {"id": "dog1", "image": "frames/dog1.jpg", "audio": "audio/dog1.wav", "boxes": [[0.1, 0.2, 0.5, 0.9]]},
+      {"id": "car7", "video": "clips/car7.mp4", "time": 4.5, "boxes": [[0.3, 0.4, 0.8, 0.7]], "label": "car"},
+      {"id": "street3", "video": "clips/street3.mp4"},
+      {"id": "dog9", "video": "clips/dog9.mp4", "boxes": [[0.0, 0.1, 0.4, 0.6]], "split": "test"}
+    ]
+
 Split values train_xpl.py reads by default: ``labeled`` (boxed training rows), ``unlabeled`` (rows without boxes),
 ``validation`` (selects the best model) and ``test`` (scored once). A sample **without** ``split`` goes to
 ``labeled`` when it has boxes and to ``unlabeled`` when it has none; ``--validation_fraction`` / ``--test_fraction``
