@@ -416,7 +416,7 @@ def test_cross_normalization_over_all_unlabeled_samples():
 
 
 def test_term_grad_shares_sum_to_one_and_leave_grads_untouched():
-    from xpl_hf.method import term_grad_shares
+    from xpl_hf.trainer import term_grad_shares
 
     w = torch.nn.Parameter(torch.ones(3))
     terms = {"sup": (w * 2).sum(), "avc": (w * 6).sum()}
@@ -424,3 +424,102 @@ def test_term_grad_shares_sum_to_one_and_leave_grads_untouched():
     torch.testing.assert_close(logs["gradshare_sup"] + logs["gradshare_avc"], torch.tensor(1.0))
     torch.testing.assert_close(logs["gradshare_avc"], torch.tensor(0.75))
     assert w.grad is None
+
+
+# ---------------------------------------------------------------- the method's core, through the trainer's losses
+def _unlabeled_outputs(maps_a: torch.Tensor, maps_b: torch.Tensor):
+    """Model outputs on an all-unlabelled batch whose maps are leaf tensors (their .grad is the loss's gradient)."""
+    from types import SimpleNamespace
+
+    b, h, w = maps_a.shape
+    visual, audio = F.normalize(torch.randn(b, 4, h, w), dim=1), F.normalize(torch.randn(b, 4), dim=1)
+    out = SimpleNamespace(maps_a=maps_a.clone().requires_grad_(True), maps_b=maps_b.clone().requires_grad_(True),
+                          visual_features_a=visual, visual_features_b=visual, audio_embeds_a=audio,
+                          audio_embeds_b=audio)
+    batch = {"is_labeled": torch.zeros(b, dtype=torch.bool), "ids": [f"u{i}" for i in range(b)],
+             "gt_maps": torch.zeros(b, 224, 224)}
+    return out, batch
+
+
+def _bce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean pixel-wise BCE written out from its definition (independent of xpl_hf.losses)."""
+    p = p.double().clamp(1e-6, 1 - 1e-6)
+    return -(y.double() * p.log() + (1 - y.double()) * (1 - p).log()).mean()
+
+
+def _soft_label(p: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Eq. 4 from its definition: min-max normalise each map, then sigmoid((P̂ - 0.5) / T)."""
+    flat = p.flatten(1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return torch.sigmoid(((flat - low) / (high - low) - 0.5) / temperature).view_as(p)
+
+
+@pytest.mark.parametrize("cross_refine", [True, False])
+def test_cross_loss_learns_from_the_other_branch(cross_refine):
+    """L_cross^A = BCE(P_A, Y_B) and L_cross^B = BCE(P_B, Y_A) (eq. 6); each branch's own label only under the
+    no_cross_refine ablation. Y is computed here from the maps, independently of the package."""
+    from xpl_hf.method import XPLMethod
+    from xpl_hf.trainer import compute_losses
+
+    g = torch.Generator().manual_seed(3)
+    maps_a, maps_b = torch.rand(4, 3, 3, generator=g) * 0.8 + 0.1, torch.rand(4, 3, 3, generator=g) * 0.8 + 0.1
+    method = XPLMethod.from_name("xpl", no_cross_refine=not cross_refine, no_data_selection=True)
+    out, batch = _unlabeled_outputs(maps_a, maps_b)
+    _, logs = compute_losses(out, batch, method, bank=method.make_bank(3), selector=method.make_selector(),
+                             pl_step=0)
+    y_a, y_b = _soft_label(maps_a), _soft_label(maps_b)  # first visit: the PL-EMA label is Ŷ itself
+    expected = {"a": _bce(maps_a, y_b), "b": _bce(maps_b, y_a)} if cross_refine else \
+        {"a": _bce(maps_a, y_a), "b": _bce(maps_b, y_b)}
+    other = {"a": _bce(maps_a, y_a), "b": _bce(maps_b, y_b)} if cross_refine else \
+        {"a": _bce(maps_a, y_b), "b": _bce(maps_b, y_a)}
+    for m in "ab":
+        assert abs(float(expected[m]) - float(other[m])) > 0.05  # the two readings differ: the test can tell them apart
+        assert float(logs[f"loss_cross_{m}"]) == pytest.approx(float(expected[m]), rel=1e-4), m
+    assert method.teachers == ({"a": "b", "b": "a"} if cross_refine else {"a": "a", "b": "b"})
+
+
+def test_rejected_samples_contribute_nothing():
+    """Samples below ρ_min (eq. 2) or below the admission quantile q(t) (eq. 3) get zero gradient from L_cross;
+    admitted ones do not."""
+    from xpl_hf.method import XPLMethod
+    from xpl_hf.trainer import compute_losses
+
+    g = torch.Generator().manual_seed(4)
+    base = torch.rand(6, 3, 3, generator=g) * 0.8 + 0.1
+    noise = torch.rand(6, 3, 3, generator=g) * 0.8 + 0.1
+    # consensus per row: rows 0-1 anti-correlated (< ρ_min = 0), rows 2-5 increasingly correlated
+    mix = torch.tensor([-1.0, -0.8, 0.2, 0.5, 0.8, 1.0]).view(-1, 1, 1)
+    maps_b = torch.where(mix < 0, 1.0 - base, mix * base + (1 - mix) * noise)
+    method = XPLMethod(curriculum_r0=0.5, curriculum_rampup_steps=100, avc_weight=0.0)
+    out, batch = _unlabeled_outputs(base, maps_b)
+    loss, logs = compute_losses(out, batch, method, bank=method.make_bank(3), selector=method.make_selector(),
+                                pl_step=0)
+    consensus = pearson_consensus(base, maps_b)
+    assert (consensus[:2] < 0).all() and (consensus[2:] > 0).all()
+    loss.backward()
+    grad_rows = out.maps_a.grad.abs().flatten(1).sum(1) + out.maps_b.grad.abs().flatten(1).sum(1)
+    # window = the 6 scores; the 4 passing ρ_min are rows 2-5; r(0) = 0.5 admits the top half of them: rows 4, 5
+    admitted = consensus >= torch.quantile(consensus[2:], 0.5)
+    assert admitted.tolist() == [False, False, False, False, True, True]
+    assert (grad_rows[~admitted] == 0).all(), grad_rows  # rejected: nothing, exactly
+    assert (grad_rows[admitted] > 0).all()
+    assert float(logs["admitted_fraction"]) == pytest.approx(2 / 6)
+
+
+def test_curriculum_admits_in_consensus_order():
+    """At every r(t) the admitted samples are exactly the highest-consensus ones, and the set only grows with t."""
+    g = torch.Generator().manual_seed(5)
+    scores = torch.rand(40, generator=g) * 2 - 1
+    previous = None
+    for step in (0, 25, 50, 75, 100):
+        sel = CurriculumSelector(window=64, r0=0.2, rampup_steps=100, rho_min=0.0)
+        admitted = sel.select(scores, step)
+        if admitted.any():
+            assert scores[admitted].min() >= scores[~admitted].max()  # nothing admitted ranks below a rejected one
+        passing = int((scores >= 0).sum())
+        expected = math.floor(admitted_fraction(step, 0.2, 100) * (passing - 1)) + 1  # the top r(t) of the passing
+        assert int(admitted.sum()) == expected, (step, int(admitted.sum()), expected)
+        if previous is not None:
+            assert bool((admitted | ~previous).all())  # a superset of the last step's admitted set
+        previous = admitted
+    assert int(previous.sum()) == int((scores >= 0).sum())  # r = 1: every sample passing ρ_min

@@ -1,5 +1,7 @@
-"""The recipe train_xpl.py end to end: every method and ablation, exact resume after SIGKILL, 2-process DDP, bad runs
-fail early, a label-carrying unlabelled split is never trained on, the card reports the run's method settings."""
+"""The training step (xpl_hf.trainer) and the recipe train_xpl.py end to end: every method and ablation, one
+model-selection rule for every row, exact resume after SIGKILL, 2-process DDP, bad runs fail early (a missing split is
+one line), overlapping splits warn, small runs stay small, a label-carrying unlabelled split is never trained on, the
+card reports the run's method settings."""
 
 import json
 import os
@@ -17,9 +19,9 @@ import train_xpl
 from xpl_hf import XPLConfig, XPLModel, XPLProcessor
 from xpl_hf.checkpointing import COMPLETE_MARKER, list_checkpoints
 from xpl_hf.data import load_labeled, load_unlabeled_stream
-from xpl_hf.data.streams import concat_batches
+from xpl_hf.checkpointing import TrainerState
 from xpl_hf.data.transforms import XPLCollator
-from xpl_hf.method import compute_losses
+from xpl_hf.trainer import BestModelTracker, TrainingStep, warn_on_split_overlap
 from xpl_hf.training_args import XPLTrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,34 +52,34 @@ def run_main(argv):
 
 
 @pytest.fixture(scope="module")
-def mixed_batch(tiny_benchmark):
-    """4 labeled + 4 unlabeled samples, collated like a stage-2 training batch."""
+def stage2_parts(tiny_benchmark):
+    """4 labeled and 4 unlabeled samples, collated as the recipe's loaders do (the step assembles them)."""
     processor = XPLProcessor(image_size=64, clip_seconds=1.0)
     collate = XPLCollator(processor, train=True)
     labeled = load_labeled(tiny_benchmark, "labeled")
     unlabeled = list(load_unlabeled_stream(tiny_benchmark, "unlabeled", shuffle_buffer=0).take(4))
-    return concat_batches(collate([labeled[i] for i in range(4)]), collate(unlabeled))
+    return collate([labeled[i] for i in range(4)]), collate(unlabeled)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_every_method_and_ablation_trains(variant, mixed_batch):
-    """Two optimiser steps of each method on a stage-2 batch: finite loss, the right terms, parameters move."""
+def test_every_method_and_ablation_trains(variant, stage2_parts):
+    """Two TrainingStep calls of each method on a stage-2 batch: finite loss, the right terms, parameters move."""
     args = XPLTrainingArguments(image_size=64, embed_dim=32, vggish_fc_dim=64, clip_seconds=1.0,
                                 curriculum_rampup_steps=10, **VARIANTS[variant])
     spec = args.to_method()
     torch.manual_seed(0)
     model = XPLModel(XPLConfig(**args.model_config_kwargs()))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    bank, selector = spec.make_bank(2), spec.make_selector()
+    step = TrainingStep(model, torch.optim.AdamW(model.parameters(), lr=1e-3), spec, bank=spec.make_bank(2),
+                        selector=spec.make_selector(), grad_share_steps=1)
+    assert step.in_stage2(0) == spec.uses_unlabeled
+    batch = step.assemble(*stage2_parts)  # the stage-2 batch, whatever the method (sup_only ignores nothing here)
     before = model.branch_a.visual_proj.weight.detach().clone()
-    for step in range(2):
-        out = model(**mixed_batch)  # the collator emits the model's argument names
-        loss, logs = compute_losses(out, mixed_batch, spec, bank=bank, selector=selector, pl_step=step)
-        assert torch.isfinite(loss)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    for i in range(2):
+        output = step(batch, i, log_diagnostics=True, check_finite=True)
+        assert torch.isfinite(output.loss) and output.optimizer_stepped
+    logs, bank = output.logs, step.bank
     assert not torch.equal(before, model.branch_a.visual_proj.weight)
+    assert "gradshare_avc" in logs and set(step.running.pop()) >= {"loss", "loss_avc_a"}
     assert ("loss_sup_a" in logs) == (spec.supervised)
     assert ("loss_cross_a" in logs) == (spec.pseudo_labels is not None)
     assert "loss_avc_b" in logs
@@ -208,6 +210,8 @@ def test_resume_with_other_settings_is_refused_and_no_secret_is_logged(tiny_benc
     with pytest.raises(ValueError, match="--learning_rate: checkpoint 0.001, now 0.01"):
         run_main([*common, "--learning_rate", "0.01", "--resume_from_checkpoint", "latest"])
     run_main([*common, "--eval_steps", "5", "--resume_from_checkpoint", "latest"])  # run control may change
+    slash = [tiny_benchmark + "/" if a == tiny_benchmark else a for a in common]
+    run_main([*slash, "--resume_from_checkpoint", "latest"])  # the same folder written with a trailing "/"
 
 
 def test_an_unlabeled_split_with_boxes_is_never_trained_on(tiny_benchmark, tmp_path, caplog):
@@ -230,7 +234,7 @@ def test_an_unlabeled_split_with_boxes_is_never_trained_on(tiny_benchmark, tmp_p
         with caplog.at_level("WARNING"):
             run_main(["--dataset", str(leaky), "--output_dir", str(tmp_path / "run"), *TINY, "--max_train_steps", "2",
                       "--warmup_stage_steps", "1", "--eval_steps", "1", "--checkpointing_steps", "2",
-                      "--grad_share_steps", "1"])
+                      "--grad_share_steps", "1", "--model_selection", "best_stage2"])
     finally:
         monkeypatch.undo()
     assert seen and all(row["gt_rule"] == "none" and row["boxes"] == [] for row in seen)
@@ -240,7 +244,7 @@ def test_an_unlabeled_split_with_boxes_is_never_trained_on(tiny_benchmark, tmp_p
     assert stage2 and 0 < stage2[-1]["train/gradshare_cross"] < 1
     assert "train/pl_ciou_a" in stage2[-1]  # the dropped boxes still measure pseudo-label quality
     results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
-    assert results["best_step"] == 2  # validated at steps 1 and 2: the saved model is a stage-2 model
+    assert results["best_step"] == 2  # validated at steps 1 and 2, --model_selection best_stage2: a stage-2 model
     assert results["method_settings"]["name"] == "xpl" and results["dataset"] == "leaky"
 
 
@@ -302,3 +306,67 @@ def test_full_supervision_ceiling_and_frozen_trunks(tiny_benchmark, tmp_path):
     frozen = dict(initial.branch_a.image_encoder.state_dict())
     assert all(torch.equal(v, trained.branch_a.image_encoder.state_dict()[k]) for k, v in frozen.items())
     assert not torch.equal(initial.branch_a.visual_proj.weight, trained.branch_a.visual_proj.weight)
+
+
+def test_one_model_selection_rule_for_every_method():
+    """The kept model: the best validation fused CIoU over ALL evaluations (ties -> the later step), the same rule
+    object for every method row; other rules are explicit options applied to every row alike."""
+    import inspect
+
+    assert "method" not in inspect.signature(BestModelTracker).parameters  # no per-method branch is possible
+    evaluations = [(50, 30.0), (100, 20.0), (150, 30.0), (200, 25.0)]  # stage 2 starts after step 100
+    for rule, kept_step, kept in (("best", 150, [True, False, True, False]),
+                                  ("best_stage2", 150, [False, False, True, False]),
+                                  ("last", 200, [True, True, True, True])):
+        tracker, state = BestModelTracker(rule, stage2_start=100), TrainerState()
+        assert [tracker.consider(state, s, {"fused/ciou": c}) for s, c in evaluations] == kept, rule
+        assert state.best_step == kept_step, rule
+    with pytest.raises(ValueError, match="model_selection"):
+        XPLTrainingArguments(model_selection="best_of_both")
+    with pytest.raises(ValueError, match="no evaluation is after stage 1"):
+        XPLTrainingArguments(model_selection="best_stage2", warmup_stage_steps=300, max_train_steps=300)
+
+
+def test_a_missing_split_is_one_clear_line(tiny_benchmark, tmp_path):
+    result = subprocess.run(_train_cmd(tiny_benchmark, tmp_path / "run", "--labeled_split", "train"), env=_env(),
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "split 'train' not found" in lines[0] and "available splits" in lines[0], lines
+    assert not (tmp_path / "run" / ".run.lock").exists()  # the folder's lock is released
+
+
+def test_overlapping_splits_warn_loudly(caplog):
+    import logging
+
+    log = logging.getLogger("test-overlap")
+    train, other = {"id": ["a", "b", "c"]}, {"id": ["x", "y"]}
+    with caplog.at_level("WARNING"):  # the same split for everything (issue: train/train/train)
+        found = warn_on_split_overlap({"labeled": ("train", train), "validation": ("train", train),
+                                       "test": ("train", train)}, "unlabeled", log)
+    assert len(found) == 3 and caplog.text.count("SPLITS OVERLAP") == 3
+    found = warn_on_split_overlap({"labeled": ("labeled", train), "validation": ("validation", other),
+                                   "test": ("labeled", train)}, None, log)  # --test_split labeled
+    assert found == ["the labeled and test splits are the same split ('labeled')"]
+    found = warn_on_split_overlap({"labeled": ("labeled", train), "validation": ("validation", {"id": ["c", "z"]}),
+                                   "test": ("test", other)}, "unlabeled", log)  # shared ids under other names
+    assert len(found) == 1 and "share 1 sample id(s), e.g. 'c'" in found[0]
+    assert warn_on_split_overlap({"labeled": ("labeled", train), "validation": ("validation", other),
+                                  "test": ("test", {"id": ["q"]})}, "unlabeled", log) == []
+
+
+def test_small_runs_stay_small(tiny_benchmark, tmp_path):
+    """--save_final_checkpoint false: no checkpoint at the last step; --save_optimizer_state false: checkpoints
+    without AdamW's moments (still valid for 'latest'). The Trainer's names --max_steps and
+    --per_device_train_batch_size are accepted."""
+    from xpl_hf.checkpointing import resolve_checkpoint
+
+    run_main(["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--max_steps", "3",
+              "--per_device_train_batch_size", "4", "--warmup_stage_steps", "1", "--eval_steps", "3",
+              "--checkpointing_steps", "2", "--save_final_checkpoint", "false", "--save_optimizer_state", "false"])
+    assert [p.name for p in list_checkpoints(str(tmp_path))] == ["checkpoint-2"]
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-2"
+    assert not (checkpoint / "optimizer.pt").exists() and (checkpoint / "scheduler.pt").is_file()
+    assert resolve_checkpoint(tmp_path, "latest") == checkpoint
+    assert json.loads((tmp_path / "eval_results.json").read_text())["best_step"] == 3
+    assert not (tmp_path / ".run.lock").exists()

@@ -12,20 +12,29 @@ A checkpoint ``OUTPUT_DIR/checkpoints/checkpoint-<step>/`` holds
 
 Nothing is unpickled with ``weights_only=False``, so a checkpoint folder whose files were replaced by hostile
 pickles executes nothing: the load fails with a message. A checkpoint is written into a temporary folder and
-renamed when complete, so a run killed at any moment leaves either no new checkpoint or a complete one.
-``resume_from_checkpoint="latest"`` takes the newest checkpoint that passes :func:`validate_checkpoint` and says
-which ones it skipped and why.
+renamed when complete, so a run killed at any moment leaves either no new checkpoint or a complete one; a full disk
+while writing is one clear error and leaves the previous checkpoints as they were.
+``resume_from_checkpoint="latest"`` takes the newest checkpoint that passes :func:`validate_checkpoint` (every file
+present and parseable, every weight the model expects) and says which ones it skipped and why.
+
+Around the checkpoints: :class:`RunLock` keeps two runs from writing into one output folder, :func:`data_fingerprint`
+refuses a resume on data whose files changed, and :func:`recover_saved_model` finishes a best-model swap that a kill
+interrupted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
 import logging
 import os
 import random
 import re
 import shutil
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,12 +49,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TrainerState", "CheckpointError", "check_fingerprint", "list_checkpoints", "resolve_checkpoint",
            "validate_checkpoint", "save_checkpoint", "load_checkpoint", "atomic_save_pretrained",
-           "COMPLETE_MARKER"]
+           "recover_saved_model", "data_fingerprint", "RunLock", "COMPLETE_MARKER"]
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
-REQUIRED_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "xpl_state.safetensors", "xpl_state.json",
-                  COMPLETE_MARKER)
+REQUIRED_FILES = ("model.safetensors", "scheduler.pt", "xpl_state.safetensors", "xpl_state.json", COMPLETE_MARKER)
+XPL_TENSORS = ("bank_keys", "bank_labels", "bank_seen", "window_scores")
+LOCK_FILE = ".run.lock"
 
 
 class CheckpointError(ValueError):
@@ -63,6 +73,7 @@ class TrainerState:
     unlabeled: list | dict = field(default_factory=lambda: {"epoch": 0, "consumed": 0})
     log_history: list = field(default_factory=list)
     fingerprint: dict = field(default_factory=dict)
+    optimizer_saved: bool = True
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -76,7 +87,11 @@ class TrainerState:
 def check_fingerprint(saved: dict, current: dict, path: str | os.PathLike) -> None:
     """Refuse to resume when the checkpoint's run used other settings than this one (method, optimisation, data,
     architecture); the message lists every difference."""
-    diffs = [f"--{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in current.items() if saved.get(k) != v]
+    diffs = [f"--{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in current.items()
+             if saved.get(k) != v and k != "data_files"]
+    if "data_files" in current and saved.get("data_files") != current["data_files"]:
+        diffs.append("the --dataset files changed since the checkpoint (names, sizes or content of its parquet "
+                     "shards)")
     if diffs:
         raise CheckpointError(f"checkpoint {path} was made with other settings ({'; '.join(diffs)}). Resuming "
                               "applies none of them: rerun with the checkpoint's values, or start a new --output_dir.")
@@ -97,9 +112,12 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def validate_checkpoint(path: str | os.PathLike) -> dict:
+def validate_checkpoint(path: str | os.PathLike, expected_weights: dict[str, tuple[int, ...]] | None = None) -> dict:
     """Check that every file of a checkpoint is present and readable; return its trainer state.
 
+    Args:
+        expected_weights: {name: shape} of the model's state dict; when given, a missing, extra or reshaped weight
+            makes the checkpoint invalid (instead of a KeyError or RuntimeError at load).
     Raises:
         CheckpointError: naming the folder and the first problem found.
     """
@@ -112,40 +130,69 @@ def validate_checkpoint(path: str | os.PathLike) -> dict:
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: {', '.join(missing)} missing.")
     try:
-        state = json.loads((path / COMPLETE_MARKER).read_text())
-        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-            raise ValueError("no integer 'step'")
-        json.loads((path / "xpl_state.json").read_text())
+        state = _read_json(path / COMPLETE_MARKER)
+        if not isinstance(state.get("step"), int):
+            raise ValueError(f"{COMPLETE_MARKER} has no integer 'step'")
+        meta = _read_json(path / "xpl_state.json")
+        if not {"models", "map_size"} <= set(meta.get("bank", {})) or not {"count", "pos"} <= set(meta.get("window",
+                                                                                                           {})):
+            raise ValueError("xpl_state.json lacks the bank's layout or the window's position")
+        for rng in path.glob("rng_state_*.json"):
+            if not {"python", "numpy", "torch"} <= set(_read_json(rng)):
+                raise ValueError(f"{rng.name} lacks the python, numpy or torch state")
     except (OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path}: a JSON state file is corrupt ({err}).") from None
+    torch_files = ["scheduler.pt"] + (["optimizer.pt"] if state.get("optimizer_saved", True) else [])
+    if not (path / torch_files[-1]).is_file():  # absent by design with --save_optimizer_state false
+        raise CheckpointError(f"checkpoint {path} is incomplete: optimizer.pt missing.")
+    shapes = {}
     for name in ("model.safetensors", "xpl_state.safetensors"):
         try:
-            with safe_open(str(path / name), framework="pt") as f:
-                for key in f.keys():
-                    f.get_slice(key)  # reads the header entry; a truncated file fails here or at load
             if (path / name).stat().st_size < 8:
                 raise ValueError("file too short")
+            with safe_open(str(path / name), framework="pt") as f:
+                shapes[name] = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise CheckpointError(f"checkpoint {path}: {name} is corrupt ({type(err).__name__}: {err}).") from None
-    for name in ("optimizer.pt", "scheduler.pt"):
+    lacking = [key for key in XPL_TENSORS if key not in shapes["xpl_state.safetensors"]]
+    if lacking:
+        raise CheckpointError(f"checkpoint {path}: xpl_state.safetensors lacks {', '.join(lacking)}.")
+    if expected_weights is not None:
+        saved = shapes["model.safetensors"]
+        problems = [f"{k} missing" for k in expected_weights if k not in saved]
+        problems += [f"{k} unexpected" for k in saved if k not in expected_weights]
+        problems += [f"{k} has shape {saved[k]}, the model {tuple(v)}" for k, v in expected_weights.items()
+                     if k in saved and saved[k] != tuple(v)]
+        if problems:
+            raise CheckpointError(f"checkpoint {path}: model.safetensors does not fit the model ("
+                                  f"{'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}).")
+    for name in torch_files:
         _safe_torch_load(path / name)
     return state
 
 
-def resolve_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: str | None) -> Path | None:
+def _read_json(path: Path) -> dict:
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"{path.name} holds no state")
+    return value
+
+
+def resolve_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: str | None,
+                       expected_weights: dict[str, tuple[int, ...]] | None = None) -> Path | None:
     """'latest' -> the newest valid checkpoint (None on a fresh run); a path -> that path, validated.
 
-    With 'latest', invalid checkpoints (truncated weights, corrupt JSON, missing files, hostile pickles) are skipped
-    with a warning naming each one and the problem.
+    With 'latest', invalid checkpoints (truncated or incomplete weights, corrupt or empty JSON, missing files,
+    hostile pickles) are skipped with a warning naming each one and the problem.
     """
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint != "latest":
-        validate_checkpoint(resume_from_checkpoint)
+        validate_checkpoint(resume_from_checkpoint, expected_weights)
         return Path(resume_from_checkpoint)
     for candidate in reversed(list_checkpoints(output_dir)):
         try:
-            validate_checkpoint(candidate)
+            validate_checkpoint(candidate, expected_weights)
             return candidate
         except CheckpointError as err:
             logger.warning(f"skipping {candidate.name}: {err} Falling back to an older checkpoint.")
@@ -187,37 +234,60 @@ def _write_json(path: Path, value) -> None:
         os.fsync(f.fileno())
 
 
+def _raise_if_disk_full(err: BaseException, what: str, folder: Path) -> None:
+    """A full disk (ENOSPC / EDQUOT, also when a writer such as safetensors reports it as its own error type) as one
+    clear error; the caller has removed its partial folder, and re-raises any other error as it was."""
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err):
+        raise CheckpointError(f"no space left on the device while writing {what} in {folder.parent}; the previous "
+                              "checkpoints are intact. Free some space (or lower --checkpoints_total_limit, or pass "
+                              "--save_optimizer_state false) and resume with --resume_from_checkpoint latest.") from err
+
+
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, *, model, optimizer, scheduler, bank, selector,
-                    state: TrainerState, total_limit: int | None) -> Path:
+                    state: TrainerState, total_limit: int | None, save_optimizer: bool = True) -> Path:
     """Write checkpoint-<step> into a temporary folder, then rename it atomically (module docstring).
 
-    Older checkpoints beyond ``total_limit`` are removed after the new one is complete.
+    Older checkpoints beyond ``total_limit`` are removed after the new one is complete. ``save_optimizer=False``
+    leaves out the optimiser and scheduler states (a resume then restarts AdamW's moments).
+
+    Raises:
+        CheckpointError: the disk is full; the temporary folder is removed and the previous checkpoints are
+            untouched (so with any other failed write, re-raised as it was).
     """
     root = checkpoint_root(output_dir)
     final = root / f"checkpoint-{state.step}"
     tmp = root / f".tmp-checkpoint-{state.step}"
+    state.optimizer_saved = save_optimizer
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     accelerator.wait_for_everyone()
+    try:
+        if accelerator.is_main_process:
+            weights = {k: v.detach().contiguous().cpu()
+                       for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            save_file(weights, str(tmp / "model.safetensors"))
+            if save_optimizer:
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            if getattr(accelerator, "scaler", None) is not None:
+                torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
+            bank_state, selector_state = bank.state_dict(), selector.state_dict()
+            save_file({"bank_keys": bank_state["keys"], "bank_labels": bank_state["labels"],
+                       "bank_seen": bank_state["seen"], "window_scores": selector_state["scores"]},
+                      str(tmp / "xpl_state.safetensors"))
+            _write_json(tmp / "xpl_state.json", {"bank": {k: bank_state[k] for k in ("models", "map_size")},
+                                                 "window": {k: selector_state[k] for k in ("count", "pos")}})
+        _write_json(tmp / f"rng_state_{accelerator.process_index}.json", _rng_state())
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _write_json(tmp / COMPLETE_MARKER, state.state_dict())
+    except Exception as err:  # noqa: BLE001 - OSError or safetensors' own error type
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(err, final.name, final)
+        raise
     if accelerator.is_main_process:
-        weights = {k: v.detach().contiguous().cpu() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        if getattr(accelerator, "scaler", None) is not None:
-            torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
-        bank_state, selector_state = bank.state_dict(), selector.state_dict()
-        save_file({"bank_keys": bank_state["keys"], "bank_labels": bank_state["labels"],
-                   "bank_seen": bank_state["seen"], "window_scores": selector_state["scores"]},
-                  str(tmp / "xpl_state.safetensors"))
-        _write_json(tmp / "xpl_state.json", {"bank": {k: bank_state[k] for k in ("models", "map_size", "alpha")},
-                                             "window": {k: selector_state[k] for k in ("count", "pos")}})
-    _write_json(tmp / f"rng_state_{accelerator.process_index}.json", _rng_state())
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _write_json(tmp / COMPLETE_MARKER, state.state_dict())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -233,8 +303,12 @@ def load_checkpoint(accelerator, path: str | os.PathLike, *, model, optimizer, s
     """Restore everything :func:`save_checkpoint` wrote (call :func:`validate_checkpoint` first)."""
     path = Path(path)
     accelerator.unwrap_model(model).load_state_dict(load_file(str(path / "model.safetensors")))
-    optimizer.load_state_dict(_safe_torch_load(path / "optimizer.pt"))
     scheduler.load_state_dict(_safe_torch_load(path / "scheduler.pt"))
+    if (path / "optimizer.pt").is_file():
+        optimizer.load_state_dict(_safe_torch_load(path / "optimizer.pt"))
+    else:
+        logger.warning(f"{path} holds no optimiser state (--save_optimizer_state false): AdamW's moments restart and "
+                       "the resumed run is not bit-exact.")
     if getattr(accelerator, "scaler", None) is not None and (path / "scaler.pt").is_file():
         accelerator.scaler.load_state_dict(_safe_torch_load(path / "scaler.pt"))
     tensors = load_file(str(path / "xpl_state.safetensors"))
@@ -252,13 +326,122 @@ def load_checkpoint(accelerator, path: str | os.PathLike, *, model, optimizer, s
 
 def atomic_save_pretrained(model, processor, folder: str | os.PathLike) -> None:
     """`save_pretrained` of model + processor (+ the pipeline's code) into a temporary sibling, then swap it in place
-    of `folder`."""
+    of `folder` (the old one is parked in ``.old-<name>`` for the instant of the swap: :func:`recover_saved_model`
+    puts it back if a kill falls there).
+
+    Raises:
+        CheckpointError: the disk is full (the temporary folder is removed, `folder` is untouched).
+    """
     folder = Path(folder)
     tmp = folder.with_name(f".tmp-{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained_with_pipeline(model, processor, tmp, safe_serialization=True)  # carries the pipeline code
+    try:
+        save_pretrained_with_pipeline(model, processor, tmp, safe_serialization=True)  # carries the pipeline code
+    except Exception as err:  # noqa: BLE001 - OSError or safetensors' own error type
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_disk_full(err, f"the model {folder.name}/", folder)
+        raise
     old = folder.with_name(f".old-{folder.name}")
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_saved_model(folder: str | os.PathLike) -> None:
+    """Finish an :func:`atomic_save_pretrained` that a kill interrupted: a model parked in ``.old-<name>`` with no
+    ``<name>`` goes back; leftovers (``.tmp-<name>``, a parked copy next to a complete one) are removed."""
+    folder = Path(folder)
+    old, tmp = folder.with_name(f".old-{folder.name}"), folder.with_name(f".tmp-{folder.name}")
+    if old.is_dir() and not folder.exists():
+        os.replace(old, folder)
+        logger.warning(f"recovered the saved model {folder} from {old.name} (a run was killed while replacing it)")
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- data and locks
+def data_fingerprint(dataset: str) -> dict:
+    """What identifies a dataset's content, cheaply: for a local folder, every parquet file's relative name, size
+    and a hash of its first and last 64 KiB (a parquet footer holds the schema, row counts and column statistics),
+    folded into one digest; for a Hub id, the id. Copies (new mtimes) keep the fingerprint; edited shards change it."""
+    root = Path(dataset)
+    if not root.is_dir():
+        return {"data_files": f"hub:{dataset}"}
+    digest = hashlib.blake2b(digest_size=16)
+    for file in sorted(root.rglob("*.parquet")):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(root).as_posix()}|{size}|".encode())
+        with open(file, "rb") as f:
+            digest.update(f.read(65536))
+            f.seek(max(size - 65536, 0))
+            digest.update(f.read(65536))
+    return {"data_files": digest.hexdigest()}
+
+
+class RunLock:
+    """One run per output folder: ``OUTPUT_DIR/.run.lock`` holds the owner's host and pid while it trains.
+
+    A second run on the same folder is refused with a message naming the owner; a lock left by a process that no
+    longer exists (a killed run, on this host) is taken over with a warning. Use as a context manager; only the
+    main process should hold it (``enabled``).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, enabled: bool = True):
+        self.path, self.enabled, self.held = Path(output_dir) / LOCK_FILE, enabled, False
+
+    def __enter__(self) -> RunLock:
+        if not self.enabled:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and self._alive(holder) or holder is None and self._young():
+                    holder = holder or {"pid": "?", "host": "?"}
+                    raise CheckpointError(
+                        f"{self.path.parent} is in use by another run (pid {holder['pid']} on {holder['host']}): two "
+                        f"runs would interleave their checkpoints. Choose another --output_dir, or stop that run. "
+                        f"(If it is gone, delete {self.path}.)") from None
+                logger.warning(f"taking over the stale lock {self.path} (its run, pid "
+                               f"{(holder or {}).get('pid')}, no longer exists)")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(owner, f)
+            self.held = True
+            return self
+        raise CheckpointError(f"could not take the lock {self.path}: another run is starting on the same folder.")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _young(self) -> bool:  # a lock still being written by a run that is starting right now
+        try:
+            return time.time() - self.path.stat().st_mtime < 10
+        except OSError:
+            return False
+
+    def _holder(self) -> dict | None:
+        try:
+            holder = json.loads(self.path.read_text())
+            return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+        except (OSError, ValueError):
+            return None  # unreadable or half-written: treated as stale
+
+    @staticmethod
+    def _alive(holder: dict) -> bool:
+        if holder.get("host") != socket.gethostname():
+            return True  # another machine's run: cannot check, assume it runs
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True

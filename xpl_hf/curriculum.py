@@ -59,8 +59,8 @@ class CurriculumSelector:
     tensor on that device (``last_threshold``): a step costs no device synchronisation. The write position and
     fill count are host integers (batch sizes are known on the host).
 
-    state_dict() holds the window contents and write position; load_state_dict() restores them exactly, so the
-    object can be registered with ``accelerator.register_for_checkpointing``.
+    state_dict() holds the window contents and write position; load_state_dict() restores them exactly (the trainer's
+    checkpoints store them as safetensors + JSON).
     """
 
     def __init__(self, window: int = 2048, r0: float = 0.2, rampup_steps: int = 0, rho_min: float = 0.0,

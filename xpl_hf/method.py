@@ -16,28 +16,28 @@ Methods (the rows of the paper's tables):
 `hard_pl` trains both branches, each as an independent vanilla self-trainer, so A and B are each a "one model"
 hard-PL baseline.
 
-:class:`XPLMethod` is the single source of the method's settings: the trainer builds the PL-EMA bank and the
-curriculum from it, :func:`compute_losses` reads it, and the model card and ``eval_results.json`` report
-``XPLMethod.to_dict()``, i.e. exactly what the run used.
+:class:`XPLMethod` is the single source of the method's settings and their validation: the trainer builds the
+PL-EMA bank and the curriculum from it, `xpl_hf.trainer.compute_losses` reads it (which branch teaches which:
+:attr:`XPLMethod.teachers`), and the model card and ``eval_results.json`` report ``XPLMethod.to_dict()``, i.e.
+exactly what the run used. This module imports no torch, so that parsing the options (and ``--help``) is fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    from .curriculum import CurriculumSelector
+    from .pseudo_labels import PseudoLabelBank
 
-from .curriculum import CurriculumSelector
-from .losses import cross_bce, infonce_max_pool, supervised_bce, total_loss
-from .maps import pearson_consensus
-from .metrics.protocol import per_sample_ciou
-from .pseudo_labels import PseudoLabelBank, hard_pseudo_labels, soft_pseudo_labels, synced_bank_update
-
-__all__ = ["METHODS", "ABLATIONS", "XPLMethod", "compute_losses", "term_grad_shares", "pseudo_label_quality"]
+__all__ = ["METHODS", "ABLATIONS", "CROSS_NORMALIZATIONS", "XPLMethod"]
 
 METHODS = ("xpl", "sup_only", "hard_pl", "sup_contrastive", "self_supervised", "full_supervision")
 ABLATIONS = ("no_pl_ema", "no_cross_refine", "no_sharpening", "no_data_selection")
+CROSS_NORMALIZATIONS = ("unlabeled", "admitted")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class XPLMethod:
         curriculum_window: recent consensus scores (all processes) used for the admission quantile.
         avc_weight: λ of eq. 9. The paper uses 0.5; the default 0.05 balances the update: at 0.5, ½·L_avc held 89% of
             the initial gradient norm and L_sup 11% (55% / 45% at 0.05), and validation improved
-            (results/ISSUE11_FINDINGS.md). `configs/paper.yaml` sets 0.5.
+            (measured on the synthetic benchmark). `configs/paper.yaml` sets 0.5.
         avc_temperature: τ of eq. 8.
         cross_normalization: the denominator of L_cross: ``"unlabeled"`` (the sum over admitted samples divided by
             all unlabelled samples of the batch, so the pseudo-label term grows with the admitted fraction) or
@@ -86,8 +86,34 @@ class XPLMethod:
     oracle_labels: bool = False
 
     def __post_init__(self):
-        if self.cross_normalization not in ("unlabeled", "admitted"):
-            raise ValueError(f"cross_normalization must be 'unlabeled' or 'admitted', got {self.cross_normalization!r}")
+        """Every setting checked once, here; a message ``<setting> <value>: <rule>`` (the options prefix ``--``)."""
+        def need(ok: bool, setting: str, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"{setting} {getattr(self, setting)!r}: {rule}.")
+
+        finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)  # noqa: E731
+        need(finite(self.pl_ema_alpha) and 0.0 <= self.pl_ema_alpha < 1.0, "pl_ema_alpha", "must be in [0, 1)")
+        need(self.sharpen_temperature is None or (finite(self.sharpen_temperature) and self.sharpen_temperature > 0),
+             "sharpen_temperature", "must be > 0")
+        need(finite(self.consensus_min) and -1.0 <= self.consensus_min <= 1.0, "consensus_min",
+             "must be in [-1, 1] (a correlation)")
+        need(finite(self.curriculum_r0) and 0.0 < self.curriculum_r0 <= 1.0, "curriculum_r0", "must be in (0, 1]")
+        need(isinstance(self.curriculum_rampup_steps, int) and self.curriculum_rampup_steps >= 0,
+             "curriculum_rampup_steps", "must be an integer >= 0")
+        need(isinstance(self.curriculum_window, int) and 0 < self.curriculum_window <= 2**24, "curriculum_window",
+             "must be an integer in [1, 16777216]")
+        need(finite(self.avc_weight) and 0.0 <= self.avc_weight <= 1e3, "avc_weight", "must be in [0, 1000]")
+        need(finite(self.avc_temperature) and 0.0 < self.avc_temperature <= 10.0, "avc_temperature",
+             "must be in (0, 10]")
+        need(self.cross_normalization in CROSS_NORMALIZATIONS, "cross_normalization",
+             f"must be one of {CROSS_NORMALIZATIONS}")
+        need(self.pseudo_labels in (None, "soft", "hard"), "pseudo_labels", "must be 'soft', 'hard' or None")
+
+    @property
+    def teachers(self) -> dict[str, str]:
+        """Whose pseudo-labels each branch learns from in L_cross (eq. 6): the other branch's ({"a": "b", "b": "a"}),
+        or its own under the ``no_cross_refine`` ablation and the ``hard_pl`` baseline."""
+        return {"a": "b", "b": "a"} if self.cross_refine else {"a": "a", "b": "b"}
 
     @property
     def uses_unlabeled(self) -> bool:
@@ -131,126 +157,15 @@ class XPLMethod:
         return dataclasses.asdict(self)
 
     def make_bank(self, map_size: int) -> PseudoLabelBank:
-        """The PL-EMA memory bank of eq. 5 for maps of side ``map_size``."""
+        """The PL-EMA memory bank of eq. 5 for maps of side ``map_size``; it holds the run's α (``pl_ema_alpha``)."""
+        from .pseudo_labels import PseudoLabelBank
+
         return PseudoLabelBank(map_size, alpha=self.pl_ema_alpha)
 
     def make_selector(self) -> CurriculumSelector:
         """The curriculum of eq. 2-3."""
+        from .curriculum import CurriculumSelector
+
         return CurriculumSelector(window=self.curriculum_window, r0=self.curriculum_r0,
                                   rampup_steps=self.curriculum_rampup_steps, rho_min=self.consensus_min,
                                   enabled=self.data_selection)
-
-
-def compute_losses(out, batch: dict, method: XPLMethod, *, bank: PseudoLabelBank | None,
-                   selector: CurriculumSelector | None, pl_step: int, accelerator=None,
-                   terms_out: dict | None = None,
-                   diagnostics: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Eq. 9 for one batch of labeled and/or unlabeled samples.
-
-    Args:
-        out: `XPLModelOutput` of the model on `batch` (maps (B, h, w), visual features (B, D, h, w), ...).
-        batch: collated batch: `is_labeled` (B,), `gt_maps` (B, 224, 224), `ids`; `true_gt_maps` optional
-            (diagnostics only: never used in a loss).
-        method: the method's settings.
-        bank, selector: the PL-EMA bank and the curriculum (XPL); None for methods without soft pseudo-labels.
-        pl_step: stage-2 step t, for the curriculum's r(t).
-        terms_out: if a dict, filled with each weighted term summed over both branches (``"sup"``, ``"cross"``,
-            ``"avc"``: tensors with their graph), for :func:`term_grad_shares`.
-        diagnostics: compute the pseudo-label quality logs when `true_gt_maps` is present (they read maps on the
-            host: the trainer asks for them on logging steps only).
-    Returns:
-        (total loss, logs {name: 0-d tensor, detached}); logs stay on the device so that a step needs no host
-        synchronisation (reduce them when logging). With `is_labeled` on the host (the trainer keeps it there) and
-        the bank on the model's device, nothing here reads device data on the host.
-    """
-    # `is_labeled` is batch metadata: on the host, the counts and row indices below cost no device synchronisation
-    # (rows are selected with index_select, never with a boolean mask, whose result size the host would need).
-    is_labeled = batch["is_labeled"]
-    labeled_host = is_labeled if is_labeled.device.type == "cpu" else is_labeled.cpu()
-    rows_labeled, rows_unlabeled = labeled_host.nonzero().flatten(), (~labeled_host).nonzero().flatten()
-
-    def take(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return x.index_select(0, rows.to(x.device, non_blocking=True))
-
-    branches = {"a": (out.maps_a, out.visual_features_a, out.audio_embeds_a),
-                "b": (out.maps_b, out.visual_features_b, out.audio_embeds_b)}
-    terms: dict[str, dict[str, torch.Tensor]] = {"a": {}, "b": {}}
-    num_labeled, num_unlabeled = rows_labeled.numel(), rows_unlabeled.numel()
-    num_avc = num_labeled + num_unlabeled if method.avc_on_unlabeled else num_labeled
-    for m, (maps, visual, audio) in branches.items():
-        if method.supervised and num_labeled:
-            terms[m]["sup"] = supervised_bce(take(maps, rows_labeled),
-                                             take(batch["gt_maps"].to(maps.device), rows_labeled))
-        if num_avc >= 2:
-            if not method.avc_on_unlabeled:
-                visual, audio = take(visual, rows_labeled), take(audio, rows_labeled)
-            terms[m]["avc"] = infonce_max_pool(visual, audio, method.avc_temperature)
-    logs: dict[str, torch.Tensor] = {}
-    if method.pseudo_labels is not None and num_unlabeled:
-        maps_a, maps_b = take(out.maps_a, rows_unlabeled), take(out.maps_b, rows_unlabeled)
-        ids = [batch["ids"][i] for i in rows_unlabeled.tolist()]  # host indices
-        if method.pseudo_labels == "hard":
-            targets = {"a": hard_pseudo_labels(maps_a.detach()), "b": hard_pseudo_labels(maps_b.detach())}
-        else:
-            sharpened = {"a": soft_pseudo_labels(maps_a, method.sharpen_temperature),
-                         "b": soft_pseudo_labels(maps_b, method.sharpen_temperature)}
-            targets = synced_bank_update(bank, ids, sharpened, accelerator, alpha=method.pl_ema_alpha)
-        consensus = pearson_consensus(maps_a, maps_b)
-        if method.data_selection:
-            admitted = selector.select(consensus, pl_step, accelerator)
-            logs["curriculum_threshold"] = selector.last_threshold  # 0-d tensor on the device
-        else:
-            admitted = torch.ones_like(consensus, dtype=torch.bool)
-        teacher = {"a": "b", "b": "a"} if method.cross_refine else {"a": "a", "b": "b"}
-        terms["a"]["cross"] = cross_bce(maps_a, targets[teacher["a"]], admitted)
-        terms["b"]["cross"] = cross_bce(maps_b, targets[teacher["b"]], admitted)
-        share = admitted.float().mean()
-        if method.cross_normalization == "unlabeled":  # mean over admitted -> sum over admitted / all unlabelled
-            terms["a"]["cross"], terms["b"]["cross"] = terms["a"]["cross"] * share, terms["b"]["cross"] * share
-        logs.update(admitted_fraction=share, consensus_mean=consensus.mean(),
-                    consensus_p10=consensus.quantile(0.1), consensus_p90=consensus.quantile(0.9))
-        if diagnostics and "true_gt_maps" in batch:
-            logs.update(pseudo_label_quality(targets, take(batch["true_gt_maps"], rows_unlabeled), admitted))
-    loss = total_loss({m: t for m, t in terms.items() if t}, method.avc_weight)
-    if terms_out is not None:
-        for name, weight in (("sup", 1.0), ("cross", 1.0), ("avc", method.avc_weight)):
-            parts = [t[name] for t in terms.values() if name in t]
-            if parts:
-                terms_out[name] = weight * sum(parts)
-    for m, parts in terms.items():
-        for name, value in parts.items():
-            logs[f"loss_{name}_{m}"] = value.detach()
-    return loss, logs
-
-
-def term_grad_shares(terms: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Diagnostics: the gradient norm of each weighted loss term on ``params`` and its share of their sum.
-
-    One extra backward pass per term (the graph is retained), so call it every few steps only.
-
-    Returns:
-        ``{"gradnorm_<term>": norm, "gradshare_<term>": norm / Σ norms}`` (0-d tensors).
-    """
-    norms = {}
-    for name, term in terms.items():
-        if term.requires_grad:
-            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-            norms[name] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
-    total = sum(norms.values()) if norms else 1.0
-    return {**{f"gradnorm_{k}": v.detach() for k, v in norms.items()},
-            **{f"gradshare_{k}": (v / total).detach() for k, v in norms.items()}}
-
-
-@torch.no_grad()
-def pseudo_label_quality(targets: dict[str, torch.Tensor], true_gt_maps: torch.Tensor,
-                         admitted: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Diagnostics only: CIoU (%) of each model's pseudo-labels against the true boxes of the unlabeled samples,
-    over all of them and over the admitted ones (the evaluation protocol)."""
-    logs = {}
-    admitted = admitted.cpu()
-    for m, y in targets.items():
-        scores = torch.as_tensor(per_sample_ciou(list(y.float().cpu()), list(true_gt_maps.cpu())))
-        logs[f"pl_ciou_{m}"] = 100.0 * (scores >= 0.5).float().mean()
-        if admitted.any():
-            logs[f"pl_ciou_admitted_{m}"] = 100.0 * (scores[admitted] >= 0.5).float().mean()
-    return logs

@@ -81,8 +81,9 @@ class PseudoLabelBank:
     The index has two sorted levels: new keys enter a small ``pending`` level (cheap to re-sort) that is
     merged into the ``main`` level every ``merge_every`` new ids, so a step costs O(B log n), and the O(n)
     merge is amortised. Storage grows by 1.25x when full (pass ``capacity`` to preallocate).
-    ``state_dict()`` keeps only the used rows and ``load_state_dict()`` restores them bit-exactly (accelerate's
-    ``register_for_checkpointing``). In multi-process training every rank keeps a full copy and applies the
+    ``state_dict()`` keeps only the used rows and ``load_state_dict()`` restores them bit-exactly (the trainer's
+    checkpoints store them as safetensors). α is a setting, not state: the bank holds the value it was built with
+    (``XPLMethod.make_bank``) and a checkpoint never changes it. In multi-process training every rank keeps a full copy and applies the
     same (gathered) updates: see ``synced_bank_update``.
     """
 
@@ -188,21 +189,19 @@ class PseudoLabelBank:
 
     # ---- eq. 5 -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def update(self, ids: Sequence[str] | torch.Tensor, new: Mapping[str, torch.Tensor],
-               alpha: float | None = None) -> dict[str, torch.Tensor]:
+    def update(self, ids: Sequence[str] | torch.Tensor, new: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Apply Y_t = α·Y_{t-1} + (1 - α)·Ŷ_t for a batch and return the smoothed labels (eq. 5).
 
         Args:
             ids: B sample ids (str) or their ``hash_ids`` keys (B,) int64 (on the host: no synchronisation).
             new: {model: Ŷ (B, h, w)} for any subset of ``self.models`` (usually all).
-            alpha: overrides ``self.alpha`` for this call.
         Returns:
             {model: Y_t (B, h, w) float32 on Ŷ's device}. Y_t is computed in fp32 from the stored fp16 Y_{t-1}
             and then stored in fp16. If an id occurs several times in one call, the last occurrence's Ŷ is
             the one applied and all occurrences get the same Y_t. A sample whose Ŷ is not finite leaves its
             entry unchanged (and gets the stored Y back), so a diverged step cannot poison the bank.
         """
-        alpha = self.alpha if alpha is None else alpha
+        alpha = self.alpha
         keys = self._host_keys(ids)
         B = keys.numel()
         uniq, inverse = torch.unique(keys, return_inverse=True)
@@ -248,8 +247,7 @@ class PseudoLabelBank:
     def state_dict(self) -> dict:
         n = self.size
         return {"keys": self.keys[:n].cpu().clone(), "labels": self.labels[:n].cpu().clone(),
-                "seen": self.seen[:n].cpu().clone(), "models": list(self.models), "map_size": list(self.map_size),
-                "alpha": self.alpha}
+                "seen": self.seen[:n].cpu().clone(), "models": list(self.models), "map_size": list(self.map_size)}
 
     def load_state_dict(self, state: dict) -> None:
         if tuple(state["models"]) != self.models or tuple(state["map_size"]) != self.map_size:
@@ -265,12 +263,11 @@ class PseudoLabelBank:
         self.main_keys, order = torch.sort(keys)
         self.main_rows = order.to(torch.int64)
         self.size = n
-        self.alpha = float(state.get("alpha", self.alpha))
 
 
 @torch.no_grad()
 def synced_bank_update(bank: PseudoLabelBank, ids: Sequence[str] | torch.Tensor, new: Mapping[str, torch.Tensor],
-                       accelerator=None, alpha: float | None = None) -> dict[str, torch.Tensor]:
+                       accelerator=None) -> dict[str, torch.Tensor]:
     """``bank.update`` with the updates of all processes, so every rank's bank copy stays identical.
 
     Each rank hashes its ids; the keys and batch sizes are all-gathered on the host (``gather_host``), the Ŷ of
@@ -280,11 +277,11 @@ def synced_bank_update(bank: PseudoLabelBank, ids: Sequence[str] | torch.Tensor,
     processes the result equals one process applying the concatenated batch (ranks in order).
     """
     if accelerator is None or accelerator.num_processes == 1:
-        return bank.update(ids, new, alpha)
+        return bank.update(ids, new)
     keys = PseudoLabelBank._host_keys(ids)
     sizes = host_sizes(accelerator, keys.numel())
     start = sum(sizes[: accelerator.process_index])
     all_keys = gather_host(accelerator, keys)
     all_new = {m: gather_varlen(accelerator, y.detach().float(), sizes) for m, y in new.items()}
-    out = bank.update(all_keys, all_new, alpha)
+    out = bank.update(all_keys, all_new)
     return {m: out[m][start:start + keys.numel()].to(y.device) for m, y in new.items()}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from .method import METHODS, XPLMethod
-from .paths import public_path
+from .paths import is_local, public_path
 
 __all__ = ["XPLTrainingArguments", "parse_args", "DEFAULT_DATASET", "RUN_CONTROL_OPTIONS"]
 
@@ -235,8 +235,14 @@ class XPLTrainingArguments:
         return {k: getattr(self, k) for k in keys}
 
     def fingerprint(self) -> dict:
-        """What must not change across a resume: every option outside :data:`RUN_CONTROL_OPTIONS`."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_CONTROL_OPTIONS}
+        """What must not change across a resume: every option outside :data:`RUN_CONTROL_OPTIONS` (local paths
+        normalised: ``data/x/`` is ``data/x``). The data's content is fingerprinted separately
+        (`xpl_hf.checkpointing.data_fingerprint`)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_CONTROL_OPTIONS}
+        for name in ("dataset", "model_name_or_path"):
+            if isinstance(values[name], str) and is_local(values[name]):
+                values[name] = os.path.normpath(values[name])
+        return values
 
     def public_dict(self) -> dict:
         """The options as they may be logged or uploaded: no token, local paths reduced to their folder name."""
