@@ -9,7 +9,7 @@ from .metrics.protocol import METRIC_PATH
 from .modeling_xpl import AVSLBranch, XPLModel, XPLModelOutput, XPLPreTrainedModel
 from .pipeline_xpl import TASK as PIPELINE_TASK
 from .pipeline_xpl import AudioVisualSourceLocalizationPipeline, save_pretrained_with_pipeline
-from .processing_xpl import AudioError, ImageError, XPLProcessor
+from .processing_xpl import AudioError, ImageError, XPLProcessor, check_processor_matches
 
 __version__ = "0.1.0"
 
@@ -26,5 +26,5 @@ PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=AudioVisualSou
                                     pt_model=AutoModel, type="multimodal")
 
 __all__ = ["XPLConfig", "XPLModel", "XPLModelOutput", "XPLPreTrainedModel", "AVSLBranch", "XPLProcessor",
-           "AudioError", "ImageError", "load_model_and_processor", "METRIC_PATH",
+           "AudioError", "ImageError", "load_model_and_processor", "check_processor_matches", "METRIC_PATH",
            "AudioVisualSourceLocalizationPipeline", "save_pretrained_with_pipeline", "PIPELINE_TASK", "__version__"]

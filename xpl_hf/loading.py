@@ -1,5 +1,5 @@
-"""Load a trained XPL model and its processor from a local folder or a Hub id: the one loader of the evaluation
-CLI, the Space and the trainer."""
+"""Load a trained XPL model and its processor from a local folder or a Hub id, checked: the loader of the
+evaluation CLI and the Space."""
 
 from __future__ import annotations
 
@@ -9,16 +9,13 @@ from pathlib import Path
 
 import torch
 
-from .modeling_xpl import XPLModel
+from .modeling_xpl import WEIGHT_FILES, XPLModel
 from .paths import is_local
-from .processing_xpl import XPLProcessor
+from .processing_xpl import XPLProcessor, check_processor_matches
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_model_and_processor", "WEIGHT_FILES"]
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 
 
 def _check_local_folder(path: Path, shown: str) -> None:
@@ -40,12 +37,15 @@ def _check_local_folder(path: Path, shown: str) -> None:
 def load_model_and_processor(name_or_path: str | os.PathLike, revision: str | None = None,
                              token: str | bool | None = None, device: str | torch.device | None = None
                              ) -> tuple[XPLModel, XPLProcessor]:
-    """`XPLModel.from_pretrained` + `XPLProcessor.from_pretrained`, in eval mode on ``device``.
+    """`XPLModel.from_pretrained` + `XPLProcessor.from_pretrained`, checked, in eval mode (float32) on ``device``.
 
     A folder saved without a processor gets one built from the model's config (with a warning).
 
     Raises:
         FileNotFoundError: the local folder is missing, a file, a training checkpoint, or holds no model.
+        WeightsError (an OSError): the weight file lacks tensors or holds NaN / infinite values (names the file).
+        ValueError: a setting of config.json or preprocessor_config.json is out of its bounds, or the processor
+            does not match the model (`image_size`, `clip_seconds`, sample rates); the message names the setting.
         OSError: the Hub id cannot be loaded (offline, unknown, gated).
     """
     name = os.fspath(name_or_path)
@@ -55,8 +55,9 @@ def load_model_and_processor(name_or_path: str | os.PathLike, revision: str | No
     model = XPLModel.from_pretrained(name, revision=revision, token=token)
     try:
         processor = XPLProcessor.from_pretrained(name, revision=revision, token=token)
-    except (OSError, ValueError) as error:
+    except OSError as error:  # none saved; a saved one with bad settings raises its ValueError
         logger.warning("no processor saved with %s (%s); building one from the model config", name, error)
         processor = XPLProcessor.from_config(model.config)
+    check_processor_matches(model.config, processor)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     return model, processor

@@ -14,7 +14,10 @@ as the mean of the per-sample min-max-normalised maps.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,37 @@ from transformers.utils import ModelOutput
 from .backbones import build_audio_encoder, build_image_encoder
 from .configuration_xpl import XPLConfig
 from .maps import minmax_normalize
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+"""The weight files `from_pretrained` reads, in its order of preference."""
+
+
+class WeightsError(OSError):
+    """Weights that would make a broken model: tensors missing or of the wrong shape, or NaN / infinite values. The
+    message names the file."""
+
+
+def weights_file(name_or_path: str | os.PathLike, subfolder: str = "") -> str:
+    """The weight file `from_pretrained` reads in a local folder (for messages), or a description of a Hub id's."""
+    folder = Path(name_or_path, subfolder)
+    found = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+    return str(found[0]) if found else f"the weights of {os.fspath(name_or_path)!r}"
+
+
+def check_finite_weights(tensors: nn.Module | Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise [`WeightsError`] naming ``source`` and the tensors that hold NaN or infinite values.
+
+    Args:
+        tensors: a model (its parameters and buffers) or a state dict, e.g. one read from a checkpoint.
+        source: the file the tensors came from, for the message.
+    """
+    state = tensors.state_dict() if isinstance(tensors, nn.Module) else tensors
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise WeightsError(f"{source}: {len(bad)} tensor(s) hold NaN or infinite values ({shown}); the file is corrupt "
+                           "or was saved after training diverged.")
 
 
 @dataclass
@@ -120,6 +154,34 @@ class XPLPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image", "audio")
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, strict about the weights and in float32 by default.
+
+        The processor's inputs are float32, so the model loads in float32 whatever `dtype` its config records (a run
+        on a GPU may save `float16`), unless `dtype=` is passed. Where transformers would only warn and initialise
+        the missing tensors at random, this raises.
+
+        Raises:
+            WeightsError: the weight file lacks some of the model's tensors (an empty file lacks all), holds some
+                with another shape, or holds NaN or infinite values; the message names the file and the tensors.
+        """
+        return_info = kwargs.pop("output_loading_info", False)
+        if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            kwargs["dtype"] = torch.float32
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              **kwargs)
+        source = weights_file(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+        for kind, keys in (("is missing", sorted(info["missing_keys"])),
+                           ("has another shape for", sorted(str(key[0]) for key in info["mismatched_keys"]))):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+                raise WeightsError(f"{source} {kind} {len(keys)} of the model's {len(model.state_dict())} tensors "
+                                   f"({shown}); it was not saved from this model (or its config.json), or is "
+                                   "truncated.")
+        check_finite_weights(model, source)
+        return (model, info) if return_info else model
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         if isinstance(module, (nn.Conv1d, nn.Conv2d)):
@@ -209,4 +271,5 @@ class XPLModel(XPLPreTrainedModel):
         )
 
 
-__all__ = ["XPLModel", "XPLPreTrainedModel", "XPLModelOutput", "AVSLBranch", "AVSLBranchOutput"]
+__all__ = ["XPLModel", "XPLPreTrainedModel", "XPLModelOutput", "AVSLBranch", "AVSLBranchOutput", "WeightsError",
+           "check_finite_weights", "weights_file", "WEIGHT_FILES"]

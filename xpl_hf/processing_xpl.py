@@ -27,6 +27,7 @@ from transformers import BatchFeature, FeatureExtractionMixin
 from transformers.audio_utils import mel_filter_bank
 
 from .audio import WINDOW_MARGIN_SECONDS, AudioError, check_sample_rate, decode_audio, prepare_clip
+from .configuration_xpl import check_input_settings, check_range
 from .image import ImageError, load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,6 +44,11 @@ class XPLProcessor(FeatureExtractionMixin):
         vggish_sample_rate (`int`, defaults to 16000), soundnet_sample_rate (`int`, defaults to 22050).
         image_mean, image_std: normalisation (ImageNet by default).
         log_offset (`float`, defaults to 0.01): VGGish's offset inside the log.
+
+    Bounds, checked on creation and on load (a ValueError names the setting): `image_size`, `clip_seconds` and the
+    sample rates as in [`XPLConfig`] (a multiple of 32 in [32, 1024]; [0.96, 60] s; [16000, 48000] and
+    [8000, 48000] Hz); `image_mean` 3 values in [0, 1]; `image_std` 3 values in [0.001, 10]; `log_offset` in
+    [1e-10, 1000]. `xpl_hf.check_processor_matches(config, processor)` checks a processor against its model.
     """
 
     model_input_names = ["pixel_values", "audio_log_mel", "audio_waveform"]
@@ -61,6 +67,8 @@ class XPLProcessor(FeatureExtractionMixin):
         for derived in ("win_length", "hop_length", "n_fft", "num_mel_bins", "example_frames"):
             kwargs.pop(derived, None)  # written by older versions; always recomputed below
         super().__init__(**kwargs)
+        self._check_settings(image_size, clip_seconds, vggish_sample_rate, soundnet_sample_rate, image_mean, image_std,
+                             log_offset)
         self.image_size = int(image_size)
         self.clip_seconds = float(clip_seconds)
         self.vggish_sample_rate = int(vggish_sample_rate)
@@ -83,6 +91,19 @@ class XPLProcessor(FeatureExtractionMixin):
         scale = 1.0 / (torch.tensor(self.image_std) * 255.0)
         self._scale_row = scale.repeat(self.image_size)
         self._bias_row = (-torch.tensor(self.image_mean) * 255.0 * scale).repeat(self.image_size)
+
+    @staticmethod
+    def _check_settings(image_size, clip_seconds, vggish_sample_rate, soundnet_sample_rate, image_mean, image_std,
+                        log_offset) -> None:
+        """The bounds of the class docstring; a ValueError names the setting (on creation and on `from_pretrained`)."""
+        check_input_settings(image_size, clip_seconds, vggish_sample_rate, soundnet_sample_rate)
+        for name, values, (low, high) in (("image_mean", image_mean, (0.0, 1.0)),
+                                          ("image_std", image_std, (1e-3, 10.0))):
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != 3:
+                raise ValueError(f"{name}={values!r}: expected 3 numbers, one per RGB channel.")
+            for channel, value in enumerate(values):
+                check_range(f"{name}[{channel}]", value, low, high)
+        check_range("log_offset", log_offset, 1e-10, 1e3)
 
     @classmethod
     def from_config(cls, config) -> XPLProcessor:
@@ -300,4 +321,16 @@ class XPLProcessor(FeatureExtractionMixin):
         return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
 
 
-__all__ = ["XPLProcessor", "ImageError", "AudioError"]
+def check_processor_matches(config, processor: XPLProcessor) -> None:
+    """Raise a ValueError naming every input setting in which ``processor`` differs from the model's ``config``
+    (`image_size`, `clip_seconds`, `vggish_sample_rate`, `soundnet_sample_rate`): the model would otherwise get
+    inputs it was not trained on (e.g. maps of the wrong size). The loader and the pipeline call it."""
+    names = ("image_size", "clip_seconds", "vggish_sample_rate", "soundnet_sample_rate")
+    differ = [f"{name}={getattr(processor, name)!r} (the model's is {getattr(config, name)!r})" for name in names
+              if getattr(processor, name) != getattr(config, name)]
+    if differ:
+        raise ValueError(f"the processor does not match the model: {', '.join(differ)}. Save the processor built by "
+                         "XPLProcessor.from_config(model.config) with the model.")
+
+
+__all__ = ["XPLProcessor", "ImageError", "AudioError", "check_processor_matches"]
