@@ -292,7 +292,7 @@ def build_demo(model: str | LoadedModel | None = None, examples_dir: str | Path 
         if not ready:
             raise gr.Error("No trained model is loaded; see the notice at the top of the page.", duration=None)
         try:
-            image = read_image(image_value)
+            image = read_image(image_value, loaded.processor.image_size)
             waveform, rate = read_audio(audio_value, loaded.processor.clip_seconds)
             result = localize(loaded, image, waveform, rate)
         except InputError as err:

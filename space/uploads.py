@@ -91,8 +91,12 @@ def _too_long(duration: float, limit: float, what: str) -> InputError:
     return InputError(f"The {what} is {duration:.1f} s long; the limit is {limit:g} s.")
 
 
-def read_image(value) -> PIL.Image.Image:
-    """Uploaded image -> RGB PIL image by the package's image rule (EXIF orientation applied), within the limits."""
+def read_image(value, target_size: int | None = None) -> PIL.Image.Image:
+    """Uploaded image -> RGB PIL image by the package's image rule (EXIF orientation applied), within the limits.
+
+    `target_size`: the model's input side; a large JPEG then decodes at the reduced scale training uses for it, so
+    the model sees the pixels it was trained on (`xpl_hf.image`).
+    """
     path = file_path(value)
     if not path:
         raise InputError("Please add an image (a video frame).")
@@ -106,7 +110,7 @@ def read_image(value) -> PIL.Image.Image:
         raise InputError(f"Could not read the image {_name(path)}: not a supported image file "
                          f"({IMAGE_FORMATS}).") from err
     try:
-        return load_image(path, name=_name(path))
+        return load_image(path, name=_name(path), target_size=target_size)
     except ImageError as err:
         raise InputError(f"Could not read the image {_name(path)}: the file is truncated or corrupt "
                          f"({strip_paths(str(err))}).") from err

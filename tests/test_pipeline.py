@@ -139,3 +139,55 @@ def test_saving_during_training_leaves_the_model_alone(tmp_path):
     save_pretrained_with_pipeline(model, XPLProcessor.from_config(model.config), tmp_path)
     assert model.training and next(model.parameters()).device.type == "cpu"
     assert (tmp_path / "pipeline_xpl.py").is_file()
+
+
+def test_video_input(model_and_processor, tmp_path):
+    """`video=` (path, bytes) with `time=`: the frame and the sound around it, maps at the frame's size."""
+    from media_samples import make_video
+
+    from xpl_hf.media import MediaError, read_video_clip
+
+    model, processor = model_and_processor
+    localizer = pipeline(PIPELINE_TASK, model=model, processor=processor, device="cpu")
+    video = make_video(tmp_path / "clip.mp4", seconds=3.0, size=(80, 48))
+    result = localizer(video=str(video), time=1.0)
+    assert result["map"].shape == (48, 80) and result["time"] == 1.0
+    assert localizer(video=video.read_bytes())["time"] == pytest.approx(1.5, abs=0.05)  # default: the middle
+    clip = read_video_clip(video, time=1.0, clip_seconds=processor.clip_seconds + 0.1)
+    same = localizer(image=clip.frames[0], audio=clip.audio, sampling_rate=clip.sampling_rate)
+    assert torch.equal(same["map"], result["map"])
+    silent = make_video(tmp_path / "silent.mp4", audio=False)
+    with pytest.raises(ValueError, match="no audio stream; pass its sound as `audio=`"):
+        localizer(video=str(silent))
+    assert localizer(video=str(silent), audio=np.zeros(8000, np.float32), sampling_rate=8000)["map"].shape == (24, 32)
+    playlist = tmp_path / "x.m3u8"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:3,\n{video}\n#EXT-X-ENDLIST\n")
+    with pytest.raises(MediaError, match="refused 'x.m3u8'"):
+        localizer(video=str(playlist))
+    with pytest.raises(MediaError, match="time=nan"):
+        localizer(video=str(video), time=float("nan"))
+    with pytest.raises(ValueError, match="`time=` goes with `video=`"):
+        localizer(image=clip.frames[0], audio=clip.audio, sampling_rate=16000, time=1.0)
+
+
+def test_pipeline_sees_the_training_pixels_of_a_large_jpeg(model_and_processor, tmp_path):
+    """Issue 18.9: a 1024 px JPEG reached the model 1.56 grey levels apart on the pipeline and training paths (the
+    pipeline decoded it at full size, training at the reduced scale); both now decode it the same way."""
+    from xpl_hf.data.transforms import XPLCollator
+
+    model, processor = model_and_processor
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:1024, 0:1024]
+    photo = np.clip(128 + 90 * np.sin(x / 41.0)[..., None] * np.cos(y / 29.0)[..., None]
+                    + rng.normal(0, 25, (1024, 1024, 3)), 0, 255).astype(np.uint8)
+    path = tmp_path / "photo.jpg"
+    PIL.Image.fromarray(photo).save(path, quality=90)
+    wav = tmp_path / "sound.wav"
+    sf.write(wav, np.zeros(16000, np.float32), 16000)
+    localizer = pipeline(PIPELINE_TASK, model=model, processor=processor, device="cpu")
+    features = localizer.preprocess({"image": str(path), "audio": str(wav)})
+    row = {"id": "photo", "image": {"bytes": path.read_bytes(), "path": None},
+           "audio": {"bytes": wav.read_bytes(), "path": None}, "boxes": [], "gt_rule": "union"}
+    training = XPLCollator(processor, train=False)([row])["pixel_values"]
+    assert torch.equal(features["pixel_values"], training)
+    assert features["target_size"] == (1024, 1024)  # maps still drawn at the photo's full size

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from media_samples import make_video  # noqa: E402
@@ -476,3 +477,24 @@ def test_uploads_are_deleted(app, served, client, tmp_path):
     assert len(uploads) == 2 and all(f.is_file() for f in uploads)
     delete_files_created_by_app(demo, age=0)  # what the schedule set by delete_cache runs every `frequency` s
     assert not any(f.exists() for f in uploads)
+
+
+def test_space_sees_the_training_pixels(app, tmp_path):
+    """A large JPEG reaches the model as training decodes it (reduced scale), and a phone photo stands upright."""
+    from xpl_hf.data.transforms import XPLCollator
+
+    processor = XPLProcessor(image_size=64, clip_seconds=1.0)
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.jpg"
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # stored sideways
+    PIL.Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(photo, quality=90,
+                                                                                  exif=exif.tobytes())
+    image = app.read_image(str(photo), processor.image_size)
+    assert image.width < image.height  # upright: 300 wide, 400 high at full scale
+    wav = tmp_path / "sound.wav"
+    write_wav(wav, 1.0)
+    row = {"id": "photo", "image": {"bytes": photo.read_bytes(), "path": None},
+           "audio": {"bytes": wav.read_bytes(), "path": None}, "boxes": [], "gt_rule": "union"}
+    training = XPLCollator(processor, train=False)([row])["pixel_values"]
+    assert torch.equal(processor(images=image)["pixel_values"], training)

@@ -6,17 +6,21 @@
 >>> result = localizer(image="frame.jpg", audio="sound.wav", threshold=0.5)
 >>> result["map"].shape                 # (H, W): the fused heat map at the frame's own size, in [0, 1]
 >>> result["box"], result["consensus"]  # [x0, y0, x1, y1] around the map >= 0.5; the branches' agreement ρ
+>>> localizer(video="clip.mp4", time=2.0)  # the frame at 2 s and the sound around it (default: the middle frame)
 ```
 
 A folder saved by [`save_pretrained_with_pipeline`] (what training writes) carries this file, the model's and the
 processor's code, and a `custom_pipelines` entry in its `config.json`, so the call above works from any directory,
 offline, without xpl-hf installed: `trust_remote_code=True` runs the folder's own copy of the code.
 
-Inputs, per call: `image` (path, PIL image, array, bytes: `xpl_hf.image.load_image`'s rules) and `audio` (WAV / FLAC /
-OGG path or bytes, an array with `sampling_rate=`, or a `{"array", "sampling_rate"}` dict as `datasets` gives it).
-A list of `{"image": ..., "audio": ...}` dicts returns a list of results. Output: the dict of
-[`XPLProcessor.post_process_localization`] for that image (`map`, `map_a`, `map_b`, `consensus`, and `box` unless
-`threshold=None`).
+Inputs, per call: `image` (path, PIL image, array, bytes: `xpl_hf.image.load_image`'s rules, decoded for the model's
+input size exactly as training decodes it) and `audio` (WAV / FLAC / OGG path or bytes, an array with
+`sampling_rate=`, or a `{"array", "sampling_rate"}` dict as `datasets` gives it); or `video` (path, bytes or binary
+file object of an allow-listed container: `xpl_hf.media`, which refuses playlists and URLs) with an optional `time`
+in seconds (default: the middle frame), whose frame and surrounding sound are used (`audio=` replaces the sound). A
+list of such dicts returns a list of results. Output: the dict of [`XPLProcessor.post_process_localization`] for that
+image (`map`, `map_a`, `map_b`, `consensus`, and `box` unless `threshold=None`; `time` for a video), the maps at the
+frame's full size.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from typing import Any
 
 from transformers import Pipeline
 
+from .audio import WINDOW_MARGIN_SECONDS
+from .image import full_size
+from .media import read_video_clip
 from .processing_xpl import XPLProcessor
 
 logger = logging.getLogger(__name__)
@@ -73,18 +80,27 @@ class AudioVisualSourceLocalizationPipeline(Pipeline):
         return XPLProcessor.from_config(model.config)
 
     def __call__(self, inputs: dict | list[dict] | None = None, *, image: Any = None, audio: Any = None,
-                 **kwargs) -> dict | list[dict]:
+                 video: Any = None, time: float | None = None, **kwargs) -> dict | list[dict]:
         """
         Args:
-            inputs: `{"image": ..., "audio": ...}` (optionally with `"sampling_rate"`), or a list of them.
+            inputs: `{"image": ..., "audio": ...}` (optionally with `"sampling_rate"`) or `{"video": ..., "time":
+                ...}`, or a list of them.
             image, audio: one pair, instead of `inputs`.
+            video, time: a video and the time of its frame in seconds (default: the middle), instead of `inputs`.
             sampling_rate (`int`, *optional*): rate of audio given as arrays.
             threshold (`float` in [0, 1] or `None`, defaults to 0.5): threshold of the box on the fused map.
 
         Returns:
             One dict per pair (a list for a list): see [`XPLProcessor.post_process_localization`].
         """
-        if inputs is None:
+        if video is not None:
+            if inputs is not None or image is not None:
+                raise ValueError("pass either `video=` (optionally with `time=` and `audio=`), `image=` and `audio=`, "
+                                 "or `inputs`.")
+            inputs = {"video": video, "time": time, **({"audio": audio} if audio is not None else {})}
+        elif time is not None:
+            raise ValueError("`time=` goes with `video=`.")
+        elif inputs is None:
             if image is None or audio is None:
                 raise ValueError("pass both `image=` and `audio=` (or `inputs={'image': ..., 'audio': ...}`).")
             inputs = {"image": image, "audio": audio}
@@ -99,11 +115,29 @@ class AudioVisualSourceLocalizationPipeline(Pipeline):
         return preprocess_params, {}, {"threshold": threshold}
 
     def preprocess(self, inputs: dict, sampling_rate: int | None = None) -> dict:
-        if not isinstance(inputs, dict) or "image" not in inputs or "audio" not in inputs:
-            raise ValueError(f"each input must be a dict with 'image' and 'audio'; got {type(inputs).__name__}"
+        if not isinstance(inputs, dict) or not ({"image", "audio"} <= inputs.keys() or "video" in inputs):
+            raise ValueError(f"each input must be a dict with 'image' and 'audio', or 'video'; got "
+                             f"{type(inputs).__name__}"
                              f"{' with keys ' + str(sorted(inputs)) if isinstance(inputs, dict) else ''}.")
-        image = self.processor.load_image(inputs["image"])
-        audio, rate = inputs["audio"], inputs.get("sampling_rate", sampling_rate)
+        if "video" in inputs:
+            return self._preprocess_video(inputs, sampling_rate)
+        # decoded for the model's input size, as the training collator decodes it: the same pixels on both paths
+        image = self.processor.load_image(inputs["image"], target_size=self.processor.image_size)
+        return self._features(image, inputs["audio"], inputs.get("sampling_rate", sampling_rate))
+
+    def _preprocess_video(self, inputs: dict, sampling_rate: int | None) -> dict:
+        clip = read_video_clip(inputs["video"], time=inputs.get("time"),
+                               clip_seconds=self.processor.clip_seconds + WINDOW_MARGIN_SECONDS)
+        if inputs.get("audio") is not None:
+            audio, rate = inputs["audio"], inputs.get("sampling_rate", sampling_rate)
+        elif clip.audio is None:
+            raise ValueError("the video has no audio stream; pass its sound as `audio=`.")
+        else:
+            audio, rate = clip.audio, clip.sampling_rate
+        return {**self._features(clip.frames[0], audio, rate), "time": clip.time}
+
+    def _features(self, image, audio, rate: int | None) -> dict:
+        """The model inputs of one (decoded image, audio) pair, and the size its maps are drawn at."""
         if isinstance(audio, dict):  # {"array", "sampling_rate"} (datasets' Audio) or {"path"} / {"bytes"}
             rate = audio.get("sampling_rate", rate)
             audio = next((audio[k] for k in ("array", "raw", "bytes", "path") if audio.get(k) is not None), None)
@@ -112,16 +146,20 @@ class AudioVisualSourceLocalizationPipeline(Pipeline):
         if isinstance(audio, (str, os.PathLike, bytes, bytearray)):
             rate = None  # files carry their own rate
         features = self.processor(images=image, audio=audio, sampling_rate=rate, return_tensors="pt")
-        return {**features, "target_size": (image.height, image.width)}
+        width, height = full_size(image)
+        return {**features, "target_size": (height, width)}
 
     def _forward(self, model_inputs: dict) -> dict:
-        target_size = model_inputs.pop("target_size")
+        passed = {key: model_inputs.pop(key) for key in ("target_size", "time") if key in model_inputs}
         outputs = self.model(**model_inputs)
-        return {"maps": outputs.maps, "maps_a": outputs.maps_a, "maps_b": outputs.maps_b, "target_size": target_size}
+        return {"maps": outputs.maps, "maps_a": outputs.maps_a, "maps_b": outputs.maps_b, **passed}
 
     def postprocess(self, model_outputs: dict, threshold: float | None = DEFAULT_THRESHOLD) -> dict:
-        return self.processor.post_process_localization(
+        result = self.processor.post_process_localization(
             model_outputs, target_sizes=[model_outputs["target_size"]], threshold=threshold)[0]
+        if "time" in model_outputs:
+            result["time"] = model_outputs["time"]
+        return result
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Model + processor + this pipeline's code, with the `custom_pipelines` entry that `pipeline()` reads."""
