@@ -74,7 +74,8 @@ def _open(source) -> sf.SoundFile:
                 raise AudioError(f"audio file {os.fspath(source)!r} does not exist.")
         return sf.SoundFile(source)
     except sf.LibsndfileError as err:
-        raise AudioError(f"could not decode the audio (WAV, FLAC and OGG are supported): {err}") from None
+        detail = getattr(err, "error_string", None) or str(err)  # without the file object's repr
+        raise AudioError(f"could not decode the audio (WAV, FLAC and OGG are supported): {detail}") from None
 
 
 def _pcm16_wav(data: bytes) -> tuple[int, int, int, int] | None:
@@ -85,7 +86,7 @@ def _pcm16_wav(data: bytes) -> tuple[int, int, int, int] | None:
     while offset + 8 <= len(data):
         chunk, size = data[offset:offset + 4], int.from_bytes(data[offset + 4:offset + 8], "little")
         body = offset + 8
-        if chunk == b"fmt " and size >= 16:
+        if chunk == b"fmt " and size >= 16 and body + 16 <= len(data):
             fmt = struct.unpack_from("<HHIIHH", data, body)  # format, channels, rate, byte rate, block align, bits
         elif chunk == b"data":
             if fmt is None or body + size > len(data):
@@ -103,15 +104,30 @@ WINDOW_MARGIN_SECONDS = 0.1
 
 
 def decode_audio(source, clip_seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """Decode a WAV/FLAC/OGG file (path, bytes or file object) with soundfile.
+    """Decode a WAV/FLAC/OGG file with soundfile: the package's one audio-file decoder (processor, collator,
+    converters; `xpl_hf.data.decoding` re-exports it).
 
-    With `clip_seconds`, only the centred window of that length is read, so a 10-minute file costs what 3 s cost.
-    Plain 16-bit PCM WAV bytes (the usual stored format) are read with numpy instead: the same values as
-    soundfile's (sample / 32768, tested), several times faster.
+    `source`: a path, bytes, a binary file object, or a stored dataset value ``{"bytes": ..., "path": ...}``
+    (``Audio(decode=False)``). With `clip_seconds`, only the centred window of that length is read, so a 10-minute
+    file costs what 3 s cost. Plain 16-bit PCM WAV bytes (the usual stored format) are read with numpy instead: the
+    same values as soundfile's (sample / 32768, tested), several times faster. Other containers (MP4, M4A, WebM, ...)
+    are read with `xpl_hf.media.read_audio_window`.
 
     Returns:
         `(waveform, sample_rate)` with waveform float32 of shape (channels, samples).
+
+    Raises:
+        AudioError: a missing value or file, an unsupported type, an undecodable, truncated or empty file.
     """
+    if isinstance(source, dict):
+        data, path = source.get("bytes"), source.get("path")
+        if not data and not path:
+            raise AudioError("the audio value has neither bytes nor path.", "empty audio")
+        source = data if data else path
+    if source is None:
+        raise AudioError("the audio is missing (None).", "empty audio")
+    if not isinstance(source, (bytes, bytearray, memoryview, str, os.PathLike)) and not hasattr(source, "read"):
+        raise AudioError(f"unsupported audio type {type(source).__name__}; pass a path, bytes or a file object.")
     wav = _pcm16_wav(source) if isinstance(source, bytes) else None
     if wav is not None:
         channels, rate, start, frames = wav
