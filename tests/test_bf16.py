@@ -15,7 +15,8 @@ from xpl_hf.data import load_labeled, load_unlabeled_stream
 from xpl_hf.data.streams import concat_batches
 from xpl_hf.data.transforms import XPLCollator
 from xpl_hf.maps import pearson_consensus
-from xpl_hf.method import XPLMethod, compute_losses
+from xpl_hf.method import XPLMethod
+from xpl_hf.trainer import TrainingStep
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -30,21 +31,20 @@ def stage2_batch(tiny_benchmark):
 
 
 def _train(model, batch, dtype, steps=3):
-    """`steps` optimiser steps of eq. 9 with the forward and the losses under `dtype` autocast (None: fp32)."""
+    """`steps` calls of the trainer's TrainingStep with the forward and the losses under `dtype` autocast (None:
+    fp32), as Accelerate's mixed precision runs them."""
     method = XPLMethod(curriculum_rampup_steps=10)
-    bank, selector = method.make_bank(2), method.make_selector()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    bank = method.make_bank(2)
+    train_step = TrainingStep(model, torch.optim.AdamW(model.parameters(), lr=1e-4), method, bank=bank,
+                              selector=method.make_selector())
     history = []
     for step in range(steps):
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = model(**batch)
-            loss, logs = compute_losses(out, batch, method, bank=bank, selector=selector, pl_step=step)
+            output = train_step(batch, step, log_diagnostics=True)
+            out, loss, logs = output.outputs, output.loss, output.logs
             consensus = pearson_consensus(out.maps_a, out.maps_b)
         assert loss.dtype == torch.float32 and consensus.dtype == torch.float32
         assert all(v.dtype == torch.float32 for k, v in logs.items() if k.startswith("loss_")), logs
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
         history.append({"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}})
     assert bank.labels.dtype == torch.float16 and torch.isfinite(bank.labels.float()).all() and len(bank) == 4
     return out, history

@@ -1,18 +1,32 @@
-"""Checkpoints (xpl_hf.checkpointing): atomic, validated, no pickled code, corrupt ones skipped by 'latest'."""
+"""Checkpoints (xpl_hf.checkpointing): atomic, validated, no pickled code, corrupt ones skipped by 'latest', a full disk
+is one clear error, a killed best-model swap is recovered, one run per folder, data changes refuse a resume."""
 
+import errno
 import json
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
+from safetensors.torch import load_file, save_file
+
+from xpl_hf import checkpointing
 from xpl_hf.checkpointing import (
     COMPLETE_MARKER,
     CheckpointError,
+    RunLock,
     TrainerState,
+    atomic_save_pretrained,
+    check_fingerprint,
+    data_fingerprint,
+    list_checkpoints,
     load_checkpoint,
+    recover_saved_model,
     resolve_checkpoint,
     save_checkpoint,
     validate_checkpoint,
@@ -46,9 +60,13 @@ def parts():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _save(accelerator, parts, output_dir, step):
+def _save(accelerator, parts, output_dir, step, **kwargs):
     state = TrainerState(step=step, fingerprint={"method": "xpl"})
-    return save_checkpoint(accelerator, output_dir, state=state, total_limit=None, **parts)
+    return save_checkpoint(accelerator, output_dir, state=state, total_limit=None, **parts, **kwargs)
+
+
+def _shapes(parts):
+    return {k: tuple(v.shape) for k, v in parts["model"].state_dict().items()}
 
 
 def test_round_trip_restores_everything(parts, tmp_path):
@@ -114,3 +132,146 @@ def test_a_saved_model_is_not_a_checkpoint(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "xpl"}))
     with pytest.raises(CheckpointError, match="saved model, not a training checkpoint"):
         validate_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["corrupt_rng_state", "empty_xpl_state", "missing_weight", "reshaped_weight",
+                                    "missing_bank_tensor"])
+def test_more_damage_falls_back_to_the_newest_valid(parts, tmp_path, caplog, damage):
+    """Damage that used to pass the check and fail later with a raw KeyError / RuntimeError at load."""
+    accelerator, objects = parts
+    _save(accelerator, objects, tmp_path, 2)
+    newest = _save(accelerator, objects, tmp_path, 4)
+    if damage == "corrupt_rng_state":
+        (newest / "rng_state_0.json").write_text('{"python": [3, [1, 2')
+    elif damage == "empty_xpl_state":
+        (newest / "xpl_state.json").write_text("{}")
+    elif damage in ("missing_weight", "reshaped_weight"):
+        weights = load_file(str(newest / "model.safetensors"))
+        if damage == "missing_weight":
+            weights.pop("bias")
+        else:
+            weights["bias"] = torch.zeros(5)
+        save_file(weights, str(newest / "model.safetensors"))
+    else:
+        tensors = load_file(str(newest / "xpl_state.safetensors"))
+        tensors.pop("bank_labels")
+        save_file(tensors, str(newest / "xpl_state.safetensors"))
+    with caplog.at_level("WARNING"):
+        assert resolve_checkpoint(tmp_path, "latest", _shapes(objects)).name == "checkpoint-2"
+    assert "skipping checkpoint-4" in caplog.text
+    with pytest.raises(CheckpointError, match="checkpoint-4"):
+        validate_checkpoint(newest, _shapes(objects))
+
+
+def test_checkpoint_without_optimizer_state_loads(parts, tmp_path, caplog):
+    accelerator, objects = parts
+    path = _save(accelerator, objects, tmp_path, 3, save_optimizer=False)
+    assert not (path / "optimizer.pt").exists() and validate_checkpoint(path)["optimizer_saved"] is False
+    state = TrainerState()
+    with caplog.at_level("WARNING"):
+        load_checkpoint(accelerator, path, state=state, **objects)
+    assert state.step == 3 and "no optimiser state" in caplog.text
+    (path / "scheduler.pt").unlink()  # the scheduler state is always kept (it is tiny)
+    with pytest.raises(CheckpointError, match="scheduler.pt missing"):
+        validate_checkpoint(path)
+
+
+def test_a_full_disk_is_one_clear_error_and_keeps_the_previous_checkpoint(parts, tmp_path, monkeypatch):
+    accelerator, objects = parts
+    _save(accelerator, objects, tmp_path, 2)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing, "save_file", disk_full)
+    with pytest.raises(CheckpointError, match="no space left on the device while writing checkpoint-4"):
+        _save(accelerator, objects, tmp_path, 4)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    assert not (tmp_path / "checkpoints" / ".tmp-checkpoint-4").exists()  # no half-written folder left
+    assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint-2"
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from xpl_hf import XPLConfig, XPLModel, XPLProcessor
+
+    config = XPLConfig(image_size=64, embed_dim=8, vggish_fc_dim=16, clip_seconds=1.0, image_backbone_a="resnet18",
+                       image_backbone_b="resnet18")
+    return XPLModel(config), XPLProcessor.from_config(config)
+
+
+def test_a_kill_inside_the_best_model_swap_is_recovered(tiny_model, tmp_path, monkeypatch):
+    """SIGKILL between parking the old best model and moving the new one in: the next start puts it back."""
+    model, processor = tiny_model
+    best = tmp_path / "best"
+    atomic_save_pretrained(model, processor, best)
+    real_replace, calls = os.replace, []
+
+    def killed_after_parking(src, dst):
+        calls.append(dst)
+        real_replace(src, dst)
+        if str(dst).endswith(".old-best"):
+            raise SystemExit("killed")  # the process dies here
+
+    monkeypatch.setattr(checkpointing.os, "replace", killed_after_parking)
+    with pytest.raises(SystemExit):
+        atomic_save_pretrained(model, processor, best)
+    monkeypatch.undo()
+    assert not best.exists() and (tmp_path / ".old-best" / "model.safetensors").is_file()  # stranded
+    recover_saved_model(best)
+    assert (best / "model.safetensors").is_file() and not (tmp_path / ".old-best").exists()
+    assert not (tmp_path / ".tmp-best").exists()
+
+
+def test_a_full_disk_while_saving_the_best_model_keeps_the_old_one(tiny_model, tmp_path, monkeypatch):
+    model, processor = tiny_model
+    best = tmp_path / "best"
+    atomic_save_pretrained(model, processor, best)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing, "save_pretrained_with_pipeline", disk_full)
+    with pytest.raises(CheckpointError, match="no space left"):
+        atomic_save_pretrained(model, processor, best)
+    assert (best / "model.safetensors").is_file() and not (tmp_path / ".tmp-best").exists()
+
+
+def test_one_run_per_output_folder(tmp_path, caplog):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".run.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": sleeper.pid}))
+        with pytest.raises(CheckpointError, match=f"in use by another run \\(pid {sleeper.pid}"):
+            with RunLock(tmp_path):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the same lock, its run now dead (SIGKILLed): taken over, then released at the end
+    with caplog.at_level("WARNING"), RunLock(tmp_path) as lock:
+        assert lock.held and json.loads((tmp_path / ".run.lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(CheckpointError, match="in use by another run"):  # a second run now: refused
+            RunLock(tmp_path).__enter__()
+    assert "stale lock" in caplog.text and not (tmp_path / ".run.lock").exists()
+
+
+def test_data_fingerprint_sees_content_not_paths(tmp_path):
+    import shutil
+
+    data = tmp_path / "data" / "data"
+    data.mkdir(parents=True)
+    (data / "labeled-00000-of-00001.parquet").write_bytes(b"PAR1" + bytes(range(200)) * 10 + b"PAR1")
+    folder = str(tmp_path / "data")
+    before = data_fingerprint(folder)
+    assert data_fingerprint(folder + "/") == before  # a trailing "/" is the same dataset
+    copy = shutil.copytree(folder, tmp_path / "copy")  # new mtimes, same content
+    assert data_fingerprint(str(copy)) == before
+    (data / "labeled-00000-of-00001.parquet").write_bytes(b"PAR1" + bytes(range(199, -1, -1)) * 10 + b"PAR1")
+    changed = data_fingerprint(folder)
+    assert changed != before
+    with pytest.raises(CheckpointError, match="dataset files changed"):
+        check_fingerprint({"dataset": folder, **before}, {"dataset": folder, **changed}, "checkpoint-4")
+    check_fingerprint({"dataset": folder, **before}, {"dataset": folder, **before}, "checkpoint-4")
+    from xpl_hf.training_args import XPLTrainingArguments
+
+    assert XPLTrainingArguments(dataset=folder + "/").fingerprint() == XPLTrainingArguments(dataset=folder).fingerprint()

@@ -28,7 +28,8 @@ from xpl_hf.data import load_labeled, load_unlabeled_stream
 from xpl_hf.data.streams import concat_batches
 from xpl_hf.data.transforms import XPLCollator
 from xpl_hf.distributed import NonFiniteWatch, StepLogs
-from xpl_hf.method import XPLMethod, compute_losses
+from xpl_hf.method import XPLMethod
+from xpl_hf.trainer import TrainingStep
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -85,7 +86,9 @@ def stage2_batch(tiny_benchmark):
     return {k: on_device(v) if k in DEVICE_KEYS else v for k, v in batch.items()}
 
 
-def _xpl_parts():
+def _xpl_parts() -> TrainingStep:
+    """The trainer's step (gradient clipping on, as in train_xpl.py) with the bank and the window marked as device
+    data."""
     torch.manual_seed(0)
     config = XPLConfig(image_size=64, embed_dim=32, vggish_fc_dim=64, clip_seconds=1.0)
     model = XPLModel(config).train()
@@ -95,22 +98,15 @@ def _xpl_parts():
     selector = method.make_selector()
     selector.scores = on_device(selector.scores)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    return model, method, bank, selector, optimizer
+    return TrainingStep(model, optimizer, method, bank=bank, selector=selector, max_grad_norm=1.0)
 
 
-def _step(parts, batch, step, logs: StepLogs, watch: NonFiniteWatch, diagnostics=False):
-    """One optimiser step of the trainer's loop: forward, eq. 9 with bank and curriculum, backward, clip, AdamW."""
-    model, method, bank, selector, optimizer = parts
-    out = model(**batch)
-    loss, step_logs = compute_losses(out, batch, method, bank=bank, selector=selector, pl_step=step,
-                                     diagnostics=diagnostics)
-    watch.observe(loss, step)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    logs.add({"loss": loss, **step_logs})
-    return loss, step_logs
+def _step(parts: TrainingStep, batch, step, logs: StepLogs, watch: NonFiniteWatch, diagnostics=False):
+    """One call of the trainer's TrainingStep (forward, eq. 9 with bank and curriculum, backward, clip, AdamW); its
+    running logs and non-finite watch are the ones given, so the test can read them when it chooses."""
+    parts.running, parts.watch = logs, watch
+    output = parts(batch, step, log_diagnostics=diagnostics)
+    return output.loss, output.logs
 
 
 def test_xpl_step_reads_no_device_data_on_the_host(stage2_batch):
@@ -123,7 +119,7 @@ def test_xpl_step_reads_no_device_data_on_the_host(stage2_batch):
     assert OnDevice.calls == []
     assert isinstance(loss, OnDevice) and isinstance(step_logs["curriculum_threshold"], OnDevice)
     assert {"loss_cross_a", "admitted_fraction", "consensus_mean"} <= set(step_logs)
-    bank = parts[2]
+    bank = parts.bank
     assert len(bank) == 4 and isinstance(bank.labels, OnDevice)
 
     # the counter sees what a reporting step does: reading the logs and the non-finite flag, the diagnostics

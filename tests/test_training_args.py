@@ -12,6 +12,11 @@ from xpl_hf.training_args import XPLTrainingArguments, parse_args
     ("pl_ema_alpha", "1.0"), ("curriculum_r0", "0"), ("sharpen_temperature", "0"), ("avc_temperature", "-0.1"),
     ("consensus_min", "2"), ("weight_decay", "-1"), ("image_size", "100"), ("clip_seconds", "0.5"),
     ("eval_max_samples", "0"), ("checkpoints_total_limit", "0"), ("max_grad_norm", "-1"),
+    # upper bounds: a typo is an error naming the flag, not a 6 GiB allocation deep in torch
+    ("clip_seconds", "100000"), ("image_size", "32"), ("image_size", "4096"), ("train_batch_size", "100000"),
+    ("max_train_steps", "1000000000000"), ("learning_rate", "1000"), ("dataloader_num_workers", "10000"),
+    ("curriculum_window", "0"), ("avc_weight", "1e9"), ("cross_normalization", "batch"),
+    ("model_selection", "worst"),
 ])
 def test_bad_numbers_name_the_flag(flag, value):
     with pytest.raises(ValueError, match=f"--{flag} "):
@@ -44,3 +49,39 @@ def test_help_documents_every_flag():
     text = out.getvalue()
     for f in dataclasses.fields(XPLTrainingArguments):
         assert f"--{f.name}" in text and f.metadata.get("help"), f.name
+
+
+def test_trainer_aliases_map_to_the_options():
+    args = parse_args(["--max_steps", "5", "--per_device_train_batch_size", "3", "--per_device_eval_batch_size", "7",
+                       "--save_steps", "2", "--save_total_limit", "1", "--warmup_steps", "4"])
+    assert (args.max_train_steps, args.train_batch_size, args.eval_batch_size) == (5, 3, 7)
+    assert (args.checkpointing_steps, args.checkpoints_total_limit, args.lr_warmup_steps) == (2, 1, 4)
+    assert args.warmup_stage_steps == 100  # the Trainer's --warmup_steps is the learning-rate warm-up, not stage 1
+
+
+def test_each_rule_has_one_owner():
+    """The method's settings are checked by XPLMethod (the options only prefix the flag), so the rule exists once."""
+    from xpl_hf.method import XPLMethod
+
+    with pytest.raises(ValueError, match=r"^pl_ema_alpha 1.0: must be in \[0, 1\)"):
+        XPLMethod(pl_ema_alpha=1.0)
+    with pytest.raises(ValueError, match=r"^--pl_ema_alpha 1.0: must be in \[0, 1\)"):
+        parse_args(["--pl_ema_alpha", "1.0"])
+    import xpl_hf.training_args as training_args
+
+    source = open(training_args.__file__).read()
+    for setting in ("pl_ema_alpha", "curriculum_r0", "cross_normalization", "on_bad_sample"):
+        assert f'need(self.{setting}' not in source and f'"{setting}", "must' not in source, setting
+
+
+def test_parsing_imports_no_torch():
+    """--help must answer at once: the options module and the method settings import no torch (the package's own
+    __init__ aside)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.util, types; path = importlib.util.find_spec('xpl_hf').submodule_search_locations[0]; "
+            "package = types.ModuleType('xpl_hf'); package.__path__ = [path]; sys.modules['xpl_hf'] = package; "
+            "import xpl_hf.training_args; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
