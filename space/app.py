@@ -192,15 +192,19 @@ def _display_image(image: PIL.Image.Image) -> PIL.Image.Image:
 
 
 @torch.inference_mode()
-def localize(loaded: LoadedModel, image: PIL.Image.Image, waveform: np.ndarray, sampling_rate: int) -> Localization:
+def localize(loaded: LoadedModel, image: PIL.Image.Image, waveform: np.ndarray, sampling_rate: int,
+             model_image: PIL.Image.Image | None = None) -> Localization:
     """Run both branches on one (image, audio) pair; make the overlays, consensus and timings.
 
-    The maps come from `XPLProcessor.post_process_localization` at the displayed frame's size (upsampled and
-    normalised as the evaluation protocol views them) and are drawn with `xpl_hf.visualization.overlay_heatmap`.
+    `model_image`: the frame as the model gets it, when it differs from the displayed `image` (a large JPEG decoded
+    at the reduced scale training uses: `read_image(..., target_size)`). The maps come from
+    `XPLProcessor.post_process_localization` at the displayed frame's size (upsampled and normalised as the evaluation
+    protocol views them) and are drawn with `xpl_hf.visualization.overlay_heatmap`.
     """
     t0 = time.perf_counter()
     try:
-        batch = loaded.processor(images=image, audio=waveform, sampling_rate=sampling_rate, return_tensors="pt")
+        batch = loaded.processor(images=model_image or image, audio=waveform, sampling_rate=sampling_rate,
+                                 return_tensors="pt")
     except ValueError as err:  # ImageError / AudioError name the problem
         raise InputError(f"Could not prepare the inputs: {err}") from err
     device = next(loaded.model.parameters()).device
@@ -292,9 +296,10 @@ def build_demo(model: str | LoadedModel | None = None, examples_dir: str | Path 
         if not ready:
             raise gr.Error("No trained model is loaded; see the notice at the top of the page.", duration=None)
         try:
-            image = read_image(image_value, loaded.processor.image_size)
+            image = read_image(image_value)  # shown at up to DISPLAY_SIDE px
+            model_image = read_image(image_value, loaded.processor.image_size)  # the pixels training would see
             waveform, rate = read_audio(audio_value, loaded.processor.clip_seconds)
-            result = localize(loaded, image, waveform, rate)
+            result = localize(loaded, image, waveform, rate, model_image)
         except InputError as err:
             raise _error(err) from None
         return (result.overlay_a, result.overlay_b, result.overlay_fused, round(result.rho, 4),
