@@ -35,6 +35,10 @@ Box rules (:func:`clean_boxes`), applied by every converter and counted in a :cl
   box whose max corner lies before its min corner is dropped (``inverted_dropped``) -- the protocol's
   ``map[y0:y1, x0:x1] = 1`` fills nothing for such a box, so dropping it leaves the ground-truth map unchanged;
 * a box of zero width or height after that is dropped (``zero_area``).
+
+Where a split is loaded (:func:`xpl_hf.data.loading.check_boxes`, for splits written without a converter), a box with
+a missing, NaN or infinite coordinate, or one outside [0, 1], is refused naming the row's id; swapped corners are
+reordered (the ``"reorder"`` rule).
 """
 
 from __future__ import annotations
