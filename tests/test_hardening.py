@@ -223,3 +223,12 @@ def test_metric_refuses_bad_reference_boxes(boxes, problem):
     with pytest.raises(ValueError, match=rf"reference 1.*{problem}"):
         evaluate.load(METRIC_PATH, "union").compute(predictions=[[[0.0, 1.0], [0.0, 1.0]]] * 2,
                                                     references=[[[0.5, 0.0, 1.0, 1.0]], boxes])
+
+
+def test_non_finite_maps_are_an_error_not_an_empty_box():
+    """NaN maps (from weights or inputs that are not finite) used to give `box=None` and a consensus of 0.0."""
+    maps = torch.rand(2, 2, 2)
+    maps[1, 0, 0] = float("nan")
+    processor = XPLProcessor(image_size=64, clip_seconds=1.0)
+    with pytest.raises(ValueError, match=r"maps.*\[1\].*NaN"):
+        processor.post_process_localization({"maps": maps, "maps_a": maps, "maps_b": maps}, threshold=0.5)

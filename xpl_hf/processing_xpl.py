@@ -256,6 +256,9 @@ class XPLProcessor(FeatureExtractionMixin):
             - `"consensus"`: the branches' agreement ρ, Pearson correlation of the raw maps of A and B (`float`);
             - with `threshold`: `"box"`, `[x0, y0, x1, y1]` in pixels (ints, `x1`/`y1` exclusive, as in
               `PIL.Image.crop`): the smallest box holding every pixel of `"map"` `>= threshold`, or `None` if none is.
+
+        Raises:
+            ValueError: the outputs lack a map, have another shape, or hold NaN / infinite values (naming the images).
         """
         from .maps import pearson_consensus
 
@@ -286,6 +289,10 @@ class XPLProcessor(FeatureExtractionMixin):
         maps = torch.as_tensor(maps)
         if maps.ndim != 3:
             raise ValueError(f"outputs.{name} has shape {tuple(maps.shape)}; expected (batch, h, w).")
+        if not torch.isfinite(maps).all():  # NaN maps would give no box and a consensus of 0, silently
+            bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(maps.flatten(1)).all(dim=1)).flatten()})
+            raise ValueError(f"outputs.{name} of image(s) {bad} hold NaN or infinite values: the model's weights or "
+                             "inputs are not finite.")
         return maps.detach().float()
 
     def _target_sizes(self, target_sizes, batch: int) -> list[tuple[int, int]]:
