@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -46,6 +47,8 @@ def test_cli_reports_branches_labels_subsets_and_overlays(assets, capsys):
     ])
     printed = capsys.readouterr().out
     assert "| fused |" in printed and "A (VGGish)" in printed and "B (SoundNet-8)" in printed
+    for row in ("| true |", "| swapped |", "| silence |", "| noise |", "| true - swapped |", "selection"):
+        assert row in printed.split("Listening checks:")[1]
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["num_samples"] == report["num_samples"] == 7
@@ -74,23 +77,48 @@ def test_cli_reports_branches_labels_subsets_and_overlays(assets, capsys):
     expected = localization_metrics(fused, gts)
     np.testing.assert_allclose(saved["per_sample"]["ciou_fused"], expected["per_sample_ciou"], atol=1e-6)
 
+    # listening: the figures in results.json, one per-scene row per scene (the generated scenes list their objects)
+    listening = saved["listening"]
+    assert set(listening["metrics"]) == {"true", "swapped", "silence", "noise"}
+    assert listening["metrics"]["true"] == {b: saved["metrics"][b] for b in ("a", "b", "fused")}
+    assert listening["swap"] == {"rule": "another clip of a different label", "seed": 0}
+    assert listening["selection"]["num_scenes"] == 7
+    chance = np.mean([1 / len(objects) for objects in test["objects"]])
+    assert listening["selection"]["chance"] == pytest.approx(100 * chance)
+    assert saved["summary"]["listening/selection/true/fused"] == listening["selection"]["variants"]["true"]["fused"][
+        "accuracy"]
+    with open(out / saved["per_scene"]) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["id"] for r in rows] == ids and {r["label"] for r in rows} == set(test["label"])
+    assert all(r["swap_donor"] != r["id"] and labels[r["swap_donor"]] != r["label"] for r in rows
+               for labels in [dict(zip(ids, test["label"]))])
+    np.testing.assert_allclose([float(r["ciou_true_fused"]) for r in rows], saved["per_sample"]["ciou_fused"])
+    assert all(0 <= int(r["selected_true_fused"]) < int(r["num_objects"]) for r in rows)
+
 
 def test_cli_max_samples_and_bad_arguments(assets, tmp_path):
     report = main(["--model", str(assets / "model"), "--dataset", str(assets / "data"), "--max_samples", "2",
                    "--output_dir", str(tmp_path), "--overlays_per_group", "0"])
     assert report["num_samples"] == 2 and "overlays" not in report
     assert not (tmp_path / "overlays.png").exists()
+    quiet = main(["--model", str(assets / "model"), "--dataset", str(assets / "data"), "--max_samples", "3",
+                  "--output_dir", str(tmp_path / "quiet"), "--overlays_per_group", "0", "--no_listening"])
+    assert "listening" not in quiet and "listening/swapped/fused/ciou" not in quiet["summary"]
+    assert (tmp_path / "quiet" / "per_scene.csv").read_text().splitlines()[0] == "id,label,ciou_a,ciou_b,ciou_fused"
     with pytest.raises(ValueError, match="NAME=IDS_FILE"):
         main(["--model", str(assets / "model"), "--dataset", str(assets / "data"), "--subset", "heard"])
     with pytest.raises(SystemExit):
         main(["--model", str(assets / "model"), "--dataset", str(assets / "data"), "--batch_size", "0"])
+    with pytest.raises(SystemExit):
+        main(["--model", str(assets / "model"), "--dataset", str(assets / "data"), "--noise_rms", "0"])
 
 
 def test_module_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "xpl_hf.evaluate", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    for flag in ("--model", "--dataset", "--split", "--batch_size", "--output_dir", "--max_samples", "--heard_list"):
+    for flag in ("--model", "--dataset", "--split", "--batch_size", "--output_dir", "--max_samples", "--heard_list",
+                 "--no_listening", "--listening_seed", "--noise_color", "--noise_rms"):
         assert flag in done.stdout
 
 

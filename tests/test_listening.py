@@ -15,6 +15,7 @@ from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.metrics.listening import (
     box_pixels,
     format_listening_table,
+    noise_clip_index,
     noise_waveform,
     object_means,
     select_objects,
@@ -96,7 +97,7 @@ def test_box_pixels_follow_the_vggss_ground_truth_rule():
 
 def test_object_means_match_slicing_of_the_upsampled_map():
     rng = np.random.default_rng(1)
-    maps = torch.from_numpy(rng.random((3, 7, 7)).astype(np.float32))
+    maps = torch.from_numpy(rng.random((3, 5, 9)).astype(np.float32))  # h != w: the axes cannot be swapped
     objects = [[{"box": [0.1, 0.2, 0.6, 0.5]}, {"box": [0.0, 0.0, 1.0, 1.0]}], [], [{"box": [0.3, 0.3, 0.31, 0.9]}]]
     means = object_means(maps, objects)
     big = torch.nn.functional.interpolate(maps[:, None].double(), size=(224, 224), mode="bicubic",
@@ -217,17 +218,19 @@ def _forward_scores(model, rows, audio) -> dict[str, np.ndarray]:
 
 def test_listening_scores_equal_forwards_with_the_replaced_sound(tiny, tmp_path):
     model, processor, rows, objects = tiny
-    settings = ListeningSettings(seed=3, noise_color="white", noise_rms=0.05)
+    settings = ListeningSettings(seed=3, noise_color="white", noise_rms=0.05, noise_clips=3)
     result = evaluate_model(model, _batches(rows, 3), processor=processor, listening=settings, objects=objects)
     listening = result["listening"]
     per_scene = listening["per_scene"]
     donors, rule = swap_permutation(rows["labels"], seed=3)
     assert per_scene["swap_donor"] == [f"s{j}" for j in donors] and listening["swap"]["rule"] == rule
     ids = rows["ids"]
+    clips = [noise_clip_index(i, 3) for i in ids]
+    assert per_scene["noise_clip"] == clips and len(set(clips)) > 1
     noise = {}
     for rate in (16000, 22050):
-        noise[rate] = torch.from_numpy(np.stack([noise_waveform(i, rate, rate, seed=3, color="white", rms=0.05)
-                                                 for i in ids]))
+        noise[rate] = torch.from_numpy(np.stack([noise_waveform(f"noise-{k}", rate, rate, seed=3, color="white",
+                                                                rms=0.05) for k in clips]))
     variants = {
         "true": {k: rows[k] for k in ("audio_log_mel", "audio_waveform")},
         "swapped": {k: rows[k][donors] for k in ("audio_log_mel", "audio_waveform")},

@@ -20,6 +20,7 @@ from .metrics.listening import (
     ListeningSettings,
     format_listening_table,
     listening_drops,
+    noise_clip_index,
     noise_waveform,
     select_objects,
     summarize_selection,
@@ -99,16 +100,17 @@ def audio_embeddings(model: torch.nn.Module, audio_inputs: Mapping[str, torch.Te
     return {"a": output.audio_embeds_a, "b": output.audio_embeds_b}
 
 
-def negative_audio_inputs(processor, ids: Sequence[str], settings: ListeningSettings, silence: bool = False
+def negative_audio_inputs(processor, settings: ListeningSettings, noise_clips: Sequence[int] | None = None
                           ) -> dict[str, torch.Tensor]:
-    """Both branches' audio inputs for seeded noise clips (one per id), or for silence, made at the processor's
-    clip length and rates as :meth:`xpl_hf.XPLProcessor.audio_features` makes them from a real clip."""
+    """Both branches' audio inputs for the given clips of the settings' noise pool, or for one all-zero clip
+    (``noise_clips=None``), made at the processor's rates and clip length as
+    :meth:`xpl_hf.XPLProcessor.audio_features` makes them from a real clip."""
     clips = {}
     for rate in (processor.vggish_sample_rate, processor.soundnet_sample_rate):
         length = round(processor.clip_seconds * rate)
-        clips[rate] = np.zeros((len(ids), length), dtype=np.float32) if silence else np.stack([
-            noise_waveform(i, length, rate, seed=settings.seed, color=settings.noise_color, rms=settings.noise_rms)
-            for i in ids])
+        clips[rate] = np.zeros((1, length), dtype=np.float32) if noise_clips is None else np.stack([
+            noise_waveform(f"noise-{k}", length, rate, seed=settings.seed, color=settings.noise_color,
+                           rms=settings.noise_rms) for k in noise_clips])
     waveform = np.clip(clips[processor.soundnet_sample_rate], -1.0, 1.0) * 256.0
     return {"audio_log_mel": processor.log_mel_examples(torch.from_numpy(clips[processor.vggish_sample_rate])),
             "audio_waveform": torch.from_numpy(waveform)}
@@ -117,7 +119,8 @@ def negative_audio_inputs(processor, ids: Sequence[str], settings: ListeningSett
 class ListeningRun:
     """Collects the listening checks batch by batch, from the evaluation's own forward (the image encoders run once).
 
-    Silence and noise are scored on the spot (their audio embeddings paired with the batch's visual features); the
+    Silence and noise are scored on the spot (their audio embeddings, computed once per evaluation for silence and
+    once per clip of the noise pool, paired with the batch's visual features); the
     swap needs another clip's embedding, possibly from a later batch, so the visual features (N, D, h, w) and
     ground truths (as uint8 2 G) are kept on the host until :meth:`finish` (about 2 x D x h x w x 4 + 50,176 bytes
     a scene: 0.45 GB for 2,000 scenes at 224 px, 0.13 GB at 128 px).
@@ -138,37 +141,45 @@ class ListeningRun:
         self.gts: list[torch.Tensor] = []
         self.scores = {v: {b: [] for b in BRANCHES} for v in AUDIO_VARIANTS if v != "true"}
         self.maps = {v: {b: [] for b in BRANCHES} for v in AUDIO_VARIANTS}
-        self.silence: dict[str, torch.Tensor] | None = None
+        self.silence_embeddings: dict[str, torch.Tensor] | None = None  # {"a" | "b": (1, D)}
+        self.noise_embeddings: dict[int, dict[str, torch.Tensor]] = {}  # pool clip -> {"a" | "b": (D,)}
 
     def _check_factorised(self, output, inputs: Mapping[str, torch.Tensor]) -> None:
         """The checks pair visual features with other audio embeddings: make sure the model's maps are that pairing."""
         audio = {"a": output.audio_embeds_a, "b": output.audio_embeds_b}
         rebuilt = paired_maps(self.model, {"a": output.visual_features_a, "b": output.visual_features_b}, audio)
-        alone = audio_embeddings(self.model, {k: inputs[k] for k in AUDIO_INPUTS})
+        alone = audio_embeddings(self.model, {k: inputs[k][:2] for k in AUDIO_INPUTS})
         same = all(torch.allclose(rebuilt[b], getattr(output, field).float(), rtol=1e-4, atol=1e-5)
                    for b, field in BRANCHES.items())
-        same &= all(torch.allclose(alone[b], audio[b], rtol=1e-4, atol=1e-5) for b in audio)
+        same &= all(torch.allclose(alone[b], audio[b][:2], rtol=1e-4, atol=1e-5) for b in audio)
         if not same:
             raise ValueError("listening checks pair each image's visual features with other clips' audio embeddings; "
                              "this model's maps are not sigmoid(w <visual_features, audio_embeds> + b) of its outputs")
 
+    def _negative_embeddings(self, ids: Sequence[str], device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+        """``{"silence" | "noise": {"a" | "b": (k, D)}}`` for the scenes ``ids``; the audio encoders run once for
+        silence and once per noise clip of the pool (when a scene first needs it)."""
+        clips = [noise_clip_index(i, self.settings.noise_clips) for i in ids]
+        missing = sorted(set(clips) - set(self.noise_embeddings))
+        if self.silence_embeddings is None:
+            silence = negative_audio_inputs(self.processor, self.settings)
+            self.silence_embeddings = audio_embeddings(self.model, {k: v.to(device) for k, v in silence.items()})
+        if missing:
+            noise = negative_audio_inputs(self.processor, self.settings, missing)
+            noise = audio_embeddings(self.model, {k: v.to(device) for k, v in noise.items()})
+            self.noise_embeddings.update({k: {b: e[row] for b, e in noise.items()} for row, k in enumerate(missing)})
+        return {"silence": {b: e.expand(len(ids), -1) for b, e in self.silence_embeddings.items()},
+                "noise": {b: torch.stack([self.noise_embeddings[k][b] for k in clips]) for b in ("a", "b")}}
+
     def add(self, output, inputs: Mapping[str, torch.Tensor], ids: Sequence[str], keep: list[int],
             gts: torch.Tensor) -> None:
         """One batch: ``output`` of the model on ``inputs``; ``keep`` the scored rows, ``gts`` their (k, 224, 224)."""
-        if self.silence is None:
+        if self.silence_embeddings is None:
             self._check_factorised(output, inputs)
-            device = inputs["audio_waveform"].device
-            silent = negative_audio_inputs(self.processor, ["silence"], self.settings, silence=True)
-            self.silence = audio_embeddings(self.model, {k: v.to(device) for k, v in silent.items()})
         visual = {"a": output.visual_features_a[keep], "b": output.visual_features_b[keep]}
         for branch, field in BRANCHES.items():
             self.maps["true"][branch].append(getattr(output, field)[keep].float().cpu())
-        device = visual["a"].device
-        noise = negative_audio_inputs(self.processor, ids, self.settings)
-        negatives = {
-            "silence": {b: e.expand(len(keep), -1) for b, e in self.silence.items()},
-            "noise": audio_embeddings(self.model, {k: v.to(device) for k, v in noise.items()}),
-        }
+        negatives = self._negative_embeddings(ids, inputs["audio_waveform"].device)
         for variant, audio in negatives.items():
             for branch, maps in paired_maps(self.model, visual, audio).items():
                 maps = maps.float().cpu()
@@ -206,14 +217,16 @@ class ListeningRun:
         scores = {"true": dict(true_scores)}
         scores.update({v: {b: np.concatenate(s) for b, s in per.items()} for v, per in self.scores.items()})
         metrics = {v: {b: summarize_ciou(s) for b, s in per.items()} for v, per in scores.items()}
-        per_scene: dict[str, list] = {"id": ids, "label": labels, "swap_donor": [ids[j] for j in donors]}
+        per_scene: dict[str, list] = {"id": ids, "label": labels, "swap_donor": [ids[j] for j in donors],
+                                      "noise_clip": [noise_clip_index(i, self.settings.noise_clips) for i in ids]}
         for variant in AUDIO_VARIANTS:
             for branch in BRANCHES:
                 per_scene[f"ciou_{variant}_{branch}"] = scores[variant][branch].tolist()
         listening: dict[str, Any] = {
             "num_scenes": len(ids), "metrics": metrics, "drops": listening_drops(metrics),
             "swap": {"rule": rule, "seed": self.settings.seed},
-            "noise": {"color": self.settings.noise_color, "rms": self.settings.noise_rms, "seed": self.settings.seed},
+            "noise": {"color": self.settings.noise_color, "rms": self.settings.noise_rms,
+                      "clips": self.settings.noise_clips, "seed": self.settings.seed},
             "selection": None,
         }
         scene_objects = [(objects or {}).get(i) for i in ids]

@@ -9,8 +9,9 @@ cIoU / AUC by :func:`xpl_hf.evaluation.evaluate_model` (``listening=True``) and 
    - ``swapped``: the sound of another clip of the evaluation set, of a different ``label`` when labels exist
      (:func:`swap_permutation`: a seeded permutation without fixed points);
    - ``silence``: an all-zero waveform;
-   - ``noise``: seeded noise (:func:`noise_waveform`: pink by default, RMS 0.1 of full scale, i.e. -20 dBFS),
-     a different draw for every clip, keyed by its id.
+   - ``noise``: seeded noise (:func:`noise_waveform`: pink by default, RMS 0.1 of full scale, i.e. -20 dBFS): a
+     pool of ``noise_clips`` draws (32 by default, so that the audio encoders run 32 times, not once per scene),
+     clip ``noise_clip_index(id)`` for each scene, chosen by a hash of its id.
 
    The drop ``true - variant`` of CIoU / AUC is reported per branch; a model that ignores the sound drops by 0.
 
@@ -31,6 +32,7 @@ Everything here is a pure function of arrays; the model loop lives in :mod:`xpl_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -38,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .protocol import EVAL_SIZE
 
@@ -55,9 +58,6 @@ TIE_TOLERANCE = 1e-9
 """Object means closer to the best than this times the map's largest absolute value are tied (a float32 map holds
 about 7 significant digits; the float64 upsampling of a constant map is constant to about 1e-16)."""
 
-_CHUNK = 64  # scenes per vectorised step of the selection check
-
-
 @dataclasses.dataclass(frozen=True)
 class ListeningSettings:
     """Settings of the listening checks (recorded in every result).
@@ -66,17 +66,21 @@ class ListeningSettings:
         seed: seed of the swap permutation and of the noise clips.
         noise_color: ``"pink"`` (1 / f power) or ``"white"``.
         noise_rms: RMS of the noise clips relative to full scale (0.1 = -20 dBFS).
+        noise_clips: size of the pool of noise draws the scenes share (see :func:`noise_clip_index`).
     """
 
     seed: int = 0
     noise_color: str = "pink"
     noise_rms: float = DEFAULT_NOISE_RMS
+    noise_clips: int = 32
 
     def __post_init__(self):
         if self.noise_color not in NOISE_COLORS:
             raise ValueError(f"noise_color must be one of {NOISE_COLORS}, got {self.noise_color!r}")
         if not self.noise_rms > 0:
             raise ValueError(f"noise_rms must be positive, got {self.noise_rms}")
+        if self.noise_clips < 1:
+            raise ValueError(f"noise_clips must be at least 1, got {self.noise_clips}")
 
 
 def swap_permutation(labels: Sequence[str], seed: int = 0) -> tuple[np.ndarray, str]:
@@ -148,6 +152,12 @@ def noise_waveform(key: str, num_samples: int, sample_rate: int, *, seed: int = 
     return noise.astype(np.float32)
 
 
+def noise_clip_index(sample_id: str, num_clips: int) -> int:
+    """The noise draw (``noise_waveform(f"noise-{index}", ...)``) a scene hears: a hash of its id, so that it does
+    not depend on the order, the batch size or the other scenes."""
+    return zlib.crc32(sample_id.encode("utf-8")) % num_clips
+
+
 def box_pixels(box: Sequence[float], size: int = EVAL_SIZE) -> tuple[int, int, int, int]:
     """Normalised ``[x0, y0, x1, y1]`` -> integer ``(x0, y0, x1, y1)`` on the size x size grid (VGG-SS rule), at
     least one pixel wide and high (``map[y0:y1, x0:x1]`` is never empty)."""
@@ -156,12 +166,25 @@ def box_pixels(box: Sequence[float], size: int = EVAL_SIZE) -> tuple[int, int, i
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _cumulative_upsampling(length: int, size: int = EVAL_SIZE) -> torch.Tensor:
+    """(size + 1, length) float64: row t holds, for each input pixel, the sum of its bicubic weights
+    (``align_corners=False``) over the output pixels 0 .. t-1 along one axis.
+
+    Bicubic upsampling is separable (``upsample(m) = U_y @ m @ U_x.T``), so the sum of the upsampled map over rows
+    ``y0:y1`` and columns ``x0:x1`` is ``(C_y[y1] - C_y[y0]) @ m @ (C_x[x1] - C_x[x0])``: no 224 x 224 map is built.
+    """
+    basis = torch.eye(length, dtype=torch.float64)[:, None, :, None]  # image k: a column with a 1 at row k
+    weights = F.interpolate(basis, size=(size, 1), mode="bicubic", align_corners=False)[:, 0, :, 0]  # (length, size)
+    return F.pad(weights.T.cumsum(0), (0, 0, 1, 0))
+
+
 def object_means(maps: torch.Tensor, objects: Sequence[Sequence[Mapping[str, Any]]]) -> list[np.ndarray]:
-    """Mean map value inside each object's box.
+    """Mean map value inside each object's box, on the map upsampled to 224 x 224 (bicubic, ``align_corners=False``,
+    in float64; computed without building the upsampled map, see :func:`_cumulative_upsampling`).
 
     Args:
-        maps: (N, h, w) raw maps (any resolution): upsampled to 224 x 224 (bicubic, ``align_corners=False``,
-            float64).
+        maps: (N, h, w) raw maps (any resolution).
         objects: N lists of objects (mappings with a ``box``); an empty list gives an empty array.
 
     Returns:
@@ -169,21 +192,20 @@ def object_means(maps: torch.Tensor, objects: Sequence[Sequence[Mapping[str, Any
     """
     if len(maps) != len(objects):
         raise ValueError(f"got {len(maps)} maps but {len(objects)} object lists")
-    means: list[np.ndarray] = []
-    for start in range(0, len(maps), _CHUNK):
-        chunk = torch.as_tensor(maps[start : start + _CHUNK]).double()[:, None]
-        chunk = torch.nn.functional.interpolate(chunk, size=(EVAL_SIZE, EVAL_SIZE), mode="bicubic",
-                                                align_corners=False)[:, 0]
-        # summed-area table with a zero row / column in front: the sum of any box is 4 look-ups
-        table = torch.nn.functional.pad(chunk.cumsum(1).cumsum(2), (1, 0, 1, 0)).numpy()
-        for offset, scene_objects in enumerate(objects[start : start + _CHUNK]):
-            values = np.zeros(len(scene_objects), dtype=np.float64)
-            for k, item in enumerate(scene_objects):
-                x0, y0, x1, y1 = box_pixels(item["box"])
-                t = table[offset]
-                values[k] = (t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0]) / ((x1 - x0) * (y1 - y0))
-            means.append(values)
-    return means
+    maps = torch.as_tensor(maps).double()
+    if maps.ndim != 3:
+        raise ValueError(f"expected maps of shape (N, h, w), got {tuple(maps.shape)}")
+    counts = [len(items) for items in objects]
+    if not sum(counts):
+        return [np.zeros(0) for _ in objects]
+    boxes = torch.tensor([box_pixels(item["box"]) for items in objects for item in items])  # (M, 4): x0, y0, x1, y1
+    scene = torch.repeat_interleave(torch.arange(len(objects)), torch.tensor(counts))  # (M,)
+    rows, columns = _cumulative_upsampling(maps.shape[1]), _cumulative_upsampling(maps.shape[2])
+    weight_y = rows[boxes[:, 3]] - rows[boxes[:, 1]]  # (M, h)
+    weight_x = columns[boxes[:, 2]] - columns[boxes[:, 0]]  # (M, w)
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).double()
+    means = torch.einsum("mh,mhw,mw->m", weight_y, maps[scene], weight_x) / area
+    return list(np.split(means.numpy(), np.cumsum(counts)[:-1]))
 
 
 def select_objects(maps: torch.Tensor, objects: Sequence[Sequence[Mapping[str, Any]] | None]) -> dict[str, np.ndarray]:
@@ -273,7 +295,7 @@ def format_listening_table(result: Mapping[str, Any], branch_names: Mapping[str,
     noise = listening["noise"]
     notes = [f"{listening['num_scenes']} scenes; swapped: the sound of {listening['swap']['rule']} "
              f"(seed {listening['swap']['seed']}); silence: all-zero waveform; noise: {noise['color']}, "
-             f"RMS {noise['rms']} of full scale (seed {noise['seed']})."]
+             f"RMS {noise['rms']} of full scale, {noise['clips']} seeded draws (seed {noise['seed']})."]
     if selection:
         notes.append(f"Object selection over {selection['num_scenes']} scenes listing their objects: chance "
                      f"{selection['chance']:.1f}% (a map that ignores the sound); ties count as a fraction.")
