@@ -75,6 +75,7 @@ def train(args: XPLTrainingArguments) -> dict:
     verbosity = logging.WARNING if accelerator.is_local_main_process else logging.ERROR
     datasets.utils.logging.set_verbosity(verbosity)
     transformers.utils.logging.set_verbosity(verbosity)
+    transformers.utils.logging.disable_progress_bar()  # save_pretrained's shard bar would cut through ours
     set_seed(args.seed)  # identical initial weights on every process
     if method.uses_unlabeled and args.warmup_stage_steps >= args.max_train_steps:
         logger.warning(f"--warmup_stage_steps {args.warmup_stage_steps} >= --max_train_steps {args.max_train_steps}: "

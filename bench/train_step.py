@@ -7,9 +7,10 @@ Both timings use the same model, the same batches (half labeled, half unlabeled)
 - XPL:   forward + eq. 9 (L_sup, λ·L_avc, L_cross with sharpening, PL-EMA bank update, Pearson consensus,
          curriculum selection) + backward + AdamW step.
 The two are interleaved (plain, XPL, plain, XPL, ...) so machine noise hits both alike; medians and their ratio are
-printed (target <= 1.05). The XPL step is the trainer's: `is_labeled` stays on the host, the bank and the curriculum
-window live on the device, and nothing reads device data on the host (tests/test_no_sync.py). Then the bank's bytes
-for 144,000 unlabeled ids at the 7 x 7 map (target <= 64 MB).
+printed (target <= 1.05). The XPL step is the trainer's own `xpl_hf.trainer.TrainingStep` (its running logs and
+non-finite watch included): `is_labeled` stays on the host, the bank and the curriculum window live on the device,
+and nothing reads device data on the host (tests/test_no_sync.py). Then the bank's bytes for 144,000 unlabeled ids at
+the 7 x 7 map (target <= 64 MB).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import time
 import torch
 
 from xpl_hf import XPLConfig, XPLModel
-from xpl_hf.distributed import NonFiniteWatch, StepLogs
 from xpl_hf.losses import pixel_bce
-from xpl_hf.method import XPLMethod, compute_losses
+from xpl_hf.method import XPLMethod
 from xpl_hf.pseudo_labels import PseudoLabelBank
+from xpl_hf.trainer import TrainingStep, compute_losses
 
 
 def main() -> None:
@@ -57,21 +58,19 @@ def main() -> None:
         "is_labeled": torch.arange(b) < half,  # batch metadata: stays on the host, as in train_xpl.py
     }
     method = XPLMethod(curriculum_rampup_steps=1000)
-    bank = PseudoLabelBank(config.map_size, alpha=method.pl_ema_alpha, device=device)
-    selector = method.make_selector()
-    watch, step_logs = NonFiniteWatch(), StepLogs()
+    train_step = TrainingStep(model, optimizer, method, bank=method.make_bank(config.map_size).to(device),
+                              selector=method.make_selector())
     step_counter = {"n": 0}
-    section = {"plain": [], "xpl": []}  # host time of the part that differs (losses and XPL's state), CPU only
 
     def forward():
         return model(**batch)
 
-    def plain_step():
-        out = forward()
-        start = time.perf_counter()
+    def plain_loss(out):
         target = torch.rand_like(out.maps_a)
-        loss = pixel_bce(out.maps_a, target).mean() + pixel_bce(out.maps_b, target).mean()
-        section["plain"].append(time.perf_counter() - start)
+        return pixel_bce(out.maps_a, target).mean() + pixel_bce(out.maps_b, target).mean()
+
+    def plain_step():
+        loss = plain_loss(forward())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -79,15 +78,8 @@ def main() -> None:
     def xpl_step():
         n = step_counter["n"] = step_counter["n"] + 1
         batch["ids"] = [f"sample-{(n * b + i) % 5000}" for i in range(b)]  # new and revisited ids
-        out = forward()
-        start = time.perf_counter()
-        loss, logs = compute_losses(out, batch, method, bank=bank, selector=selector, pl_step=n)
-        watch.observe(loss, n)  # the trainer's per-step bookkeeping: asynchronous, read on reporting steps only
-        step_logs.add({"loss": loss, **logs})
-        section["xpl"].append(time.perf_counter() - start)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(batch, n)  # forward, eq. 9 (bank, consensus, curriculum), bookkeeping, backward, AdamW
+
 
     for fn in (plain_step, xpl_step):  # warm-up
         fn()
@@ -106,10 +98,20 @@ def main() -> None:
     print(f"XPL step (all losses, bank, consensus, curriculum): median {x * 1000:.0f} ms")
     print(f"overhead ratio XPL / plain: {x / p:.3f} (target <= 1.05); fastest repeats {min(xpl) / min(plain):.3f}; "
           f"per-repeat ratios {[round(xi / pi, 2) for pi, xi in zip(plain, xpl)]}")
-    if device.type == "cpu":  # synchronous: the loss section's own time is the overhead, free of step-to-step noise
+    if device.type == "cpu":  # synchronous: the loss section's own time, free of step-to-step noise
+        with torch.no_grad():
+            out = forward()
+        probe = {"bank": method.make_bank(config.map_size), "selector": method.make_selector()}
+        section = {"plain": [], "xpl": []}
+        for n in range(args.repeats):
+            for name, fn in (("plain", lambda: plain_loss(out)),
+                             ("xpl", lambda: compute_losses(out, batch, method, pl_step=n, **probe))):
+                start = time.perf_counter()
+                fn()
+                section[name].append(time.perf_counter() - start)
         extra = statistics.median(section["xpl"]) - statistics.median(section["plain"])
-        print(f"XPL's losses and state vs the plain loss: +{extra * 1000:.1f} ms per step = {extra / p:.2%} of the "
-              "plain step (the backward of the extra terms is in the ratio above)")
+        print(f"XPL's losses and state (compute_losses) vs the plain loss: +{extra * 1000:.1f} ms per step = "
+              f"{extra / p:.2%} of the plain step (the backward of the extra terms is in the ratio above)")
 
     big = PseudoLabelBank(7, alpha=0.7)
     for start in range(0, args.bank_ids, 4096):

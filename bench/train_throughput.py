@@ -13,17 +13,18 @@ Presets (any option below overrides them):
 
 The benchmark is generated once into --data_dir (224 px / 3 s for h100; reused when present). The run calls
 `train_xpl.main` unchanged (two stages: --warmup_stage_steps labelled-only steps, then labelled + unlabelled with
-pseudo-labels, PL-EMA bank and curriculum); the only instrumentation is a timer around every `next()` of its data
-loaders. Printed, over the stage-2 steps after a warm-up (the first --skip_steps steps):
+pseudo-labels, PL-EMA bank and curriculum) with `--logging_steps 1`, and reads what the recipe itself logs every
+step: `train/step_seconds` (wall clock per step) and `train/data_wait_seconds` (the loop blocked in `next()` of its
+loaders). Logging every step reads the logged values on the host each step, so the step time includes waiting for
+the GPU. Printed, over the stage-2 steps after a warm-up (the first --skip_steps steps):
 
 - samples/s (labelled + unlabelled samples per second of wall clock),
-- step time (median, p90) split into data wait (the loop blocked in `next()` of a loader) and the rest (host work,
-  kernel launches, and waiting for the GPU where the loop synchronises: logging steps),
-- GPU utilisation (mean of `torch.cuda.utilization()` or `nvidia-smi`, sampled every 0.5 s over the same window)
-  and peak GPU memory.
+- step time (median, p90) split into data wait and the rest (host work, kernel launches, GPU time),
+- GPU utilisation (mean of `torch.cuda.utilization()` or `nvidia-smi`, sampled every 0.5 s over the whole run:
+  setup and the final evaluation included, so a lower bound of the loop's) and peak GPU memory.
 
 A step with a large data wait means the loaders are the bottleneck (raise --num_workers); a GPU utilisation well
-below 90 % with a small data wait means host overhead. The final evaluation and checkpoint are outside the window.
+below 90 % with a small data wait means host overhead. The final evaluation is outside the step times.
 """
 
 from __future__ import annotations
@@ -51,36 +52,6 @@ PRESETS = {
     "h100": dict(image_size=224, clip_seconds=3.0, embed_dim=512, vggish_fc_dim=4096, batch=32, mixed_precision="bf16",
                  num_workers=8, steps=100, warmup_stage_steps=10, skip_steps=20, num_labeled=512, num_unlabeled=2048),
 }
-
-
-class LoaderClock:
-    """Wraps DataLoader iterators: records, per `next()`, when it started and how long the loop waited."""
-
-    def __init__(self):
-        self.calls: list[tuple[str, float, float]] = []  # (loader kind, start, seconds)
-
-    def loader_class(self, base):
-        clock = self
-
-        class TimedDataLoader(base):
-            def __iter__(self):
-                kind = "labeled" if self.batch_size is None else "unlabeled"  # labelled: a batch_sampler
-                inner = super().__iter__()
-
-                class Timed:
-                    def __iter__(self):
-                        return self
-
-                    def __next__(self):
-                        start = time.perf_counter()
-                        try:
-                            return next(inner)
-                        finally:
-                            clock.calls.append((kind, start, time.perf_counter() - start))
-
-                return Timed()
-
-        return TimedDataLoader
 
 
 class GpuSampler(threading.Thread):
@@ -160,7 +131,8 @@ def main(argv=None) -> dict:
         "--train_batch_size", str(args.batch), "--unlabeled_batch_size", str(args.batch),
         "--mixed_precision", args.mixed_precision, "--dataloader_num_workers", str(args.num_workers),
         "--max_train_steps", str(args.steps), "--warmup_stage_steps", str(args.warmup_stage_steps),
-        "--lr_warmup_steps", "0", "--logging_steps", "10", "--eval_steps", never, "--checkpointing_steps", never,
+        "--lr_warmup_steps", "0", "--logging_steps", "1", "--eval_steps", never, "--checkpointing_steps", never,
+        "--save_final_checkpoint", "false", "--grad_share_steps", "0",
         "--eval_batch_size", "16", "--eval_max_samples", "16", "--report_to", "none", "--shuffle_buffer", "64",
     ]
     import datasets
@@ -168,9 +140,6 @@ def main(argv=None) -> dict:
     # A streamed pass that shuffles ends with a 5 s sleep in `datasets` (an Arrow thread-shutdown workaround): once
     # per unlabelled epoch in a real run (thousands of steps), but it would dominate a window of a few dozen steps.
     datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
-    clock = LoaderClock()
-    original = train_xpl.DataLoader
-    train_xpl.DataLoader = clock.loader_class(original)
     sampler = GpuSampler() if torch.cuda.is_available() else None
     if sampler is not None:
         torch.cuda.reset_peak_memory_stats()
@@ -178,25 +147,18 @@ def main(argv=None) -> dict:
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         train_xpl.main(argv_main)
+        log = json.loads((output_dir / "training_log.json").read_text())
     finally:
-        train_xpl.DataLoader = original
         AcceleratorState._reset_state(reset_partial_state=True)
         if sampler is not None:
             sampler.running = False
         if args.output_dir is None:
             shutil.rmtree(output_dir, ignore_errors=True)
 
-    # step k starts at the k-th next() of the labelled loader; stage-2 steps also call the unlabelled loader
-    labeled = [(start, wait) for kind, start, wait in clock.calls if kind == "labeled"]
-    starts = [start for start, _ in labeled]
-    waits = [0.0] * len(starts)
-    for _, start, wait in clock.calls:
-        k = max(i for i, s in enumerate(starts) if s <= start)
-        waits[k] += wait
-    first, last = args.skip_steps, min(len(starts), args.steps) - 1  # steps [first, last): each ends at the next start
-    steps = [starts[k + 1] - starts[k] for k in range(first, last)]
-    data_wait = waits[first:last]
-    window = (starts[first], starts[last])
+    per_step = {e["step"]: e for e in log if "train/step_seconds" in e}  # step k = the k-th update (1-based)
+    measured = [per_step[k] for k in range(args.skip_steps + 1, args.steps + 1) if k in per_step]
+    steps = [e["train/step_seconds"] for e in measured]
+    data_wait = [e["train/data_wait_seconds"] for e in measured]
     samples_per_step = 2 * args.batch
     total = sum(steps)
     result = {
@@ -215,7 +177,7 @@ def main(argv=None) -> dict:
         "benchmark_generation_s": round(generation_s, 1),
     }
     if sampler is not None:
-        util = [v for t, v in sampler.samples if window[0] <= t <= window[1]]
+        util = [v for _, v in sampler.samples]
         result["gpu_utilization_mean"] = round(statistics.mean(util), 1) if util else None
         result["gpu_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print(f"{result['device']}: {result['setting']}")
