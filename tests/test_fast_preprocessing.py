@@ -180,7 +180,7 @@ def test_worker_batches_are_built_in_shared_memory():
 def test_sharpness_is_pil_pixel_for_pixel(factor):
     from PIL import ImageEnhance
 
-    from xpl_hf.data.transforms import _sharpness
+    from xpl_hf.data.augment import _sharpness
 
     for image in _images() + [PIL.Image.new("RGB", (2, 5), (1, 2, 3))]:
         expected = np.asarray(ImageEnhance.Sharpness(image).enhance(factor))
