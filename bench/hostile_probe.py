@@ -373,6 +373,17 @@ def pipeline_mismatch(tmp):
         image=image, audio=audio), "image_size")
 
 
+@case(5, "pipeline: saved processor with image_std = 0")
+def pipeline_bad_processor(tmp):
+    from transformers import pipeline
+
+    from xpl_hf import PIPELINE_TASK
+
+    folder = model_folder(tmp)
+    edit_json(folder / "preprocessor_config.json", image_std=[0.0, 0.0, 0.0])
+    return refused(lambda: pipeline(PIPELINE_TASK, model=str(folder), device="cpu"), "image_std")
+
+
 @case(5, "config dtype float16, run on CPU")
 def half_config(tmp):
     folder = model_folder(tmp)
