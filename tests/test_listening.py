@@ -11,6 +11,7 @@ import torch
 
 from xpl_hf import XPLConfig, XPLModel, XPLProcessor
 from xpl_hf.evaluation import ListeningSettings, evaluate_model, save_per_scene_scores
+from xpl_hf.hub import build_model_card
 from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.metrics.listening import (
     box_pixels,
@@ -269,6 +270,15 @@ def test_listening_scores_equal_forwards_with_the_replaced_sound(tiny, tmp_path)
     table = format_listening_table(result)
     for text in ("| true |", "| swapped |", "| silence |", "| noise |", "| true - swapped |", "chance"):
         assert text in table
+    # the model card: listening figures in the model-index and the table in the text
+    entry = {"dataset": "xpl-synthetic", "split": "test", **{b: result["metrics"][b] for b in ("a", "b", "fused")},
+             "listening": {k: v for k, v in listening.items() if k != "per_scene"}}
+    card = build_model_card(model.config, entry)
+    index = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert index["ciou_swapped"] == round(listening["metrics"]["swapped"]["fused"]["ciou"], 4)
+    assert index["selection_noise_b"] == round(listening["selection"]["variants"]["noise"]["b"]["accuracy"], 4)
+    assert index["selection_chance"] == round(listening["selection"]["chance"], 4)
+    assert "### Listening checks (xpl-synthetic, test)" in card.text and "| true - noise |" in card.text
 
 
 def test_a_model_deaf_to_the_sound_loses_nothing(tiny):

@@ -11,10 +11,12 @@ or a list of dicts (one per evaluation set)::
       "fused": {"ciou": 39.1, "auc": 40.2},   # percentages, as in the paper's tables
       "a": {"ciou": ..., "auc": ...},  # branch A (optional)
       "b": {"ciou": ..., "auc": ...},  # branch B (optional)
+      "listening": {...},              # optional: evaluate_model(..., listening=True)["listening"]
     }
 
 Every (model in fused/a/b) x (metric in ciou/auc, plus any other numeric key) becomes one model-index entry, so the
-Hub renders the numbers on the model page.
+Hub renders the numbers on the model page. The listening checks (``listening``) add their figures per branch (CIoU / AUC
+with a swapped sound, silence and noise; object selection and its chance level) and a table to the card.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..metrics.listening import CARD_METRIC_NAMES, card_metrics, format_listening_table
 from ..paths import is_local, public_path
 
 TASK_TYPE = "audio-visual-source-localization"
@@ -39,7 +42,7 @@ PIPELINE_TAG = "other"
 CARD_TAGS = ("audio-visual", TASK_TYPE, "sound-source-localization", "semi-supervised", "pseudo-labeling", "xpl",
              "xpl-hf", "custom_code")
 MODEL_KEYS = {"fused": "fused (A+B)", "a": "branch A", "b": "branch B"}
-METRIC_NAMES = {"ciou": "CIoU", "auc": "AUC", "mean_ciou": "mean cIoU"}
+METRIC_NAMES = {"ciou": "CIoU", "auc": "AUC", "mean_ciou": "mean cIoU", **CARD_METRIC_NAMES}
 EVAL_PROTOCOL = (
     "Maps are upsampled to 224 x 224 (bicubic, align_corners=False), min-max normalised (a flat map stays "
     "unchanged) and binarised by keeping the pixels >= the 25,088-th smallest value (the top half). "
@@ -104,8 +107,9 @@ def eval_results_from_dict(results) -> list[EvalResult]:
             raise ValueError(f"a results entry needs a 'dataset' name: {dict(entry)!r}")
         name = dataset_display_name(entry["dataset"])
         found = False
+        listening = card_metrics(entry.get("listening"))
         for key, label in MODEL_KEYS.items():
-            metrics = entry.get(key) or {}
+            metrics = {**(entry.get(key) or {}), **listening.get(key, {})}
             for metric, value in metrics.items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue  # per-sample arrays, notes, ... are not model-index metrics
@@ -244,6 +248,8 @@ def build_model_card(
     step = [f"The checkpoint is the one of training step {best_step} (best validation score)."] if best_step else []
     if table:
         sections += ["## Evaluation results", table, *step, f"Protocol: {EVAL_PROTOCOL}"]
+        sections += [f"### Listening checks ({dataset_display_name(e['dataset'])}, {e.get('split') or 'test'})\n\n"
+                     f"{format_listening_table(e['listening'])}" for e in entries if e.get("listening")]
     else:
         sections += ["## Evaluation results", "No evaluation results were recorded for this checkpoint.", *step,
                      f"Protocol used by `python -m xpl_hf.evaluate`: {EVAL_PROTOCOL}"]

@@ -263,6 +263,38 @@ def listening_drops(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) ->
     }
 
 
+_HEARD = {"swapped": "with a swapped sound", "silence": "with silence", "noise": "with noise"}
+CARD_METRIC_NAMES = {
+    **{f"{metric}_{variant}": f"{name} {_HEARD[variant]}" for variant in NEGATIVE_AUDIO
+       for metric, name in (("ciou", "CIoU"), ("auc", "AUC"))},
+    "selection": "object selection %",
+    **{f"selection_{variant}": f"object selection % {_HEARD[variant]}" for variant in NEGATIVE_AUDIO},
+    "selection_chance": "object selection %, chance level",
+}
+"""Display names of the keys :func:`card_metrics` adds (model-index metric names of the model card)."""
+
+
+def card_metrics(listening: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
+    """The listening figures as flat numbers per branch, for a model card's results: ``{"a" | "b" | "fused":
+    {"ciou_swapped", "auc_swapped", "ciou_silence", ..., "selection", "selection_swapped", ...}}``, plus
+    ``"selection_chance"`` under ``fused`` (selection keys only where scenes list their objects; ``{}`` when the
+    checks did not run)."""
+    if not listening:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for variant in NEGATIVE_AUDIO:
+        for branch, values in listening["metrics"][variant].items():
+            out.setdefault(branch, {}).update({f"{m}_{variant}": values[m] for m in ("ciou", "auc")})
+    selection = listening.get("selection")
+    if selection:
+        for variant, per_branch in selection["variants"].items():
+            key = "selection" if variant == "true" else f"selection_{variant}"
+            for branch, values in per_branch.items():
+                out[branch][key] = values["accuracy"]
+        out["fused"]["selection_chance"] = selection["chance"]
+    return out
+
+
 def format_listening_table(result: Mapping[str, Any], branch_names: Mapping[str, str] | None = None) -> str:
     """A markdown table of the listening checks: CIoU / AUC per branch and object-selection accuracy under the
     true, swapped, silent and noise sounds, the drops versus the true sound, and the chance level.
