@@ -90,7 +90,8 @@ def _timed(table: dict, stage: str, fn):
 def stage_breakdown(src: str, out: str, clips: list[str]) -> dict[str, float]:
     """CPU seconds per stage of a single-process conversion (module docstring)."""
     table: dict[str, float] = collections.defaultdict(float)
-    patches = [(media, "open_media", "open"), (media, "_info", "open"), (media, "_decode_frames_at", "seek + decode video"),
+    patches = [(media, "open_media", "open"), (media, "_info", "open"),
+               (media, "_decode_frames_at", "seek + decode video"),
                (media, "_decode_audio_window", "seek + decode audio"), (video_module, "resample", "resample"),
                (video_module, "encode_jpeg", "encode"), (video_module, "encode_audio", "encode"),
                (writer_module, "write_shard", "write")]
@@ -140,7 +141,8 @@ def main(argv=None) -> dict:
         stages = stage_breakdown(src, os.path.join(tmp, "out2"), clips)
     result = {"clips": args.clips, "mean_clip_bytes": round(size), "num_workers": args.num_workers,
               "gop_frames": args.gop, "cpu_seconds": round(cpu, 3), "wall_seconds": round(wall, 3),
-              "clips_per_cpu_second": round(args.clips / cpu, 2), "clips_per_wall_second": round(args.clips / wall, 2),
+              "clips_per_cpu_second": round(args.clips / cpu, 2),
+              "clips_per_wall_second": round(args.clips / wall, 2),
               "cpu_ms_per_clip_by_stage": {k: round(1000 * v / args.clips, 2) for k, v in stages.items()},
               "options": repr(ClipOptions())}
     print(f"{args.clips} clips (10 s, 640x360 H.264 GOP {args.gop} + AAC 44.1 kHz stereo, {size / 1e6:.2f} MB each), "

@@ -12,9 +12,9 @@ from conftest import make_benchmark
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from xpl_hf.data.augment import GEOMETRIC_OPS, ColorRandAugment
 from xpl_hf.data.loading import load_labeled, load_unlabeled_stream
 from xpl_hf.data.synthetic import SyntheticConfig, generate_sample
-from xpl_hf.data.augment import GEOMETRIC_OPS, ColorRandAugment
 from xpl_hf.data.transforms import BadSampleError, XPLCollator
 from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.processing_xpl import XPLProcessor

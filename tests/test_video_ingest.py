@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from PIL import Image
 
 from xpl_hf.audio import resample
 from xpl_hf.data import convert as cv

@@ -364,7 +364,8 @@ def write_dataset_card(
     columns = list(dict.fromkeys(c for f in features.values() for c in f))
     shared = len(card_data.configs) == 1
     split_rows = "\n".join(f"| `{s}` | {_split_rows(root, s)} | {len(split_shard_paths(root, s))} |" for s in splits)
-    schema_rows = "\n".join(f"| `{c}` | {SCHEMA_TYPES.get(c, '')} | {COLUMN_DESCRIPTIONS.get(c, FRAMES_DESCRIPTION if c == 'frames' else '')} |"
+    descriptions = {**COLUMN_DESCRIPTIONS, "frames": COLUMN_DESCRIPTIONS.get("frames", FRAMES_DESCRIPTION)}
+    schema_rows = "\n".join(f"| `{c}` | {SCHEMA_TYPES.get(c, '')} | {descriptions.get(c, '')} |"
                             for c in columns)
     load = (f'ds = load_dataset("{name}")  # DatasetDict of every split\n' if shared else
             f'ds = load_dataset("{name}", "{splits[0]}")  # one config per split: their features differ\n')

@@ -34,12 +34,12 @@ samples are kept even with no valid box.
 """
 
 from .cli import convert, main, push_to_hub
-from .folder import FOLDER_KEYS, folder_candidates
 from .flickr import flickr_candidates
+from .folder import FOLDER_KEYS, folder_candidates
 from .report import REPORT_NAME, ConversionReport, SampleProblem
 from .samples import Candidate, ClipOptions, build_row
 from .sources import load_json
-from .vggss import read_vggsound_csv, vggss_annotations, vggss_candidates, vggsound_key
+from .vggss import read_vggsound_csv, vggsound_key, vggss_annotations, vggss_candidates
 from .writer import write_dataset
 
 __all__ = ["FOLDER_KEYS", "REPORT_NAME", "Candidate", "ClipOptions", "ConversionReport", "SampleProblem",

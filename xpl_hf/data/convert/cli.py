@@ -27,7 +27,7 @@ def convert(
     num_workers: int = 1,
     strict: bool = False,
     progress: bool = True,
-    options: ClipOptions = ClipOptions(),
+    options: ClipOptions | None = None,
     num_shards: int = 1,
     shard_index: int = 0,
     **kwargs: Any,
@@ -43,8 +43,8 @@ def convert(
     else:
         raise ValueError(f"unknown dataset kind {kind!r}; expected folder, flickr or vggss")
     return write_dataset(candidates, output, kind, shards_per_split=shards_per_split, num_workers=num_workers,
-                         strict=strict, progress=progress, report=report, options=options, num_shards=num_shards,
-                         shard_index=shard_index, unique_across_splits=kind != "vggss")
+                         strict=strict, progress=progress, report=report, options=options or ClipOptions(),
+                         num_shards=num_shards, shard_index=shard_index, unique_across_splits=kind != "vggss")
 
 
 def push_to_hub(output: str, repo_id: str, *, private: bool = False, token: str | None = None) -> Any:

@@ -53,7 +53,8 @@ def flickr_candidates(
             return Candidate(sid, split, video=videos[sid], **kwargs)
         c = Candidate(sid, split, image=frames.get(sid), audio=audio.get(sid), **kwargs)
         if not c.media():
-            c.problem = ("missing media", f"no {frames_dir}/{sid}.jpg + {audio_dir}/{sid}.wav nor {video_dir}/{sid}.mp4")
+            c.problem = ("missing media",
+                         f"no {frames_dir}/{sid}.jpg + {audio_dir}/{sid}.wav nor {video_dir}/{sid}.mp4")
         return c
 
     out: list[Candidate] = []

@@ -18,7 +18,7 @@ import dataclasses
 import io
 import os
 import re
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -42,7 +42,7 @@ SILENCE_PEAK = 1e-4
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
 """A valid split name (it becomes part of the shard file names and of the Hub dataset's splits)."""
 
-MediaRef = Union[str, ArchiveMember]
+MediaRef = str | ArchiveMember
 
 
 def split_problem(split: str) -> tuple[str, str] | None:
@@ -214,12 +214,12 @@ def _validate(c: Candidate, loaded: dict[str, bytes], options: ClipOptions) -> R
     return RowResult(row, box_report=box_report, notes=notes, seconds=seconds)
 
 
-def build_row(c: Candidate, loaded: dict[str, bytes] | None = None, options: ClipOptions = ClipOptions()
+def build_row(c: Candidate, loaded: dict[str, bytes] | None = None, options: ClipOptions | None = None
               ) -> RowResult:
     """Validate a candidate and build its row; never raises (an unexpected error is the reason
     ``unexpected error``, with its message)."""
     try:
-        return _validate(c, loaded or {}, options)
+        return _validate(c, loaded or {}, options or ClipOptions())
     except SampleProblem as problem:
         return RowResult(None, problem.reason, problem.detail, problem.box_report)
     except Exception as err:

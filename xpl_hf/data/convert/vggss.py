@@ -34,8 +34,15 @@ from typing import Any
 from ..schema import BoxReport, DataValidationError, clean_boxes
 from .report import ConversionReport
 from .samples import Candidate
-from .sources import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_inputs, index_inputs, load_json,
-                      read_ids)
+from .sources import (
+    AUDIO_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    check_inputs,
+    index_inputs,
+    load_json,
+    read_ids,
+)
 
 _CLIP_NAME = re.compile(r"(?P<ytid>.+)_(?P<start>\d+)")
 _EXTENSIONS = tuple({*VIDEO_EXTENSIONS, *IMAGE_EXTENSIONS, *AUDIO_EXTENSIONS})
@@ -88,7 +95,7 @@ def read_vggsound_csv(path: str) -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            for i, row in enumerate(csv.reader(f), start=1):
+            for row in csv.reader(f):
                 if len(row) < 4:
                     continue
                 key = vggsound_key(row[0], row[1])

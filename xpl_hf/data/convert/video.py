@@ -16,6 +16,7 @@ and reported (``silent audio``).
 from __future__ import annotations
 
 import io
+import os
 import time
 
 from ...audio import AudioError, check_waveform, resample
@@ -27,8 +28,6 @@ from .samples import MAX_VIDEO_BYTES, Candidate, ClipOptions, _audio_notes, enco
 
 def _source(c: Candidate, loaded: dict[str, bytes]):
     """The video as something :func:`xpl_hf.media.open_media` reads: a path, or an archive member's bytes."""
-    import os
-
     ref = c.video
     if isinstance(ref, ArchiveMember):
         if ref.size > MAX_VIDEO_BYTES:

@@ -33,8 +33,16 @@ from ..schema import DataValidationError, xpl_features
 from ..shards import DATA_DIR, open_shard, shard_path, write_dataset_card, write_shard
 from .archive import ArchiveMember, ArchiveReader
 from .report import REPORT_NAME, ConversionReport
-from .samples import (MAX_AUDIO_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, Candidate, ClipOptions, RowResult,
-                      build_row, split_problem)
+from .samples import (
+    MAX_AUDIO_BYTES,
+    MAX_IMAGE_BYTES,
+    MAX_VIDEO_BYTES,
+    Candidate,
+    ClipOptions,
+    RowResult,
+    build_row,
+    split_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +184,7 @@ def write_dataset(
     strict: bool = False,
     progress: bool = True,
     report: ConversionReport | None = None,
-    options: ClipOptions = ClipOptions(),
+    options: ClipOptions | None = None,
     num_shards: int = 1,
     shard_index: int = 0,
     unique_across_splits: bool = True,
@@ -188,7 +196,7 @@ def write_dataset(
             to a multiple of ``num_shards``.
         num_workers: processes reading and validating media.
         strict: raise :class:`DataValidationError` naming the sample at the first problem (skipped or reported).
-        options: how videos become rows.
+        options: how videos become rows (default :class:`ClipOptions`()).
         num_shards, shard_index: this machine converts part ``shard_index`` of ``num_shards`` (module docstring).
         unique_across_splits: ids must be unique over all splits (False: within each split; VGG-SS's heard/unheard
             splits repeat test ids).
@@ -204,6 +212,7 @@ def write_dataset(
     if not (isinstance(num_shards, int) and num_shards >= 1 and 0 <= shard_index < num_shards):
         raise ValueError(f"--shard_index must be in [0, --num_shards); got {shard_index} of {num_shards}")
     report = report or ConversionReport(kind)
+    options = options or ClipOptions()
     features = features_for(options)
     seen: set = set()
     by_split: dict[str, list[Candidate]] = collections.defaultdict(list)
