@@ -50,8 +50,24 @@ if str(HERE) not in sys.path:  # uploads.py lives next to this file
     sys.path.insert(0, str(HERE))
 
 from uploads import (  # noqa: E402
-    AUDIO_FORMATS, HAVE_AV, IMAGE_FORMATS, MAX_AUDIO_MB, MAX_AUDIO_SECONDS, MAX_IMAGE_MB, MAX_IMAGE_SIDE, MAX_VIDEO_MB,
-    MAX_VIDEO_SECONDS, VIDEO_FORMATS, InputError, read_audio, read_image, read_video, strip_paths, video_duration)
+    AUDIO_FORMATS,
+    HAVE_AV,
+    IMAGE_FORMATS,
+    MAX_AUDIO_MB,
+    MAX_AUDIO_SECONDS,
+    MAX_IMAGE_MB,
+    MAX_IMAGE_SIDE,
+    MAX_VIDEO_MB,
+    MAX_VIDEO_SECONDS,
+    VIDEO_FORMATS,
+    InputError,
+    read_audio,
+    read_image,
+    read_video,
+    strip_paths,
+    video_duration,
+)
+
 from xpl_hf import XPLModel, XPLProcessor  # noqa: E402
 from xpl_hf.loading import load_model_and_processor  # noqa: E402
 from xpl_hf.paths import looks_like_hub_id  # noqa: E402

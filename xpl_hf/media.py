@@ -22,8 +22,9 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 import PIL.Image
@@ -36,7 +37,7 @@ try:  # PyAV's wheels bundle the FFmpeg libraries: no system FFmpeg is needed.
 except ImportError:  # pragma: no cover - depends on the environment
     av = None
 
-__all__ = ["ALLOWED_FORMATS", "MediaError", "VideoClip", "VideoInfo", "open_media", "probe_video",
+__all__ = ["ALLOWED_FORMATS", "MediaError", "VideoClip", "VideoInfo", "apply_rotation", "open_media", "probe_video",
            "read_audio_window", "read_video_clip"]
 
 ALLOWED_FORMATS: frozenset[str] = frozenset({
@@ -46,28 +47,24 @@ ALLOWED_FORMATS: frozenset[str] = frozenset({
     "wav", "flac", "ogg", "mp3", "aac",  # audio-only uploads (ADTS .aac)
 })
 """FFmpeg demuxer names a user's file may have; FFmpeg joins a demuxer's aliases with commas, any one matching."""
+_ALLOWED_TEXT = "MP4/MOV/M4A, Matroska/WebM, AVI, WAV, FLAC, OGG, MP3, AAC"
 
-PROBE_BYTES = 5 * 1024 * 1024
-"""At most this many bytes are read to identify the streams (FFmpeg's ``probesize``)."""
-PROBE_SECONDS = 5.0
-"""At most this much media time is analysed to identify the streams (FFmpeg's ``analyzeduration``)."""
+PROBE_BYTES = 5 * 1024 * 1024  # read at most this much to identify the streams (FFmpeg's probesize)
+PROBE_SECONDS = 5.0  # and analyse at most this much media time (FFmpeg's analyzeduration)
 MAX_FRAME_SIDE = 8192
 MAX_FRAME_PIXELS = MAX_PIXELS  # 64 MP, as for images
 MAX_DURATION_SECONDS = 24 * 3600.0
 MAX_CHANNELS = 64
-MAX_DECODE_FRAMES = 600
-"""Frames decoded past the keyframe before the wanted time, at most; beyond, the file is refused (no keyframes)."""
-UNKNOWN_DURATION_LIMIT_SECONDS = 600.0
-"""A sound file that does not give its duration is decoded up to this long (or `max_duration`), then refused."""
-AUDIO_SEEK_SLACK_SECONDS = 30.0
-"""Audio decoded before the wanted window, at most, when seeking lands early (a file without an index)."""
+MAX_DECODE_FRAMES = 600  # frames decoded from the keyframe before the wanted time, at most; beyond: refused
+UNKNOWN_DURATION_LIMIT_SECONDS = 600.0  # a sound without a duration is decoded this far, at most, then refused
+AUDIO_SEEK_SLACK_SECONDS = 30.0  # audio decoded before the window, at most, when a seek lands early (no index)
 
 
 class MediaError(ValueError):
     """A media file that cannot be used; the message names the file and the problem.
 
     `reason` is a short category for reports: "refused format", "unreadable media", "no video", "no audio",
-    "bad header", "bad time", "truncated media".
+    "bad header", "bad time", "truncated media", "too long".
     """
 
     def __init__(self, message: str, reason: str = "unreadable media"):
@@ -111,7 +108,7 @@ class VideoClip:
 
 
 class _OwnedFile(io.FileIO):
-    """A file opened here for a path: PyAV does not close file objects, so it closes itself when dropped."""
+    """A file opened here for a path: PyAV never closes file objects, so this one closes itself when dropped."""
 
     def __del__(self) -> None:
         if not self.closed:
@@ -119,23 +116,16 @@ class _OwnedFile(io.FileIO):
 
 
 def _display_name(source: Any, name: str | None) -> str:
-    if name:
-        return name
-    if isinstance(source, (str, os.PathLike)):
-        return os.path.basename(os.fspath(source)) or os.fspath(source)
-    member = getattr(source, "name", None)
-    return os.path.basename(member) if isinstance(member, str) and member else "media file"
+    """How messages call a file: `name`, else the base name of its path (or of a file object's name)."""
+    path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", None)
+    return name or (os.path.basename(path) if isinstance(path, str) and os.path.basename(path) else "media file")
 
 
-def _refuse_nested_open(url: str, flags: int, options: dict) -> BinaryIO:
+def _refuse_nested_open(url: str, flags: int, options: dict) -> BinaryIO:  # PyAV's io_open: no second file, ever
     raise PermissionError("a media file may not open other files or URLs")
 
 
-def _is_allowed(format_name: str) -> bool:
-    return any(alias in ALLOWED_FORMATS for alias in format_name.split(","))
-
-
-def open_media(source: Any, name: str | None = None) -> "av.container.InputContainer":
+def open_media(source: Any, name: str | None = None) -> av.container.InputContainer:
     """Open a user's media file with PyAV, refusing everything outside the allow-list (module docstring).
 
     Args:
@@ -173,29 +163,26 @@ def open_media(source: Any, name: str | None = None) -> "av.container.InputConta
                "analyzeduration": str(int(PROBE_SECONDS * 1_000_000))}
     try:
         container = av.open(file, "r", container_options=options, io_open=_refuse_nested_open)
-    except PermissionError as err:
-        raise MediaError(f"refused '{label}': it refers to other files or URLs (a playlist or a reference "
-                         "file); only self-contained media files are read.", "refused format") from None
-    except av.error.InvalidDataError as err:
-        raise MediaError(f"cannot read '{label}': not a media file of an allowed format "
-                         f"({_allowed_text()}), or a corrupt or truncated one.", "unreadable media") from err
-    except (av.error.FFmpegError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - PermissionError from io_open, av's error classes, OSError
+        if isinstance(file, _OwnedFile):
+            file.close()
+        if isinstance(err, PermissionError):
+            raise MediaError(f"refused '{label}': it refers to other files or URLs (a playlist or a reference file); "
+                             "only self-contained media files are read.", "refused format") from None
         if getattr(err, "errno", None) == 22:  # EINVAL: the probe found a format outside format_whitelist
-            raise MediaError(f"refused '{label}': its format is not one of the allowed media formats "
-                             f"({_allowed_text()}); playlists, concat scripts and image sequences are never read.",
-                             "refused format") from None
-        raise MediaError(f"cannot read '{label}': {getattr(err, 'strerror', None) or err}", "unreadable media") \
-            from None
+            raise MediaError(f"refused '{label}': its format is not one of the allowed media formats ({_ALLOWED_TEXT});"
+                             " playlists, concat scripts and image sequences are never read.", "refused format") \
+                from None
+        if isinstance(err, av.error.InvalidDataError):
+            raise MediaError(f"cannot read '{label}': not a media file of an allowed format ({_ALLOWED_TEXT}), or a "
+                             "corrupt or truncated one.") from None
+        raise MediaError(f"cannot read '{label}': {getattr(err, 'strerror', None) or err}") from None
     format_name = container.format.name or ""
-    if not _is_allowed(format_name):  # the whitelist already refused it; checked again, cheaply
+    if not any(alias in ALLOWED_FORMATS for alias in format_name.split(",")):  # the whitelist refused it already
         container.close()
-        raise MediaError(f"refused '{label}': format '{format_name}' is not allowed ({_allowed_text()}).",
+        raise MediaError(f"refused '{label}': format '{format_name}' is not allowed ({_ALLOWED_TEXT}).",
                          "refused format")
     return container
-
-
-def _allowed_text() -> str:
-    return "MP4/MOV/M4A, Matroska/WebM, AVI, WAV, FLAC, OGG, MP3, AAC"
 
 
 def _duration(container, label: str) -> float | None:
@@ -219,20 +206,13 @@ def _check_frame_size(width: int, height: int, label: str) -> None:
 
 def _rotation(frame) -> int:
     """Counter-clockwise degrees from the frame's display matrix, rounded to a multiple of 90 (0 when none)."""
-    try:
-        degrees = frame.rotation
-    except (AttributeError, ValueError):
-        return 0
-    if degrees is None or not math.isfinite(degrees):
-        return 0
-    return int(round(degrees / 90.0)) % 4 * 90
+    degrees = getattr(frame, "rotation", 0) or 0  # VideoFrame.rotation: PyAV >= 14
+    return int(round(degrees / 90.0)) % 4 * 90 if math.isfinite(degrees) else 0
 
 
 def apply_rotation(image: PIL.Image.Image, rotation: int) -> PIL.Image.Image:
     """Turn `image` counter-clockwise by `rotation` degrees (0/90/180/270), as a player shows the frame."""
-    transpose = {90: PIL.Image.Transpose.ROTATE_90, 180: PIL.Image.Transpose.ROTATE_180,
-                 270: PIL.Image.Transpose.ROTATE_270}
-    return image.transpose(transpose[rotation]) if rotation in transpose else image
+    return image.rotate(rotation, expand=True) if rotation in (90, 180, 270) else image
 
 
 def _info(container, label: str, *, read_rotation: bool = True,
@@ -246,10 +226,8 @@ def _info(container, label: str, *, read_rotation: bool = True,
     if video is not None:
         width, height = video.codec_context.width, video.codec_context.height
         _check_frame_size(width, height, label)
-        rate = video.average_rate or video.guessed_rate
-        fps = float(rate) if rate else None
-        if fps is not None and not (math.isfinite(fps) and 0 < fps <= 1000):
-            fps = None  # a broken rate field; frame times come from the timestamps anyway
+        rate = float(video.average_rate or video.guessed_rate or 0)
+        fps = rate if 0 < rate <= 1000 else None  # a broken rate field: frame times come from the timestamps anyway
     audio_rate = channels = None
     if audio is not None:
         audio_rate = int(audio.rate or audio.codec_context.sample_rate or 0)
@@ -282,8 +260,8 @@ def probe_video(source: Any, name: str | None = None) -> VideoInfo:
     """Header facts of a media file, validated before any decoding (the first video frame gives `rotation`).
 
     Raises:
-        MediaError: refused or unreadable file (:func:`open_media`), frames above 8192 px a side or 64 MP, a
-            NaN/infinite/non-positive/over-a-day duration, an audio rate of 0 or above 384 kHz.
+        MediaError: refused or unreadable file, frames over 8192 px a side or 64 MP, a NaN/infinite/non-positive/
+            over-a-day duration, an audio rate of 0 or over 384 kHz, 0 or over 64 channels.
     """
     label = _display_name(source, name)
     with open_media(source, label) as container:
@@ -294,7 +272,7 @@ def _check_time(time: float, duration: float | None, label: str) -> float:
     try:
         t = float(time)
     except (TypeError, ValueError):
-        raise MediaError(f"time={time!r} is not a number of seconds.", "bad time") from None
+        t = math.nan
     if not math.isfinite(t) or t < 0 or (duration is not None and t > duration):
         span = f"0 to {duration:.3f} s" if duration is not None else "0 s or more"
         raise MediaError(f"time={time!r} s is outside the video '{label}' ({span}).", "bad time")
@@ -302,13 +280,9 @@ def _check_time(time: float, duration: float | None, label: str) -> float:
 
 
 def _frames_from(container, stream, t: float, first_slack: float = 0.0) -> Iterator:
-    """Decoded frames of `stream` from the last one starting at or before `t` s on (a seek, never from the start).
-
-    Some demuxers land after the wanted time (e.g. Matroska audio without cues): the seek is then retried from
-    further back (by `first_slack`, 1 s, 10 s, then the start).
-    """
-    slacks = [first_slack, max(first_slack, 1.0), 10.0, math.inf]
-    for slack in slacks:
+    """Decoded frames of `stream` from the last one starting at or before `t` s on, reached by seeking; a demuxer that
+    lands after `t` (Matroska audio without cues) is sought again from further back: 1 s, 10 s, then the start."""
+    for slack in (first_slack, max(first_slack, 1.0), 10.0, math.inf):
         container.seek(int(max(t - slack, 0.0) * av.time_base), backward=True, any_frame=False)
         frames = container.decode(stream)
         first = next(frames, None)
@@ -382,9 +356,7 @@ def _decode_audio_window(container, stream, start: float, seconds: float, label:
     samples = samples[offset:offset + math.ceil(seconds * rate)]
     if samples.size == 0:
         raise MediaError(f"the audio of '{label}' holds no samples around {start:.2f} s.", "truncated media")
-    if not np.isfinite(samples).all():
-        raise MediaError(f"the audio of '{label}' decodes to NaN or infinite samples.", "unreadable media")
-    return samples
+    return samples  # NaN / infinite samples are refused by xpl_hf.audio.check_waveform, as for every clip
 
 
 def _window_start(centre: float, seconds: float, duration: float | None) -> float:
@@ -420,18 +392,15 @@ def read_video_clip(source: Any, *, time: float | None = None, clip_seconds: flo
     label = _display_name(source, name)
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= 64:
         raise ValueError(f"num_frames={num_frames!r} must be an integer from 1 to 64.")
-    if not (isinstance(clip_seconds, (int, float)) and math.isfinite(clip_seconds) and 0 < clip_seconds <= 600):
+    if not 0 < clip_seconds <= 600:  # False for NaN too
         raise ValueError(f"clip_seconds={clip_seconds!r} must be in (0, 600].")
     with open_media(source, label) as container:
         info = _info(container, label, read_rotation=False, check=check)
         if not info.has_video:
             raise MediaError(f"'{label}' has no video stream.", "no video")
-        if time is None:
-            if info.duration_s is None:
-                raise MediaError(f"'{label}' does not give its duration; pass the time of the frame.", "bad header")
-            t = info.duration_s / 2
-        else:
-            t = _check_time(time, info.duration_s, label)
+        if time is None and info.duration_s is None:
+            raise MediaError(f"'{label}' does not give its duration; pass the time of the frame.", "bad header")
+        t = info.duration_s / 2 if time is None else _check_time(time, info.duration_s, label)
         targets = [t]
         if num_frames > 1:
             spacing = clip_seconds / num_frames if frame_spacing is None else float(frame_spacing)
@@ -445,8 +414,7 @@ def read_video_clip(source: Any, *, time: float | None = None, clip_seconds: flo
         if info.has_audio:
             start = _window_start(t, clip_seconds, info.duration_s)
             audio = _decode_audio_window(container, container.streams.audio[0], start, clip_seconds, label)
-    return VideoClip(frames=frames, frame_times=times, audio=audio, sampling_rate=info.audio_rate if info.has_audio
-                     else None, time=t, info=info)
+    return VideoClip(frames, times, audio, info.audio_rate if info.has_audio else None, t, info)
 
 
 def read_audio_window(source: Any, *, seconds: float, centre: float | None = None, name: str | None = None,
