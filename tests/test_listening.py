@@ -312,4 +312,15 @@ def test_listening_refuses_a_model_whose_maps_are_not_the_pairing(tiny):
             return output
 
     with pytest.raises(ValueError, match="pair each image's visual features"):
-        evaluate_model(Shifted(), _batches(rows, 4), processor=processor, listening=True)
+        evaluate_model(Shifted().eval(), _batches(rows, 4), processor=processor, listening=True)
+    assert not model.training  # evaluate_model restored the eval mode it was given
+
+
+def test_soft_ground_truths_are_kept_exactly_for_the_swap(tiny):
+    model, processor, rows, _ = tiny
+    soft = {**rows, "gt_maps": rows["gt_maps"] * 0.3}  # not a multiple of 0.5: not stored as uint8
+    listening = evaluate_model(model, _batches(soft, 4), processor=processor, listening=True)["listening"]
+    donors, _ = swap_permutation(rows["labels"])
+    expected = _forward_scores(model, soft, {k: rows[k][donors] for k in ("audio_log_mel", "audio_waveform")})
+    np.testing.assert_allclose(listening["per_scene"]["ciou_swapped_fused"], expected["fused"], atol=1e-6)
+    assert listening["selection"] is None and "correct_true_fused" not in listening["per_scene"]

@@ -61,7 +61,6 @@ def _default_loader(dataset, processor, batch_size: int, num_workers: int):
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collator)
 
 
-
 def objects_by_id(dataset) -> dict[str, list[dict] | None]:
     """``{id: objects}`` from a dataset's optional ``objects`` column (empty when the column is absent), checked by
     :func:`xpl_hf.data.schema.check_objects` (an error names the sample)."""
@@ -119,11 +118,10 @@ def negative_audio_inputs(processor, settings: ListeningSettings, noise_clips: S
 class ListeningRun:
     """Collects the listening checks batch by batch, from the evaluation's own forward (the image encoders run once).
 
-    Silence and noise are scored on the spot (their audio embeddings, computed once per evaluation for silence and
-    once per clip of the noise pool, paired with the batch's visual features); the
-    swap needs another clip's embedding, possibly from a later batch, so the visual features (N, D, h, w) and
-    ground truths (as uint8 2 G) are kept on the host until :meth:`finish` (about 2 x D x h x w x 4 + 50,176 bytes
-    a scene: 0.45 GB for 2,000 scenes at 224 px, 0.13 GB at 128 px).
+    Silence and noise are scored on the spot: their audio embeddings (computed once for silence and once per clip of
+    the noise pool) are paired with the batch's visual features. The swap needs another clip's embedding, possibly
+    from a later batch, so the visual features (N, D, h, w) and ground truths (uint8 2 G) stay on the host until
+    :meth:`finish`: 2 x D x h x w x 4 + 50,176 bytes a scene (0.5 GB for 2,000 scenes at 224 px, 0.23 GB at 128 px).
     """
 
     def __init__(self, model: torch.nn.Module, processor, settings: ListeningSettings):
@@ -188,22 +186,21 @@ class ListeningRun:
         for branch in ("a", "b"):
             self.visual[branch].append(visual[branch].float().cpu())
             self.audio[branch].append(getattr(output, f"audio_embeds_{branch}")[keep].float().cpu())
-        doubled = gts * 2
-        self.gts.append(doubled.to(torch.uint8) if torch.equal(doubled, doubled.round()) else gts.float())
+        doubled = gts.float() * 2  # the protocol's ground truths hold 0, 0.5 and 1: kept as uint8 2 G
+        exact = torch.equal(doubled, doubled.round()) and bool(((doubled >= 0) & (doubled <= 255)).all())
+        self.gts.append(doubled.to(torch.uint8) if exact else doubled)
 
     def _score_swapped(self, donors: np.ndarray, chunk: int = 64) -> None:
         """Score each scene's image with its donor's sound (visual features and embeddings kept by :meth:`add`)."""
         visual = {b: torch.cat(v) for b, v in self.visual.items()}
         audio = {b: torch.cat(v) for b, v in self.audio.items()}
-        exact = all(g.dtype == torch.uint8 for g in self.gts)
-        gts = torch.cat(self.gts) if exact else torch.cat([g.float() / 2 if g.dtype == torch.uint8 else g
-                                                            for g in self.gts])
+        doubled_gts = torch.cat(self.gts)  # 2 G: uint8, or float32 if some batch held other values
         device = next(self.model.parameters()).device
         for start in range(0, len(donors), chunk):
             rows = slice(start, start + chunk)
             pairs = paired_maps(self.model, {b: v[rows].to(device) for b, v in visual.items()},
                                 {b: e[donors[rows]].to(device) for b, e in audio.items()})
-            truth = gts[rows].float() / 2 if exact else gts[rows]
+            truth = doubled_gts[rows].float() / 2
             for branch, maps in pairs.items():
                 maps = maps.float().cpu()
                 self.scores["swapped"][branch].append(per_sample_ciou(maps, truth))
