@@ -48,16 +48,30 @@ def train(args: XPLTrainingArguments) -> dict:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from xpl_hf import XPLConfig, XPLModel, XPLProcessor
-    from xpl_hf.checkpointing import (TrainerState, atomic_save_pretrained, check_fingerprint, data_fingerprint,
-                                      list_checkpoints, load_checkpoint, recover_saved_model, resolve_checkpoint,
-                                      save_checkpoint)
+    from xpl_hf.checkpointing import (
+        TrainerState,
+        atomic_save_pretrained,
+        check_fingerprint,
+        data_fingerprint,
+        list_checkpoints,
+        load_checkpoint,
+        recover_saved_model,
+        resolve_checkpoint,
+        save_checkpoint,
+    )
     from xpl_hf.data import load_labeled, load_unlabeled_stream
     from xpl_hf.data.streams import DropLabels, LabeledBatches, SeededCollate, UnlabeledStream, advance, sample_seed
     from xpl_hf.data.transforms import XPLCollator
     from xpl_hf.evaluation import evaluate_model
     from xpl_hf.paths import is_local
     from xpl_hf.pretrained import load_pretrained_backbones
-    from xpl_hf.trainer import BestModelTracker, NonFiniteLossError, TrainingStep, validation_line, warn_on_split_overlap
+    from xpl_hf.trainer import (
+        BestModelTracker,
+        NonFiniteLossError,
+        TrainingStep,
+        validation_line,
+        warn_on_split_overlap,
+    )
 
     method = args.to_method()
     output_dir = Path(args.output_dir)
@@ -176,9 +190,9 @@ def train(args: XPLTrainingArguments) -> dict:
                                                        for k, v in tracked.items()})
 
     # -------------------------------------------------------------------------------------- the loop
-    step = TrainingStep(model, optimizer, method, bank=bank, selector=selector, scheduler=scheduler,
-                        warmup_stage_steps=args.warmup_stage_steps, accelerator=accelerator,
-                        max_grad_norm=args.max_grad_norm, grad_share_steps=args.grad_share_steps, frozen=frozen)
+    train_step = TrainingStep(model, optimizer, method, bank=bank, selector=selector, scheduler=scheduler,
+                              warmup_stage_steps=args.warmup_stage_steps, accelerator=accelerator,
+                              max_grad_norm=args.max_grad_norm, grad_share_steps=args.grad_share_steps, frozen=frozen)
     tracker = BestModelTracker(args.model_selection, stage2_start=args.warmup_stage_steps)
     labeled_iter, labeled_start, labeled_used = iter(labeled_loader), labeled_batches.state_dict(), 0
     unlabeled_iter = iter(unlabeled_stream) if unlabeled_stream is not None else None
@@ -200,14 +214,14 @@ def train(args: XPLTrainingArguments) -> dict:
             labeled_used += 1
             if labeled_batch is None:  # every sample of the batch was bad (each reported by name)
                 continue
-            unlabeled_batch = next(unlabeled_iter) if step.in_stage2(state.step) else None
+            unlabeled_batch = next(unlabeled_iter) if train_step.in_stage2(state.step) else None
             data_wait += time.perf_counter() - waited
             upcoming = state.step + 1
             logging_step = upcoming % args.logging_steps == 0 or upcoming == args.max_train_steps
             reporting_step = logging_step or upcoming % args.eval_steps == 0 or upcoming % args.checkpointing_steps == 0
             try:
-                output = step(step.assemble(labeled_batch, unlabeled_batch), state.step,
-                              log_diagnostics=logging_step, check_finite=reporting_step)
+                output = train_step(train_step.assemble(labeled_batch, unlabeled_batch), state.step,
+                                    log_diagnostics=logging_step, check_finite=reporting_step)
             except NonFiniteLossError as err:  # the weights are still those before the bad update
                 newest = list_checkpoints(output_dir)
                 raise err.explain(checkpoint_now, newest[-1] if newest else None) from None
@@ -218,9 +232,9 @@ def train(args: XPLTrainingArguments) -> dict:
             progress.update(1)
 
             if logging_step:
-                means = step.running.pop()  # one device-to-host copy for all logged values
+                means = train_step.running.pop()  # one device-to-host copy for all logged values
                 elapsed, window_start = time.perf_counter() - window_start, time.perf_counter()
-                means.update(lr=scheduler.get_last_lr()[0], stage=2 if step.in_stage2(state.step - 1) else 1,
+                means.update(lr=scheduler.get_last_lr()[0], stage=2 if train_step.in_stage2(state.step - 1) else 1,
                              step_seconds=elapsed / window_steps, data_wait_seconds=data_wait / window_steps)
                 window_steps, data_wait = 0, 0.0
                 progress.set_postfix(loss=f"{means['loss']:.3f}", stage=means["stage"])

@@ -104,10 +104,12 @@ def main() -> None:
         probe = {"bank": method.make_bank(config.map_size), "selector": method.make_selector()}
         section = {"plain": [], "xpl": []}
         for n in range(args.repeats):
-            for name, fn in (("plain", lambda: plain_loss(out)),
-                             ("xpl", lambda: compute_losses(out, batch, method, pl_step=n, **probe))):
+            for name in ("plain", "xpl"):
                 start = time.perf_counter()
-                fn()
+                if name == "plain":
+                    plain_loss(out)
+                else:
+                    compute_losses(out, batch, method, pl_step=n, **probe)
                 section[name].append(time.perf_counter() - start)
         extra = statistics.median(section["xpl"]) - statistics.median(section["plain"])
         print(f"XPL's losses and state (compute_losses) vs the plain loss: +{extra * 1000:.1f} ms per step = "

@@ -12,7 +12,6 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-
 from safetensors.torch import load_file, save_file
 
 from xpl_hf import checkpointing
@@ -274,4 +273,5 @@ def test_data_fingerprint_sees_content_not_paths(tmp_path):
     check_fingerprint({"dataset": folder, **before}, {"dataset": folder, **before}, "checkpoint-4")
     from xpl_hf.training_args import XPLTrainingArguments
 
-    assert XPLTrainingArguments(dataset=folder + "/").fingerprint() == XPLTrainingArguments(dataset=folder).fingerprint()
+    with_slash, without = XPLTrainingArguments(dataset=folder + "/"), XPLTrainingArguments(dataset=folder)
+    assert with_slash.fingerprint() == without.fingerprint()

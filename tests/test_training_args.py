@@ -80,7 +80,8 @@ def test_parsing_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, importlib.util, types; path = importlib.util.find_spec('xpl_hf').submodule_search_locations[0]; "
+    code = ("import sys, importlib.util, types; "
+            "path = importlib.util.find_spec('xpl_hf').submodule_search_locations[0]; "
             "package = types.ModuleType('xpl_hf'); package.__path__ = [path]; sys.modules['xpl_hf'] = package; "
             "import xpl_hf.training_args; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

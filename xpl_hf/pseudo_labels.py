@@ -83,8 +83,8 @@ class PseudoLabelBank:
     merge is amortised. Storage grows by 1.25x when full (pass ``capacity`` to preallocate).
     ``state_dict()`` keeps only the used rows and ``load_state_dict()`` restores them bit-exactly (the trainer's
     checkpoints store them as safetensors). α is a setting, not state: the bank holds the value it was built with
-    (``XPLMethod.make_bank``) and a checkpoint never changes it. In multi-process training every rank keeps a full copy and applies the
-    same (gathered) updates: see ``synced_bank_update``.
+    (``XPLMethod.make_bank``) and a checkpoint never changes it. In multi-process training every rank keeps a full
+    copy and applies the same (gathered) updates: see ``synced_bank_update``.
     """
 
     def __init__(self, map_size: int | tuple[int, int], models: Sequence[str] = ("a", "b"), alpha: float = 0.7,

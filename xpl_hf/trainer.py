@@ -159,8 +159,9 @@ class NonFiniteLossError(FloatingPointError):
 
     def __init__(self, bad_step: int, found_step: int, where: str = ""):
         self.bad_step, self.found_step = bad_step, found_step
-        super().__init__(f"non-finite loss at step {bad_step} (found at step {found_step}){'; ' + where if where else ''}"
-                         ". Lower --learning_rate or use --mixed_precision no.")
+        where = f"; {where}" if where else ""
+        super().__init__(f"non-finite loss at step {bad_step} (found at step {found_step}){where}. Lower "
+                         "--learning_rate or use --mixed_precision no.")
 
     def explain(self, checkpoint_before: Callable[[], Path], newest_checkpoint: Path | None) -> NonFiniteLossError:
         """The same error, saying where the last good state is: saved now (``checkpoint_before()``) when the bad
