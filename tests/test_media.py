@@ -173,6 +173,33 @@ def test_truncated_and_garbage_files(clip, tmp_path):
         probe_video(tmp_path / "missing.mp4")
 
 
+def _faststart(source, target):
+    """Remux with the index (moov) first, as streaming MP4s are: a cut file then still opens."""
+    import av
+
+    with av.open(str(source)) as src, av.open(str(target), "w", options={"movflags": "faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
+        for packet in src.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    return target
+
+
+def test_a_cut_file_is_refused_not_read_short(clip, tmp_path):
+    """A streaming MP4 cut in half opens; a time in the lost half is 'truncated', never an earlier frame or a short,
+    tiled sound; a time in the kept half still reads."""
+    data = _faststart(clip, tmp_path / "fast.mp4").read_bytes()
+    cut = data[: len(data) // 2]
+    assert read_video_clip(cut, time=0.5, clip_seconds=1.0).audio.shape == (16000,)
+    for time in (1.8, 2.0, 3.0, 3.9):
+        with pytest.raises(MediaError, match="truncated") as err:
+            read_video_clip(cut, time=time, clip_seconds=1.0, name="cut.mp4")
+        assert err.value.reason == "truncated media" and "cut.mp4" in str(err.value)
+    with pytest.raises(MediaError, match="truncated"):
+        read_audio_window(cut, seconds=1.0, centre=3.0)
+
+
 def _secret_playlist(target) -> str:
     return f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{target}\n#EXT-X-ENDLIST\n"
 

@@ -11,10 +11,10 @@ through :func:`open_media`, which
   sequences, MP4 external data references and anything not allow-listed are refused with :class:`MediaError`;
 - bounds the probe (:data:`PROBE_BYTES`, :data:`PROBE_SECONDS`) so a hostile header cannot make FFmpeg read far.
 
-:func:`probe_video` reads sizes, duration, frame and sample rates from the headers and refuses absurd values before
-anything is decoded. :func:`read_video_clip` seeks to the frame the protocol uses (the middle one by default) and
-decodes only the frames and the audio window it returns; :func:`read_audio_window` does the same for sound alone.
-Audio comes back mono float32 at the file's own rate: resampling is :mod:`xpl_hf.audio`'s job.
+:func:`probe_video` checks sizes, duration, frame and sample rates from the headers before decoding.
+:func:`read_video_clip` seeks to the frame the protocol uses (the middle one by default) and decodes only the frames
+and the audio window it returns (:func:`read_audio_window`: the sound alone), refusing truncated files; the audio is
+mono float32 at the file's own rate (resampling is :mod:`xpl_hf.audio`'s job).
 """
 
 from __future__ import annotations
@@ -40,12 +40,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 __all__ = ["ALLOWED_FORMATS", "MediaError", "VideoClip", "VideoInfo", "apply_rotation", "open_media", "probe_video",
            "read_audio_window", "read_video_clip"]
 
-ALLOWED_FORMATS: frozenset[str] = frozenset({
-    "mov", "mp4", "m4a", "3gp", "3g2", "mj2",  # FFmpeg's "mov,mp4,m4a,3gp,3g2,mj2" demuxer (MP4, MOV, M4A)
-    "matroska", "webm",  # "matroska,webm" (MKV, WebM, browser recordings)
-    "avi",
-    "wav", "flac", "ogg", "mp3", "aac",  # audio-only uploads (ADTS .aac)
-})
+ALLOWED_FORMATS: frozenset[str] = frozenset({  # FFmpeg's "mov,mp4,m4a,3gp,3g2,mj2" (MP4, MOV, M4A), "matroska,webm"
+    "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi",  # (MKV, WebM, browser recordings), AVI
+    "wav", "flac", "ogg", "mp3", "aac"})  # and audio-only uploads (ADTS .aac)
 """FFmpeg demuxer names a user's file may have; FFmpeg joins a demuxer's aliases with commas, any one matching."""
 _ALLOWED_TEXT = "MP4/MOV/M4A, Matroska/WebM, AVI, WAV, FLAC, OGG, MP3, AAC"
 
@@ -58,6 +55,7 @@ MAX_CHANNELS = 64
 MAX_DECODE_FRAMES = 600  # frames decoded from the keyframe before the wanted time, at most; beyond: refused
 UNKNOWN_DURATION_LIMIT_SECONDS = 600.0  # a sound without a duration is decoded this far, at most, then refused
 AUDIO_SEEK_SLACK_SECONDS = 30.0  # audio decoded before the window, at most, when a seek lands early (no index)
+TRUNCATION_SLACK = 0.3  # s: frames or sound stopping earlier than their header says, by more, are a truncated file
 
 
 class MediaError(ValueError):
@@ -111,8 +109,7 @@ class _OwnedFile(io.FileIO):
     """A file opened here for a path: PyAV never closes file objects, so this one closes itself when dropped."""
 
     def __del__(self) -> None:
-        if not self.closed:
-            self.close()
+        self.close()  # a no-op when already closed
 
 
 def _display_name(source: Any, name: str | None) -> str:
@@ -238,9 +235,8 @@ def _info(container, label: str, *, read_rotation: bool = True,
         if not 0 < channels <= MAX_CHANNELS:
             raise MediaError(f"'{label}': its audio header gives {channels} channels (accepted: 1 to {MAX_CHANNELS}).",
                              "bad header")
-    info = VideoInfo(duration_s=duration, width=width, height=height, fps=fps, has_video=video is not None,
-                     has_audio=audio is not None, audio_rate=audio_rate, audio_channels=channels, rotation=0,
-                     format_name=container.format.name)
+    info = VideoInfo(duration, width, height, fps, video is not None, audio is not None, audio_rate, channels, 0,
+                     container.format.name)
     if check is not None:
         check(info)
     if video is not None and read_rotation:
@@ -259,20 +255,15 @@ def _info(container, label: str, *, read_rotation: bool = True,
 def probe_video(source: Any, name: str | None = None) -> VideoInfo:
     """Header facts of a media file, validated before any decoding (the first video frame gives `rotation`).
 
-    Raises:
-        MediaError: refused or unreadable file, frames over 8192 px a side or 64 MP, a NaN/infinite/non-positive/
-            over-a-day duration, an audio rate of 0 or over 384 kHz, 0 or over 64 channels.
-    """
+    Raises MediaError for a refused or unreadable file, frames over 8192 px a side or 64 MP, a NaN, infinite,
+    non-positive or over-a-day duration, an audio rate of 0 or over 384 kHz, no or over 64 channels."""
     label = _display_name(source, name)
     with open_media(source, label) as container:
         return _info(container, label)
 
 
 def _check_time(time: float, duration: float | None, label: str) -> float:
-    try:
-        t = float(time)
-    except (TypeError, ValueError):
-        t = math.nan
+    t = float(time) if isinstance(time, (int, float)) else math.nan
     if not math.isfinite(t) or t < 0 or (duration is not None and t > duration):
         span = f"0 to {duration:.3f} s" if duration is not None else "0 s or more"
         raise MediaError(f"time={time!r} s is outside the video '{label}' ({span}).", "bad time")
@@ -298,8 +289,7 @@ def _decode_frames_at(container, stream, targets: list[float], label: str):
     """The first frame at or after each target time (the last frame when a target is past the end)."""
     rate = float(stream.average_rate or stream.guessed_rate or 30)
     budget = MAX_DECODE_FRAMES + math.ceil((targets[-1] - targets[0]) * min(rate, 1000))
-    chosen: list = []
-    last = None
+    chosen, last = [], None
     try:
         for count, frame in enumerate(_frames_from(container, stream, targets[0]), start=1):
             _check_frame_size(frame.width, frame.height, label)  # the decoded size, whatever the header said
@@ -312,14 +302,16 @@ def _decode_frames_at(container, stream, targets: list[float], label: str):
                 raise MediaError(f"cannot reach the frame at {targets[len(chosen)]:.3f} s of '{label}': it lies more "
                                  f"than {MAX_DECODE_FRAMES} frames after the previous keyframe (re-encode the video "
                                  "with more keyframes).", "unreadable media")
-    except av.error.FFmpegError as err:
-        if last is None:
-            raise MediaError(f"cannot decode the video of '{label}': {err.strerror or err}", "unreadable media") \
-                from None
+    except av.error.FFmpegError:
+        pass  # a decoding error part-way: what was decoded, then the truncation checks below
     if last is None:
         raise MediaError(f"'{label}' holds no decodable video frame near {targets[0]:.3f} s (corrupt or truncated).",
                          "truncated media")
-    chosen += [last] * (len(targets) - len(chosen))  # targets past the last frame get the last frame
+    missing = targets[len(chosen):]
+    if missing and last.time is not None and min(missing[0], _end(stream)) > last.time + TRUNCATION_SLACK:
+        raise MediaError(f"'{label}' is truncated: its frames stop at {last.time:.2f} s, before {missing[0]:.2f} s.",
+                         "truncated media")
+    chosen += [last] * len(missing)  # targets past the last frame of the stream get that frame
     frames = [apply_rotation(f.to_image().convert("RGB"), _rotation(f)) for f in chosen]
     times = [float(f.time) if f.time is not None else t for f, t in zip(chosen, targets)]
     return frames, times, _rotation(chosen[0])
@@ -329,8 +321,7 @@ def _decode_audio_window(container, stream, start: float, seconds: float, label:
     """Mono float32 samples of [start, start + seconds) at the stream's own rate (seeking to `start` first)."""
     rate = int(stream.rate or stream.codec_context.sample_rate)
     downmix = av.AudioResampler(format="flt", layout="mono", rate=rate)  # channels averaged, rate unchanged
-    chunks: list[np.ndarray] = []
-    decoded, first_time, needed = 0, None, 0
+    chunks, decoded, first_time, needed = [], 0, None, 0
     budget = (seconds + AUDIO_SEEK_SLACK_SECONDS) * rate
     try:
         for frame in _frames_from(container, stream, start, first_slack=0.5):
@@ -347,16 +338,23 @@ def _decode_audio_window(container, stream, start: float, seconds: float, label:
                 raise MediaError(f"cannot reach the sound at {start:.2f} s of '{label}': the file cannot be searched "
                                  "(no index).", "unreadable media")
         chunks += [out.to_ndarray().reshape(-1) for out in downmix.resample(None)]
-    except av.error.FFmpegError as err:
-        if not chunks:
-            raise MediaError(f"cannot decode the audio of '{label}': {err.strerror or err}", "unreadable media") \
-                from None
+    except av.error.FFmpegError:
+        pass  # a decoding error part-way: what was decoded, then the truncation check below
     samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
     offset = max(0, round((start - (first_time or 0.0)) * rate))
     samples = samples[offset:offset + math.ceil(seconds * rate)]
-    if samples.size == 0:
-        raise MediaError(f"the audio of '{label}' holds no samples around {start:.2f} s.", "truncated media")
+    expected = min(seconds, _end(stream) - start)
+    if samples.size == 0 or samples.size < (expected - TRUNCATION_SLACK) * rate:
+        raise MediaError(f"the audio of '{label}' is truncated: {samples.size / rate:.2f} s of sound from "
+                         f"{start:.2f} s where the header promises {expected:.2f} s.", "truncated media")
     return samples  # NaN / infinite samples are refused by xpl_hf.audio.check_waveform, as for every clip
+
+
+def _end(stream) -> float:
+    """End of `stream` in seconds from its own header, else its container's; inf when neither says."""
+    if stream.duration and stream.time_base:
+        return float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+    return stream.container.duration / av.time_base if stream.container.duration else math.inf
 
 
 def _window_start(centre: float, seconds: float, duration: float | None) -> float:
@@ -412,8 +410,10 @@ def read_video_clip(source: Any, *, time: float | None = None, clip_seconds: flo
         frames, times, info.rotation = _decode_frames_at(container, container.streams.video[0], targets, label)
         audio = None
         if info.has_audio:
-            start = _window_start(t, clip_seconds, info.duration_s)
-            audio = _decode_audio_window(container, container.streams.audio[0], start, clip_seconds, label)
+            stream = container.streams.audio[0]
+            end = min(info.duration_s or math.inf, _end(stream))  # a sound shorter than the video: the window inside it
+            start = _window_start(t, clip_seconds, end if math.isfinite(end) else None)
+            audio = _decode_audio_window(container, stream, start, clip_seconds, label)
     return VideoClip(frames, times, audio, info.audio_rate if info.has_audio else None, t, info)
 
 
