@@ -199,8 +199,8 @@ def read_video(value, time_s: float, clip_seconds: float = 3.0) -> tuple[PIL.Ima
                                check=_check_video_info, name=os.path.basename(path))
     except MediaError as err:
         if err.reason == "bad time":
-            raise InputError(f"The time {time_s:g} s is past the end of the video {_name(path)}: "
-                             f"{strip_paths(str(err))}") from err
+            raise InputError(f"The time {time_s:g} s is past the end of the video {_name(path)}: pick one from 0 to "
+                             f"{video_duration(path):.2f} s.") from err
         raise InputError(f"Could not read the video {_name(path)}: {strip_paths(str(err))} Supported: "
                          f"{VIDEO_FORMATS}.") from err
     if clip.audio is None:

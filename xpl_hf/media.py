@@ -266,7 +266,7 @@ def _check_time(time: float, duration: float | None, label: str) -> float:
     t = float(time) if isinstance(time, (int, float)) else math.nan
     if not math.isfinite(t) or t < 0 or (duration is not None and t > duration):
         span = f"0 to {duration:.3f} s" if duration is not None else "0 s or more"
-        raise MediaError(f"time={time!r} s is outside the video '{label}' ({span}).", "bad time")
+        raise MediaError(f"time={time!r} is not a time in the video '{label}' (seconds, {span}).", "bad time")
     return t
 
 
