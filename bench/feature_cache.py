@@ -53,7 +53,9 @@ def box_mask(box, size: int = EVAL_SIZE) -> np.ndarray:
 
 @torch.inference_mode()
 def build_cache(out: Path, sizes: dict[str, int], seed: int = 0, image_size: int = 224, clip_seconds: float = 3.0,
-                batch_size: int = 32) -> dict:
+                batch_size: int = 32, only: tuple[str, int, int] | None = None) -> dict:
+    """Cache every split of `sizes`; `only=(split, start, end)` caches rows [start, end) of one split (a part that
+    `merge_parts` joins, so that several processes can share the work)."""
     syn = SyntheticConfig(image_size=image_size, clip_seconds=clip_seconds, seed=seed,
                           **{f"num_{k}": v for k, v in sizes.items()})
     config = study_model_config(image_size, clip_seconds)
@@ -61,10 +63,11 @@ def build_cache(out: Path, sizes: dict[str, int], seed: int = 0, image_size: int
     report = load_pretrained_backbones(model)
     processor = XPLProcessor.from_config(config)
     cache: dict = {"config": config.to_dict(), "pretrained": report, "synthetic": syn.to_json(), "splits": {}}
-    for split, n in sizes.items():
+    jobs = [only] if only else [(split, 0, n) for split, n in sizes.items()]
+    for split, first, end in jobs:
         feats, aud_a, aud_b, gts, objects, labels, ids = [], [], [], [], [], [], []
-        for start in tqdm(range(0, n, batch_size), desc=f"cache {split}"):
-            rows = [generate_sample(syn, split, i) for i in range(start, min(n, start + batch_size))]
+        for start in tqdm(range(first, end, batch_size), desc=f"cache {split}"):
+            rows = [generate_sample(syn, split, i) for i in range(start, min(end, start + batch_size))]
             images = [Image.open(io.BytesIO(r["image"]["bytes"])) for r in rows]
             audio = [sf.read(io.BytesIO(r["audio"]["bytes"]), dtype="float32")[0] for r in rows]
             inputs = processor(images=images, audio=audio, sampling_rate=syn.sample_rate)
@@ -85,6 +88,23 @@ def build_cache(out: Path, sizes: dict[str, int], seed: int = 0, image_size: int
     return cache
 
 
+def merge_parts(parts: list[Path], out: Path) -> dict:
+    """Join caches of parts (same config) split by split, in the order given."""
+    caches = [torch.load(p, weights_only=False) for p in parts]
+    merged = {k: v for k, v in caches[0].items() if k != "splits"}
+    merged["splits"] = {}
+    for cache in caches:
+        for split, data in cache["splits"].items():
+            if split not in merged["splits"]:
+                merged["splits"][split] = data
+                continue
+            into = merged["splits"][split]
+            for key, value in data.items():
+                into[key] = torch.cat([into[key], value]) if torch.is_tensor(value) else into[key] + value
+    torch.save(merged, out)
+    return merged
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -94,11 +114,17 @@ def main(argv=None):
     p.add_argument("--num_test", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0, help="benchmark seed")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", nargs=3, metavar=("SPLIT", "START", "END"), help="cache rows [START, END) of one split")
+    p.add_argument("--merge", type=Path, nargs="+", help="join these part caches into --out instead")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t = time.time()
-    build_cache(args.out, {"labeled": args.num_pool, "unlabeled": args.num_unlabeled,
-                           "validation": args.num_validation, "test": args.num_test}, seed=args.seed)
+    if args.merge:
+        merge_parts(args.merge, args.out)
+    else:
+        only = (args.only[0], int(args.only[1]), int(args.only[2])) if args.only else None
+        build_cache(args.out, {"labeled": args.num_pool, "unlabeled": args.num_unlabeled,
+                               "validation": args.num_validation, "test": args.num_test}, seed=args.seed, only=only)
     print(f"cache written to {args.out} in {time.time() - t:.0f} s")
 
 

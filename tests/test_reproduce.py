@@ -1,81 +1,138 @@
-"""bench/reproduce.py: tables, paired differences and the figure from fake run records (no training)."""
+"""bench/reproduce.py (the CPU decision protocol): head training on a feature cache with the package's losses,
+object selection, the statistics and the report. A random in-memory cache stands in for the real one."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "bench" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load(name):
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
-def fake_record(row: str, seed: int, fused_ciou: float) -> dict:
-    history = []
-    for step in (10, 20, 30):
-        entry = {"step": step, "train/loss": 1.0}
-        if row.startswith("xpl") or row == "hard_pl":
-            entry.update({"train/admitted_fraction": 0.2 + step / 100, "train/consensus_mean": 0.5,
-                          "train/pl_ciou_a": step / 2, "train/pl_ciou_b": step / 3, "train/pl_ciou_admitted_a": step})
-        history.append(entry)
-        history.append({"step": step, "val/fused/ciou": fused_ciou + step / 10 + seed, "val/fused/auc": 30.0})
-    metrics = {"ciou": fused_ciou + seed, "auc": 30.0 + seed}
-    args = {"max_train_steps": 30, "warmup_stage_steps": 10, "train_batch_size": 8, "unlabeled_batch_size": 8,
-            "image_size": 96, "clip_seconds": 1.0, "image_backbone_a": "efficientnet_lite0",
-            "image_backbone_b": "efficientnet_lite0", "audio_backbone_a": "vggish", "audio_backbone_b": "soundnet8",
-            "learning_rate": 1e-3, "backbone_learning_rate_scale": 1.0, "lr_scheduler_type": "cosine", "eval_steps": 10}
-    return {"row": row, "seed": seed, "wall_s": 60.0, "best_step": 30, "num_test_samples": 300,
-            "test": {"a": metrics, "b": metrics, "fused": metrics}, "train_argv": [], "training_args": args,
-            "log_history": history}
+def box(x0, y0, x1, y1):
+    return [x0, y0, x1, y1]
 
 
-def test_report_from_fake_runs(tmp_path):
-    reproduce = load_script()
-    out = tmp_path / "results"
-    runs = {"xpl": [0, 1, 2], "sup_only": [0, 1], "hard_pl": [0], "xpl-no_pl_ema": [0, 1, 2]}
-    for row, seeds in runs.items():
-        for seed in seeds:
-            path = reproduce.raw_path(out, row, seed)
+def fake_split(n, seed, channels=16):
+    g = torch.Generator().manual_seed(seed)
+    objects, gts = [], []
+    for i in range(n):
+        objs = [{"box": box(0.0, 0.0, 0.5, 0.5), "label": "x", "sounding": i % 2 == 0},
+                {"box": box(0.5, 0.5, 1.0, 1.0), "label": "y", "sounding": i % 2 == 1}]
+        objects.append(objs)
+        gt = torch.zeros(224, 224, dtype=torch.bool)
+        if i % 2 == 0:
+            gt[:112, :112] = True
+        else:
+            gt[112:, 112:] = True
+        gts.append(gt)
+    labels = torch.tensor([i % 2 for i in range(n)])
+    return {"image": torch.randn(n, channels, 7, 7, generator=g).half(), "audio_a": torch.randn(n, 128, generator=g),
+            "audio_b": torch.randn(n, 1024, generator=g), "gt": torch.stack(gts), "labels": labels,
+            "objects": objects, "ids": [f"s{seed}-{i}" for i in range(n)]}
+
+
+@pytest.fixture
+def cache():
+    from xpl_hf import XPLConfig
+
+    config = XPLConfig(image_backbone_a="efficientnet_lite0", image_backbone_b="efficientnet_lite0", image_size=224)
+    splits = {"labeled": fake_split(20, 0), "unlabeled": fake_split(24, 1), "validation": fake_split(10, 2)}
+    return {"config": config.to_dict(), "splits": splits, "pca": {"explained": 1.0}}
+
+
+def test_object_selection_follows_the_map():
+    cp = load("cached_protocol")
+    masks = cp.object_masks([[{"box": box(0, 0, 0.5, 0.5), "sounding": True},
+                              {"box": box(0.5, 0.5, 1, 1), "sounding": False}]] * 3)
+    maps = torch.zeros(3, 7, 7)
+    maps[0, :3, :3] = 1.0  # on the sounding object
+    maps[1, 4:, 4:] = 1.0  # on the other one
+    gt = torch.zeros(3, 224, 224, dtype=torch.bool)
+    gt[:, :112, :112] = True
+    s = cp.score(maps, gt, masks)
+    assert s["selected"][0] == 1.0 and s["selected"][1] == 0.0
+    assert s["selected"][2] == 0.5  # a flat map ties both objects: half the credit (the chance level)
+
+
+def test_labelled_draw_is_stratified_and_seeded():
+    cp = load("cached_protocol")
+    labels = torch.arange(100) % 10
+    a, b, c = cp.draw_labeled(labels, 30, 0), cp.draw_labeled(labels, 30, 0), cp.draw_labeled(labels, 30, 1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.bincount(labels[a], minlength=10).tolist() == [3] * 10
+
+
+def test_swap_never_keeps_the_class():
+    cp = load("cached_protocol")
+    labels = torch.arange(50) % 5
+    order = cp.swap_order(labels, 0)
+    assert (labels[order] != labels).all()
+
+
+@pytest.mark.parametrize("method", ["xpl", "sup_only", "full_supervision"])
+def test_train_run_uses_the_package_losses(cache, method):
+    cp = load("cached_protocol")
+    from xpl_hf.method import XPLMethod
+
+    settings = cp.StudySettings(num_labeled=4, steps=6, warmup_steps=2, labeled_batch=4, unlabeled_batch=8,
+                                embed_dim=16)
+    result = cp.train_run(cache, XPLMethod.from_name(method), 0, settings)
+    last = result["history"][-1]
+    assert ("loss_cross_a" in last) == (method == "xpl")
+    per_scene = result["validation_per_scene"]["true"]["fused"]
+    assert len(per_scene["ciou"]) == len(per_scene["selected"]) == 10
+    assert set(result["validation"]) == {"true", "swapped"}
+    assert len(result["labeled_ids"]) == 4
+
+
+def test_pca_folds_into_the_projection():
+    cp = load("cached_protocol")
+    splits = {s: fake_split(12, i, channels=32) for i, s in enumerate(("labeled", "unlabeled"))}
+    original = splits["labeled"]["image"].float().clone()
+    cache = cp.reduce_image_features({"splits": splits}, k=32)  # k = all channels: exact
+    basis, mean = cache["pca"]["basis"], cache["pca"]["mean"]
+    back = torch.einsum("nkhw,ck->nchw", splits["labeled"]["image"].float(), basis) + mean[None, :, None, None]
+    assert torch.allclose(back, original, atol=2e-2)
+
+
+def test_statistics():
+    rp = load("reproduce")
+    mean, std, lo, hi = rp.t_interval(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert mean == 3.0 and lo < 3.0 < hi and round(hi - 3.0, 3) == round(3.0 - lo, 3)
+    assert rp.holm({"x": 0.01, "y": 0.04}) == {"x": 0.02, "y": 0.04}
+    assert rp.holm({"x": 0.03, "y": 0.02})["x"] == 0.04
+    share, lo, hi = rp.gap_closed(np.zeros(5), np.full(5, 5.0), np.full(5, 10.0))
+    assert share == 0.5 and lo == hi == 0.5
+
+
+def test_report_from_records(tmp_path):
+    rp = load("reproduce")
+    for row, base in (("sup_only", 60.0), ("xpl", 70.0), ("full_supervision", 80.0), ("hard_pl", 62.0)):
+        for seed in range(3):
+            summary = {"select": base + seed, "ciou": base / 2 + seed, "auc": 40.0}
+            rec = {"row": row, "seed": seed, "split": "test", "chance_select": 42.0,
+                   "test": {v: {b: summary for b in ("a", "b", "fused")} for v in ("true", "swapped")}}
+            path = rp.raw_path(tmp_path, row, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(fake_record(row, seed, {"xpl": 20.0, "sup_only": 15.0}.get(row, 10.0))))
-    (out / "raw" / "_trivial_baselines.json").write_text(json.dumps({"whole image": {"ciou": 0.0, "auc": 25.0}}))
-
-    summary = reproduce.write_report(out, command="python bench/reproduce.py --quick")
-    tables = (out / "tables.md").read_text()
-    assert "`python bench/reproduce.py --quick`" in tables
-    # xpl: seeds 0, 1, 2 -> 20, 21, 22: mean 21.0, sample std 1.0; n is stated per row
-    assert "| **XPL** (soft, sharpened, PL-EMA, cross, curriculum) | 3 | 21.0 ± 1.0 |" in tables
-    assert "| Hard pseudo-labels (vanilla self-training) | 1 | 10.0 | 30.0 |" in tables  # n = 1: no ±
-    assert "| Self-supervised (L_avc, EZ-VSL-like) | 0 | – |" in tables  # not run: says so
-    assert "whole image CIoU 0.0" in tables
-    # paired per-seed differences: xpl - sup_only on seeds 0, 1 -> +5, +5
-    assert "| xpl − sup_only | +4.6 | 5.0 ± 0.0 (+5.0, +5.0) |" in tables
-    for title in ("Table 1", "Table 2(b)", "Table 2(c)", "Stability", "Diagnostics"):
-        assert title in tables
-    assert summary["xpl"]["n"] == 3 and summary["xpl"]["fused/ciou"]["mean"] == 21.0
-    assert summary["xpl"]["train/admitted_fraction"]["last"] == [0.5, 0.5, 0.5]
-    assert (out / "fig2d_validation.png").stat().st_size > 10_000
-    assert json.loads((out / "summary.json").read_text())["sup_only"]["n"] == 2
-
-
-def test_arguments_quick_and_seeds():
-    reproduce = load_script()
-    args, passthrough = reproduce.parse_args(["--quick", "--", "--learning_rate", "1e-4"])
-    assert args.rows == reproduce.QUICK_ROWS and args.seeds == [0]
-    assert passthrough[-2:] == ["--learning_rate", "1e-4"]  # after the preset's trainer options: it wins
-    assert passthrough[:-2] == reproduce.PRESETS["cpu"]["train_extra"]
-    args, _ = reproduce.parse_args(["--quick", "--with_ceiling"])
-    assert args.rows == [*reproduce.QUICK_ROWS, "full_supervision"]
-    args, _ = reproduce.parse_args(["--seeds", "2,", "--rows", "xpl,hard_pl", "--steps", "30"])
-    assert args.seeds == [2] and args.rows == ["xpl", "hard_pl"] and args.warmup_stage_steps == 10
-    args, _ = reproduce.parse_args([])
-    assert len(args.rows) == 13 and args.seeds == [0, 1, 2] and "full_supervision" not in args.rows
-    assert (args.steps, args.warmup_stage_steps, args.image_size) == (144, 48, 128)
-    args, passthrough = reproduce.parse_args(["--preset", "h100"])
-    assert (args.image_size, args.clip_seconds, args.image_size // 32) == (224, 3.0, 7) and "bf16" in passthrough
-    argv = reproduce.train_argv(args, "xpl-alpha0.3", 1, Path("o"), [])
-    assert argv[argv.index("--pl_ema_alpha") + 1] == "0.3" and argv[argv.index("--seed") + 1] == "1"
+            path.write_text(json.dumps(rec))
+    summary = rp.write_report(tmp_path, "test")
+    assert summary["gap_closed"]["select"]["share"] == pytest.approx(0.5)
+    assert summary["paired"]["xpl - sup_only (select)"]["mean"] == pytest.approx(10.0)
+    table = (tmp_path / "tables.md").read_text()
+    assert "| xpl | 3 |" in table and "Holm" in table and "42.0 %" in table
