@@ -327,3 +327,15 @@ def test_flickr_from_videos(tmp_path):
     (row,) = load_labeled(str(out), "test")
     np.testing.assert_allclose(row["boxes"], [[10 / 256, 20 / 256, 130 / 256, 140 / 256]], atol=1e-6)
     assert row["gt_rule"] == "flickr"
+
+
+def test_parts_written_into_one_shared_folder_and_other_splits_are_kept(tmp_path):
+    src = video_folder(tmp_path / "src", n=4)
+    out = tmp_path / "shared"
+    for k in range(2):  # two machines writing into one shared folder
+        cv.convert("folder", str(src), str(out), options=OPTIONS, num_shards=2, shard_index=k, progress=False)
+    assert sorted(r["id"] for r in load_labeled(str(out), "labeled")) == ["c0", "c1", "c2", "c3"]
+    # another converter writing another split into the same folder leaves "labeled" alone
+    other = video_folder(tmp_path / "other", n=1, split="extra")
+    cv.convert("folder", str(other), str(out), options=OPTIONS, progress=False)
+    assert len(load_labeled(str(out), "labeled")) == 4 and len(load_labeled(str(out), "extra")) == 1

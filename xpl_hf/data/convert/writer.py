@@ -10,7 +10,8 @@ Resume. A shard is written to a temporary file, then moved into place (``os.repl
 holds, the problems of its samples, a fingerprint of its inputs and options) is written to
 ``.convert/<shard>.json`` the same way. A rerun skips every shard whose record matches and whose file is intact,
 and rewrites the others under the same names: a killed conversion resumes where it stopped, and a rerun never
-duplicates a row. Shards of an earlier conversion that are no longer part of this one are removed.
+duplicates a row. Shards of an earlier conversion of the same splits that are no longer part of this one (another
+shard count) are removed; other splits in the folder are left as they are.
 """
 
 from __future__ import annotations
@@ -160,13 +161,14 @@ def _jobs(blocks: Iterable[list[Candidate]], options: ClipOptions) -> Iterator[t
                 yield c, loaded, options
 
 
-def _remove_stale(output: str, keep: set[str], splits_done: set[str], every_split: bool) -> None:
-    """Delete shards (and records) of earlier conversions: of this conversion's splits, or of every split."""
+def _remove_stale(output: str, keep: set[str], splits_done: set[str]) -> None:
+    """Delete the shards (and records) of this conversion's splits that an earlier conversion left (other shard
+    counts); other splits are left alone, so two converters may write different splits into one folder."""
     data = os.path.join(output, DATA_DIR)
     for name in sorted(os.listdir(data)) if os.path.isdir(data) else []:
         if not name.endswith(".parquet") or name in keep:
             continue
-        if every_split or name.rsplit("-", 3)[0] in splits_done:
+        if name.rsplit("-", 3)[0] in splits_done:
             logger.warning("removing %s: a shard of an earlier conversion into %s", name, output)
             os.remove(os.path.join(data, name))
             record = _record_path(output, name)
@@ -243,7 +245,8 @@ def write_dataset(
                 work.append((plan.split, block, path, fingerprint))
             else:
                 _replay(report, record, plan.split)
-    _remove_stale(output, keep, {p.split for p in plans}, every_split=num_shards == 1)
+    keep |= {os.path.basename(shard_path(output, p.split, j, p.total)) for p in plans for j in range(p.total)}
+    _remove_stale(output, keep, {p.split for p in plans})  # other machines' parts of the same shard set stay
     total = sum(len(b) for p in plans for b in p.blocks.values())
     todo = sum(len(block) for _, block, _, _ in work)
     seconds: dict[str, float] = collections.defaultdict(float)
