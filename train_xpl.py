@@ -29,11 +29,10 @@ FROZEN_SUFFIXES = {"none": (), "image": ("image_encoder",), "all": ("image_encod
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    from accelerate import PartialState
-
     from xpl_hf.checkpointing import RunLock
 
-    with RunLock(args.output_dir, enabled=PartialState().is_main_process):  # one run per output folder
+    # one run per output folder; the launcher's global rank 0 holds the lock (RANK is set by torchrun/accelerate)
+    with RunLock(args.output_dir, enabled=os.environ.get("RANK", "0") == "0"):
         return train(args)
 
 

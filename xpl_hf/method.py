@@ -124,7 +124,7 @@ class XPLMethod:
                   no_sharpening: bool = False, no_data_selection: bool = False, **settings) -> XPLMethod:
         """The settings of ``method`` and its ablation switches; ``settings`` override the paper's values."""
         if method not in METHODS:
-            raise ValueError(f"method {method!r} is unknown; choose one of {METHODS}.")
+            raise ValueError(f"method {method!r}: must be one of {METHODS}.")
         ablations = {"no_pl_ema": no_pl_ema, "no_cross_refine": no_cross_refine, "no_sharpening": no_sharpening,
                      "no_data_selection": no_data_selection}
         on = [name for name, value in ablations.items() if value]
