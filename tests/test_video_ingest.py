@@ -327,6 +327,20 @@ def test_flickr_from_videos(tmp_path):
     (row,) = load_labeled(str(out), "test")
     np.testing.assert_allclose(row["boxes"], [[10 / 256, 20 / 256, 130 / 256, 140 / 256]], atol=1e-6)
     assert row["gt_rule"] == "flickr"
+    # a validation split carved from the labeled list, reproducibly
+    for sid in ("333", "444", "555"):
+        make_video(src / "videos" / f"{sid}.mp4")
+        (src / "Annotations" / f"{sid}.xml").write_text((src / "Annotations" / "111.xml").read_text())
+    (src / "sup.txt").write_text("222\n333\n444\n555\n")
+    (src / "Annotations" / "222.xml").write_text((src / "Annotations" / "111.xml").read_text())
+    carved = []
+    for k in range(2):
+        report = cv.convert("flickr", str(src), str(tmp_path / f"v{k}"), test_list=str(src / "test.csv"),
+                            labeled_list=str(src / "sup.txt"), validation_fraction=0.5, seed=3, options=OPTIONS,
+                            progress=False)
+        assert report.written == {"test": 1, "labeled": 2, "validation": 2}
+        carved.append(sorted(r["id"] for r in load_labeled(str(tmp_path / f"v{k}"), "validation")))
+    assert carved[0] == carved[1]
 
 
 def test_parts_written_into_one_shared_folder_and_other_splits_are_kept(tmp_path):

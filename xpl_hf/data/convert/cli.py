@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_list", required=True, help="test ids, e.g. avsl_metadata/flickr_test.csv")
     p.add_argument("--labeled_list", default=None, help="labeled training ids, e.g. avsl_metadata/flickr_sup_train.txt")
     p.add_argument("--unlabeled", action="store_true", help="add every other clip as the unlabeled split")
+    p.add_argument("--validation_fraction", type=_fraction, default=0.0,
+                   help="fraction of the labeled ids that go to 'validation' (drawn with --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation draw")
     p = sub.add_parser("vggss", parents=[common], help="VGG-Sound videos (folders or Hub tar.gz) with vggss.json",
                        description=vggss.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, nargs="+", help="folders and/or vggsound_XX.tar.gz archives")
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> ConversionReport | None:
     if args.kind == "folder":
         extra = dict(validation_fraction=args.validation_fraction, test_fraction=args.test_fraction, seed=args.seed)
     elif args.kind == "flickr":
-        extra = dict(test_list=args.test_list, labeled_list=args.labeled_list, unlabeled=args.unlabeled)
+        extra = dict(test_list=args.test_list, labeled_list=args.labeled_list, unlabeled=args.unlabeled,
+                     validation_fraction=args.validation_fraction, seed=args.seed)
     elif args.kind == "vggss":
         extra = dict(annotations=args.annotations, heard_list=args.heard_list, unheard_list=args.unheard_list,
                      unlabeled=args.unlabeled, csv_path=args.csv)

@@ -4,7 +4,8 @@
 video; used for the ids without both a frame and an audio file), and ``DIR/Annotations/<id>.xml`` (three annotators'
 boxes in 256-px coordinates, stored normalised ``v / 256``; ``gt_rule="flickr"``). ``--input`` may also be a .tar /
 .tar.gz archive holding those files (members are matched by file name, wherever they are in the archive). Splits
-``test`` and ``labeled`` come from id lists (first column of a CSV/TXT); ``--unlabeled`` adds every other id with
+``test`` and ``labeled`` come from id lists (first column of a CSV/TXT); ``--validation_fraction`` moves that
+fraction of the ``labeled`` ids (drawn with ``--seed``) to ``validation``; ``--unlabeled`` adds every other id with
 media as ``unlabeled`` (``gt_rule="none"``). Symbolic links in the folders are followed (they often point to a
 dataset disk).
 """
@@ -16,7 +17,7 @@ import io
 from ..annotations import flickr_boxes_from_xml
 from .archive import ArchiveMember, ArchiveReader
 from .report import ConversionReport, shown
-from .samples import Candidate
+from .samples import Candidate, carve
 from .sources import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_inputs, index_inputs, read_ids
 
 
@@ -36,6 +37,8 @@ def flickr_candidates(
     audio_dir: str = "audio",
     video_dir: str = "videos",
     annotations_dir: str = "Annotations",
+    validation_fraction: float = 0.0,
+    seed: int = 0,
 ) -> tuple[list[Candidate], ConversionReport]:
     """Candidates of a Flickr-SoundNet download (module docstring)."""
     inputs = [input_dir]
@@ -73,6 +76,9 @@ def flickr_candidates(
                 except (ValueError, OSError) as err:
                     c.problem = ("bad annotation", f"{shown(str(xmls[sid]))}: {err}")
             out.append(c)
+    if validation_fraction:
+        moved = carve([c for c in out if c.split == "labeled" and not c.problem], validation_fraction, 0.0, seed)
+        report.extra["carved_from_labeled"] = {"validation": moved["validation"], "seed": seed}
     if unlabeled:
         for sid in sorted(((set(frames) & set(audio)) | set(videos)) - annotated):
             out.append(make(sid, "unlabeled", gt_rule="none"))

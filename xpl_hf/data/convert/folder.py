@@ -47,13 +47,12 @@ import difflib
 import math
 import os
 import posixpath
-import random
 from typing import Any
 
 from ..schema import DataValidationError, check_gt_rule
 from .archive import ArchiveMember, is_archive
 from .report import ConversionReport, SampleProblem, shown
-from .samples import Candidate
+from .samples import Candidate, carve
 from .sources import archive_index, load_json
 
 FOLDER_KEYS = ("id", "image", "audio", "video", "time", "boxes", "label", "split", "gt_rule")
@@ -202,20 +201,11 @@ def _candidate(e: Any, index: int, folder: _Folder) -> Candidate:
 def default_splits(candidates: list[Candidate], validation_fraction: float = 0.0, test_fraction: float = 0.0,
                    seed: int = 0) -> dict[str, int]:
     """Give every candidate without a split its default (module docstring); return the rows moved per split."""
-    if not (0 <= validation_fraction and 0 <= test_fraction and validation_fraction + test_fraction < 1):
-        raise ValueError(f"--validation_fraction ({validation_fraction}) and --test_fraction ({test_fraction}) must "
-                         "be >= 0 and leave some labeled rows (sum < 1)")
-    boxed = sorted((c for c in candidates if not c.split and c.gt_rule != "none" and not c.problem), key=lambda c: c.id)
+    boxed = [c for c in candidates if not c.split and c.gt_rule != "none" and not c.problem]
     for c in candidates:
         if not c.split:
             c.split = "unlabeled" if c.gt_rule == "none" else "labeled"
-    random.Random(seed).shuffle(boxed)
-    n_val, n_test = round(validation_fraction * len(boxed)), round(test_fraction * len(boxed))
-    for c in boxed[:n_val]:
-        c.split = "validation"
-    for c in boxed[n_val:n_val + n_test]:
-        c.split = "test"
-    return {"validation": n_val, "test": n_test}
+    return carve(boxed, validation_fraction, test_fraction, seed)
 
 
 def folder_candidates(input_dir: str, validation_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import random
 import re
 from typing import Any
 
@@ -110,6 +111,22 @@ class RowResult:
     box_report: BoxReport = dataclasses.field(default_factory=BoxReport)
     notes: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # time per stage (video rows)
+
+
+def carve(rows: list[Candidate], validation_fraction: float, test_fraction: float, seed: int) -> dict[str, int]:
+    """Move ``validation_fraction`` / ``test_fraction`` of ``rows`` to ``validation`` / ``test``, drawn with ``seed``
+    from the rows sorted by id (the same rows and seed give the same draw, whatever their order)."""
+    if not (0 <= validation_fraction and 0 <= test_fraction and validation_fraction + test_fraction < 1):
+        raise ValueError(f"--validation_fraction ({validation_fraction}) and --test_fraction ({test_fraction}) must "
+                         "be >= 0 and leave some labeled rows (sum < 1)")
+    boxed = sorted(rows, key=lambda c: c.id)
+    random.Random(seed).shuffle(boxed)
+    n_val, n_test = round(validation_fraction * len(boxed)), round(test_fraction * len(boxed))
+    for c in boxed[:n_val]:
+        c.split = "validation"
+    for c in boxed[n_val:n_val + n_test]:
+        c.split = "test"
+    return {"validation": n_val, "test": n_test}
 
 
 def media_name(ref: MediaRef) -> str:
