@@ -220,12 +220,14 @@ def test_a_killed_conversion_resumes_and_a_rerun_never_duplicates(tmp_path, monk
         cv.convert("folder", str(src), str(out), options=OPTIONS, shards_per_split=4, progress=False)
     assert len(split_shard_paths(str(out), "labeled")) == 2 and not [n for n in os.listdir(out / "data")
                                                                       if n.endswith(".tmp")]
+    (out / "data" / ".labeled-00002-of-00004.parquet.999.tmp").write_bytes(b"half a shard")  # a kill -9 leftover
     built = []
     real_build = writer_module.build_row
     monkeypatch.setattr(writer_module, "write_shard", real_write)
     monkeypatch.setattr(writer_module, "build_row", lambda c, *a: built.append(c.id) or real_build(c, *a))
     report = cv.convert("folder", str(src), str(out), options=OPTIONS, shards_per_split=4, progress=False)
     assert built == ["c2", "c3"] and report.written == {"labeled": 4}
+    assert not [n for n in os.listdir(out / "data") if n.endswith(".tmp")]
     built.clear()
     report = cv.convert("folder", str(src), str(out), options=OPTIONS, shards_per_split=4, progress=False)
     assert built == [] and report.written == {"labeled": 4}

@@ -76,9 +76,10 @@ def _fingerprint(kind: str, options: ClipOptions, block: Sequence[Candidate]) ->
     for c in block:
         h.update(json.dumps([c.id, c.split, [str(m) for m in c.media()], c.time, c.boxes, c.gt_rule, c.label,
                              c.notes], default=str).encode())
-        for m in c.media():
-            if isinstance(m, str) and os.path.exists(m):
-                st = os.stat(m)
+        for m in c.media():  # a file or archive replaced since is converted again
+            path = m.archive if isinstance(m, ArchiveMember) else m
+            if os.path.exists(path):
+                st = os.stat(path)
                 h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()
 
@@ -159,6 +160,14 @@ def _jobs(blocks: Iterable[list[Candidate]], options: ClipOptions) -> Iterator[t
                 loaded = {str(m): reader.read(m) for m, limit in limits
                           if isinstance(m, ArchiveMember) and m.size <= limit}
                 yield c, loaded, options
+
+
+def _remove_leftovers(path: str) -> None:
+    """Delete the temporary files a killed writer of this shard left (``.<shard>.<pid>.tmp``)."""
+    folder, name = os.path.split(path)
+    for leftover in os.listdir(folder):
+        if leftover.startswith(f".{name}.") and leftover.endswith(".tmp"):
+            os.remove(os.path.join(folder, leftover))
 
 
 def _remove_stale(output: str, keep: set[str], splits_done: set[str]) -> None:
@@ -273,6 +282,7 @@ def write_dataset(
                 shard.repaired_ids.append(c.id)
             rows.append(result.row)
         started = time.perf_counter()
+        _remove_leftovers(path)
         write_shard(path, rows, features)
         seconds["write"] += time.perf_counter() - started
         record = {"fingerprint": fingerprint, "ids": [r["id"] for r in rows],
