@@ -86,3 +86,12 @@ def test_parsing_imports_no_torch():
             "import xpl_hf.training_args; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_smoke_config_keeps_the_run_small():
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    args = parse_args(["--config", str(config)])
+    assert (args.max_train_steps, args.synthetic_size, args.save_final_checkpoint) == (6, "tiny", False)
+    assert args.checkpointing_steps > args.max_train_steps and args.report_to == "none"

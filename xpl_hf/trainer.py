@@ -254,7 +254,8 @@ class TrainingStep:
         self.model.train()
         for module in self.frozen:  # eval-mode BatchNorm for frozen trunks
             module.eval()
-        accumulate = self.accelerator.accumulate(self.model) if self.accelerator else contextlib.nullcontext()
+        accumulate = (self.accelerator.accumulate(self.model) if self.accelerator is not None
+                      else contextlib.nullcontext())
         with accumulate:
             out = self.model(**batch)
             measure = bool(self.grad_share_steps) and step % self.grad_share_steps == 0
@@ -273,7 +274,8 @@ class TrainingStep:
             else:
                 loss.backward()
             if synced and self.max_grad_norm:
-                clip = self.accelerator.clip_grad_norm_ if self.accelerator else torch.nn.utils.clip_grad_norm_
+                clip = (self.accelerator.clip_grad_norm_ if self.accelerator is not None
+                        else torch.nn.utils.clip_grad_norm_)
                 clip(self.model.parameters(), self.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
