@@ -105,6 +105,10 @@ def test_cli_max_samples_and_bad_arguments(assets, tmp_path):
                   "--output_dir", str(tmp_path / "quiet"), "--overlays_per_group", "0", "--no_listening"])
     assert "listening" not in quiet and "listening/swapped/fused/ciou" not in quiet["summary"]
     assert (tmp_path / "quiet" / "per_scene.csv").read_text().splitlines()[0] == "id,label,ciou_a,ciou_b,ciou_fused"
+    single = main(["--model", str(assets / "model"), "--dataset", str(assets / "data"), "--max_samples", "1",
+                   "--output_dir", str(tmp_path / "single"), "--overlays_per_group", "0"])  # no other clip to swap in
+    assert list(single["listening"]["metrics"]) == ["true", "silence", "noise"]
+    assert single["listening"]["swap"]["rule"] == "not run: a single scene"
     with pytest.raises(ValueError, match="NAME=IDS_FILE"):
         main(["--model", str(assets / "model"), "--dataset", str(assets / "data"), "--subset", "heard"])
     with pytest.raises(SystemExit):

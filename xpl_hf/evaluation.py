@@ -209,14 +209,18 @@ class ListeningRun:
     def finish(self, ids: list[str], labels: list[str], true_scores: Mapping[str, np.ndarray],
                objects: Mapping[str, Sequence[Mapping] | None] | None) -> dict[str, Any]:
         """The ``listening`` entry of the result (see :func:`evaluate_model`)."""
-        donors, rule = swap_permutation(labels, self.settings.seed)
-        self._score_swapped(donors)
+        per_scene: dict[str, list] = {"id": ids, "label": labels}
+        rule = "not run: a single scene"
+        if len(ids) > 1:
+            donors, rule = swap_permutation(labels, self.settings.seed)
+            self._score_swapped(donors)
+            per_scene["swap_donor"] = [ids[j] for j in donors]
+        per_scene["noise_clip"] = [noise_clip_index(i, self.settings.noise_clips) for i in ids]
         scores = {"true": dict(true_scores)}
-        scores.update({v: {b: np.concatenate(s) for b, s in per.items()} for v, per in self.scores.items()})
+        scores.update({v: {b: np.concatenate(s) for b, s in per.items()} for v, per in self.scores.items() if per["a"]})
         metrics = {v: {b: summarize_ciou(s) for b, s in per.items()} for v, per in scores.items()}
-        per_scene: dict[str, list] = {"id": ids, "label": labels, "swap_donor": [ids[j] for j in donors],
-                                      "noise_clip": [noise_clip_index(i, self.settings.noise_clips) for i in ids]}
-        for variant in AUDIO_VARIANTS:
+        variants = list(metrics)  # "swapped" needs two scenes
+        for variant in variants:
             for branch in BRANCHES:
                 per_scene[f"ciou_{variant}_{branch}"] = scores[variant][branch].tolist()
         listening: dict[str, Any] = {
@@ -228,13 +232,12 @@ class ListeningRun:
         }
         scene_objects = [(objects or {}).get(i) for i in ids]
         picks = {(v, b): select_objects(torch.cat(self.maps[v][b]), scene_objects)
-                 for v in AUDIO_VARIANTS for b in BRANCHES} if any(scene_objects) else {}
+                 for v in variants for b in BRANCHES} if any(scene_objects) else {}
         chance = next(iter(picks.values()))["chance"] if picks else np.full(len(ids), np.nan)
         if not np.isnan(chance).all():  # some scene lists a sounding and a silent object
-            variants = {v: {b: summarize_selection(picks[v, b]["score"], chance) for b in BRANCHES}
-                        for v in AUDIO_VARIANTS}
-            listening["selection"] = {"chance": variants["true"]["fused"]["chance"],
-                                      "num_scenes": variants["true"]["fused"]["num_scenes"], "variants": variants}
+            selection = {v: {b: summarize_selection(picks[v, b]["score"], chance) for b in BRANCHES} for v in variants}
+            listening["selection"] = {"chance": selection["true"]["fused"]["chance"],
+                                      "num_scenes": selection["true"]["fused"]["num_scenes"], "variants": selection}
             per_scene["num_objects"] = [len(o or []) for o in scene_objects]
             per_scene["chance"] = chance.tolist()
             for (variant, branch), picked in picks.items():

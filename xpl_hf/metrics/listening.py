@@ -282,7 +282,7 @@ def card_metrics(listening: Mapping[str, Any] | None) -> dict[str, dict[str, flo
     if not listening:
         return {}
     out: dict[str, dict[str, float]] = {}
-    for variant in NEGATIVE_AUDIO:
+    for variant in (v for v in NEGATIVE_AUDIO if v in listening["metrics"]):
         for branch, values in listening["metrics"][variant].items():
             out.setdefault(branch, {}).update({f"{m}_{variant}": values[m] for m in ("ciou", "auc")})
     selection = listening.get("selection")
@@ -313,7 +313,7 @@ def format_listening_table(result: Mapping[str, Any], branch_names: Mapping[str,
     if selection:
         header += [f"{names[b]} selection %" for b in branches]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for variant in AUDIO_VARIANTS:
+    for variant in (v for v in AUDIO_VARIANTS if v in listening["metrics"]):
         cells = [variant] + [f"{m['ciou']:.2f} / {m['auc']:.2f}" for m in listening["metrics"][variant].values()]
         if selection:
             cells += [f"{selection['variants'][variant][b]['accuracy']:.1f}" for b in branches]
