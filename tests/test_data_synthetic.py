@@ -9,6 +9,7 @@ import PIL.Image
 import pyarrow.parquet as pq
 import soundfile as sf
 
+from xpl_hf.data.schema import DataValidationError, check_objects
 from xpl_hf.data.synthetic import (
     CLASSES,
     GENERATOR_VERSION,
@@ -18,7 +19,6 @@ from xpl_hf.data.synthetic import (
     generate_sample,
     main,
 )
-from xpl_hf.data.schema import DataValidationError, check_objects
 
 SIZES = dict(num_labeled=12, num_unlabeled=16, num_validation=6, num_test=6, image_size=64)
 

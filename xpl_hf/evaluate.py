@@ -29,9 +29,9 @@ import torch
 
 from xpl_hf.data.annotations import read_id_list
 from xpl_hf.evaluation import BRANCHES, ListeningSettings, evaluate_model, format_listening_table, save_per_scene_scores
-from xpl_hf.metrics.listening import NOISE_COLORS
 from xpl_hf.loading import load_model_and_processor
 from xpl_hf.metrics.ground_truth import ground_truth_map
+from xpl_hf.metrics.listening import NOISE_COLORS
 from xpl_hf.visualization import pick_best_median_worst, save_overlay_grid
 
 logger = logging.getLogger("xpl_hf.evaluate")

@@ -92,7 +92,7 @@ def paired_maps(model: torch.nn.Module, visual: Mapping[str, torch.Tensor], audi
 
 def audio_embeddings(model: torch.nn.Module, audio_inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``{"a" | "b": (B, D)}`` audio embeddings of a batch of clips, through the model's own forward with blank
-    32 x 32 images (the audio embedding does not depend on the image; a 1 x 1 visual map costs ~1/49 of a 224-px one)."""
+    32 x 32 images (the audio embedding does not depend on the image; a 1 x 1 visual map costs 1/49 of a 224-px one)."""
     n = len(audio_inputs["audio_waveform"])
     blank = torch.zeros(n, 3, FEATURE_STRIDE, FEATURE_STRIDE, device=audio_inputs["audio_waveform"].device)
     output = model(pixel_values=blank, **audio_inputs)
@@ -438,7 +438,8 @@ def listening_summary(listening: Mapping[str, Any]) -> dict[str, float]:
     flat = {f"listening/{variant}/{branch}/{name}": value
             for variant, per_branch in listening["metrics"].items() if variant != "true"
             for branch, values in per_branch.items() for name, value in values.items() if name != "mean_ciou"}
-    flat.update({f"listening/drop_{variant}/{branch}/{name}": value for variant, per_branch in listening["drops"].items()
+    flat.update({f"listening/drop_{variant}/{branch}/{name}": value
+                 for variant, per_branch in listening["drops"].items()
                  for branch, values in per_branch.items() for name, value in values.items()})
     if listening["selection"]:
         flat["listening/selection/chance"] = listening["selection"]["chance"]

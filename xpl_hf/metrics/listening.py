@@ -20,11 +20,11 @@ cIoU / AUC by :func:`xpl_hf.evaluation.evaluate_model` (``listening=True``) and 
    averaged inside each object's box, taken to 224-px integer coordinates by the VGG-SS rule
    ``(clip(b, 0, 1) * 224).astype(int)`` (a box under one pixel wide or high keeps one pixel); the scene scores 1
    when a sounding object gets the highest mean, 0 when a silent one does. **Ties** (means within
-   :data:`TIE_TOLERANCE` times the map's largest absolute value of the best) **count as a fraction**: a scene whose k tied best objects hold s sounding
-   ones scores s / k. So a map that ignores the sound -- a constant map, or any map computed from the picture alone --
-   scores the **chance level** ``mean over scenes of (number of sounding objects) / (number of objects)`` in
-   expectation over which object sounds (exactly, for a constant map). A scene takes part when it lists at least
-   one sounding and one silent object.
+   :data:`TIE_TOLERANCE` times the map's largest absolute value of the best) **count as a fraction**: a scene whose
+   k tied best objects hold s sounding ones scores s / k. So a map that ignores the sound -- a constant map, or any
+   map computed from the picture alone -- scores the **chance level** ``mean over scenes of (number of sounding
+   objects) / (number of objects)`` in expectation over which object sounds (exactly, for a constant map). A scene
+   takes part when it lists at least one sounding and one silent object.
 
 Everything here is a pure function of arrays; the model loop lives in :mod:`xpl_hf.evaluation`.
 """
@@ -56,7 +56,7 @@ DEFAULT_NOISE_RMS = 0.1
 
 TIE_TOLERANCE = 1e-9
 """Object means closer to the best than this times the map's largest absolute value are tied (a float32 map holds
-about 7 significant digits; the float64 upsampling of a constant map is constant to about 1e-16)."""
+about 7 significant digits; the float64 box means of a constant map agree to about 1e-16)."""
 
 @dataclasses.dataclass(frozen=True)
 class ListeningSettings:
