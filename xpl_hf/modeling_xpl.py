@@ -40,9 +40,11 @@ class WeightsError(OSError):
     message names the file."""
 
 
-def weights_file(name_or_path: str | os.PathLike, subfolder: str = "") -> str:
+def weights_file(name_or_path: str | os.PathLike | None, subfolder: str = "") -> str:
     """The weight file `from_pretrained` reads in a local folder (for messages), or a description of a Hub id's."""
-    folder = Path(name_or_path, subfolder)
+    if name_or_path is None:
+        return "the given state_dict"
+    folder = Path(name_or_path, subfolder or "")
     found = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
     return str(found[0]) if found else f"the weights of {os.fspath(name_or_path)!r}"
 
