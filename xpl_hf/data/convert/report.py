@@ -72,14 +72,19 @@ class ConversionReport:
         """Record a problem of a sample that is kept."""
         self._add(self.reported, "kept", reason, sample_id, detail, split)
 
-    def add_problem(self, record: dict[str, str]) -> None:
-        """Replay a problem record (from a resumed shard's manifest entry)."""
-        add = self.skip if record["action"] == "skipped" else self.note
-        add(record["reason"], record["id"], record["detail"], record["split"])
-
-    def count_row(self, split: str, has_box: bool) -> None:
-        self.written[split] = self.written.get(split, 0) + 1
-        self.boxed[split] = self.boxed.get(split, 0) + int(has_box)
+    def add_shard(self, record: dict[str, Any], split: str, log: bool = True) -> None:
+        """Add one written shard's record (its ``ids``, ``boxed`` count, ``problems``, ``box_repairs`` and
+        ``repaired_ids``); ``log``: warn about its problems again (a shard resumed from an earlier run)."""
+        self.written[split] = self.written.get(split, 0) + len(record["ids"])
+        self.boxed[split] = self.boxed.get(split, 0) + record["boxed"]
+        for p in record["problems"]:
+            if log:
+                (self.skip if p["action"] == "skipped" else self.note)(p["reason"], p["id"], p["detail"], p["split"])
+            else:
+                (self.skipped if p["action"] == "skipped" else self.reported)[p["reason"]].append(p["id"])
+                self.problems.append(p)
+        self.boxes += BoxReport(**record["box_repairs"])
+        self.repaired_ids += record["repaired_ids"]
 
     def _add(self, table, action, reason, sample_id, detail, split) -> None:
         table[reason].append(sample_id)

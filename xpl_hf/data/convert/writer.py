@@ -216,115 +216,102 @@ def write_dataset(
         DataValidationError: ``output`` is a file; strict mode met a problem; or no row was written at all (the
             report is saved first: it says why).
     """
-    from tqdm.auto import tqdm
-
     if os.path.exists(output) and not os.path.isdir(output):
         raise DataValidationError(f"--output {output!r} is a file; give a folder (it is created if missing)")
     if not (isinstance(num_shards, int) and num_shards >= 1 and 0 <= shard_index < num_shards):
         raise ValueError(f"--shard_index must be in [0, --num_shards); got {shard_index} of {num_shards}")
     report = report or ConversionReport(kind)
     options = options or ClipOptions()
-    features = features_for(options)
-    seen: set = set()
-    by_split: dict[str, list[Candidate]] = collections.defaultdict(list)
-    for i, c in enumerate(candidates):
-        mine = i % num_shards == shard_index  # pre-known problems: each reported by one machine
-        key = c.id if unique_across_splits else (c.split, c.id)
-        problem = ("duplicate id", "the id was seen before; the first occurrence is kept") if key in seen else \
-            c.problem or split_problem(c.split)
-        seen.add(key)
-        if problem:
-            if mine:
-                _refuse(report, c, *problem, strict)
-            continue
-        by_split[c.split].append(c)
+    by_split = _accept(candidates, report, strict, num_shards, shard_index, unique_across_splits)
     plans = []
     for split, items in by_split.items():
         per_split = shards_per_split.get(split) if isinstance(shards_per_split, dict) else shards_per_split
         plans.append(_Plan(split, sorted(items, key=_sort_key), per_split, num_shards, shard_index))
     os.makedirs(os.path.join(output, DATA_DIR), exist_ok=True)
-    work, keep = [], set()
+    work = []  # (split, block, shard path, fingerprint) of the shards to (re)write
     for plan in plans:
         for j, block in plan.blocks.items():
             path = shard_path(output, plan.split, j, plan.total)
-            keep.add(os.path.basename(path))
             fingerprint = _fingerprint(kind, options, block)
             record = _load_record(output, path, fingerprint)
             if record is None:
                 work.append((plan.split, block, path, fingerprint))
             else:
-                _replay(report, record, plan.split)
-    keep |= {os.path.basename(shard_path(output, p.split, j, p.total)) for p in plans for j in range(p.total)}
+                report.add_shard(record, plan.split)
+    keep = {os.path.basename(shard_path(output, p.split, j, p.total)) for p in plans for j in range(p.total)}
     _remove_stale(output, keep, {p.split for p in plans})  # other machines' parts of the same shard set stay
-    total = sum(len(b) for p in plans for b in p.blocks.values())
-    todo = sum(len(block) for _, block, _, _ in work)
-    seconds: dict[str, float] = collections.defaultdict(float)
-    bar = tqdm(total=total, initial=total - todo, desc=f"{kind}", unit="clip", disable=not progress)
-    results = _ordered_map(build_row, _jobs((block for _, block, _, _ in work), options), num_workers,
-                           max_pending=8 * max(1, num_workers))
-    for split, block, path, fingerprint in work:
-        shard = ConversionReport(kind)
-        rows: list[dict] = []
-        for c in block:
-            result: RowResult = next(results)
-            bar.update()
-            for stage, value in result.seconds.items():
-                seconds[stage] += value
-            shard.boxes += result.box_report
-            if result.row is None:
-                _refuse(shard, c, result.reason, result.detail, strict)
-                continue
-            for reason, detail in [*c.notes, *result.notes]:
-                if strict:
-                    raise DataValidationError(f"sample {c.id!r} (split {c.split!r}): {reason}: {detail} (--strict)")
-                shard.note(reason, c.id, detail, c.split)
-            if result.box_report.repaired:
-                shard.repaired_ids.append(c.id)
-            rows.append(result.row)
-        started = time.perf_counter()
-        _remove_leftovers(path)
-        write_shard(path, rows, features)
-        seconds["write"] += time.perf_counter() - started
-        record = {"fingerprint": fingerprint, "ids": [r["id"] for r in rows],
-                  "boxed": sum(bool(r["boxes"]) for r in rows), "problems": shard.problems,
-                  "box_repairs": shard.boxes.as_dict(), "repaired_ids": shard.repaired_ids}
-        _save_json(_record_path(output, path), record)
-        _replay(report, record, split, warn=False)
-    bar.close()
+    _write_shards(work, output, kind, options, report, num_workers, strict, progress,
+                  total=sum(len(b) for p in plans for b in p.blocks.values()))
     for plan in plans:  # splits whose every block is empty still get their counts
         report.written.setdefault(plan.split, 0)
         report.boxed.setdefault(plan.split, 0)
-    if seconds:
-        report.extra["seconds_per_stage"] = {k: round(v, 3) for k, v in seconds.items()}
     name = REPORT_NAME if num_shards == 1 else REPORT_NAME.replace(".json", f"-{shard_index:05d}-of-{num_shards:05d}"
                                                                                ".json")
     report.save(os.path.join(output, name))
-    written = sum(report.written.values())
-    if written:
-        write_dataset_card(output, kind)
-    if not written:
+    if not sum(report.written.values()):
         raise DataValidationError(f"{kind}: no row was written to {output} ({report.num_skipped} sample(s) skipped: "
                                   f"see {os.path.join(output, name)})")
+    write_dataset_card(output, kind)
     return report
 
 
-def _replay(report: ConversionReport, record: dict, split: str, warn: bool = True) -> None:
-    """Add a shard record's rows and problems to the conversion's report."""
-    from ..schema import BoxReport
+def _accept(candidates: Sequence[Candidate], report: ConversionReport, strict: bool, num_shards: int,
+            shard_index: int, unique_across_splits: bool) -> dict[str, list[Candidate]]:
+    """The candidates without a known problem, by split; the others are reported (each by one machine)."""
+    seen: set = set()
+    by_split: dict[str, list[Candidate]] = collections.defaultdict(list)
+    for i, c in enumerate(candidates):
+        key = c.id if unique_across_splits else (c.split, c.id)
+        problem = ("duplicate id", "the id was seen before; the first occurrence is kept") if key in seen else \
+            c.problem or split_problem(c.split)
+        seen.add(key)
+        if not problem:
+            by_split[c.split].append(c)
+        elif i % num_shards == shard_index:
+            _refuse(report, c, *problem, strict)
+    return by_split
 
-    n, boxed = len(record["ids"]), record["boxed"]
-    report.written[split] = report.written.get(split, 0) + n
-    report.boxed[split] = report.boxed.get(split, 0) + boxed
-    for problem in record["problems"]:
-        (report.add_problem if warn else _quiet_add(report))(problem)
-    report.boxes += BoxReport(**record["box_repairs"])
-    report.repaired_ids += record["repaired_ids"]
 
+def _write_shards(work: list[tuple], output: str, kind: str, options: ClipOptions, report: ConversionReport,
+                  num_workers: int, strict: bool, progress: bool, total: int) -> None:
+    """Build the rows of every block in ``work`` (in parallel) and write each block's shard and record."""
+    from tqdm.auto import tqdm
 
-def _quiet_add(report: ConversionReport) -> Callable[[dict], None]:
-    def add(problem: dict) -> None:  # already logged when the shard's samples were validated
-        table = report.skipped if problem["action"] == "skipped" else report.reported
-        table[problem["reason"]].append(problem["id"])
-        report.problems.append(problem)
-
-    return add
+    features = features_for(options)
+    todo = sum(len(block) for _, block, _, _ in work)
+    workers = num_workers if todo >= 4 * num_workers else 1  # a pool costs more than a handful of clips
+    seconds: dict[str, float] = collections.defaultdict(float)
+    results = _ordered_map(build_row, _jobs((block for _, block, _, _ in work), options), workers,
+                           max_pending=8 * workers)
+    with tqdm(total=total, initial=total - todo, desc=kind, unit="clip", disable=not progress) as bar:
+        for split, block, path, fingerprint in work:
+            shard = ConversionReport(kind)
+            rows: list[dict] = []
+            for c in block:
+                result: RowResult = next(results)
+                bar.update()
+                for stage, value in result.seconds.items():
+                    seconds[stage] += value
+                shard.boxes += result.box_report
+                if result.row is None:
+                    _refuse(shard, c, result.reason, result.detail, strict)
+                    continue
+                for reason, detail in [*c.notes, *result.notes]:
+                    if strict:
+                        raise DataValidationError(f"sample {c.id!r} (split {c.split!r}): {reason}: {detail} "
+                                                  "(--strict)")
+                    shard.note(reason, c.id, detail, c.split)
+                if result.box_report.repaired:
+                    shard.repaired_ids.append(c.id)
+                rows.append(result.row)
+            started = time.perf_counter()
+            _remove_leftovers(path)
+            write_shard(path, rows, features)
+            seconds["write"] += time.perf_counter() - started
+            record = {"fingerprint": fingerprint, "ids": [r["id"] for r in rows],
+                      "boxed": sum(bool(r["boxes"]) for r in rows), "problems": shard.problems,
+                      "box_repairs": shard.boxes.as_dict(), "repaired_ids": shard.repaired_ids}
+            _save_json(_record_path(output, path), record)
+            report.add_shard(record, split, log=False)
+    if seconds:
+        report.extra["seconds_per_stage"] = {k: round(v, 3) for k, v in seconds.items()}
