@@ -355,3 +355,79 @@ def test_parts_written_into_one_shared_folder_and_other_splits_are_kept(tmp_path
     other = video_folder(tmp_path / "other", n=1, split="extra")
     cv.convert("folder", str(other), str(out), options=OPTIONS, progress=False)
     assert len(load_labeled(str(out), "labeled")) == 4 and len(load_labeled(str(out), "extra")) == 1
+
+
+def _odd_avi(path):
+    """33 x 21 px MJPEG + 8 kHz PCM in AVI (sizes H.264 cannot hold)."""
+    out = av.open(str(path), "w")
+    vs = out.add_stream("mjpeg", rate=FPS)
+    vs.width, vs.height, vs.pix_fmt = 33, 21, "yuvj444p"
+    sound = out.add_stream("pcm_s16le", rate=8000, layout="mono")
+    for i in range(20):
+        pixels = np.zeros((21, 33, 3), np.uint8)
+        pixels[..., 0], pixels[..., 1] = frame_colour(i)
+        frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+        frame.pts = i
+        for packet in vs.encode(frame):
+            out.mux(packet)
+    for packet in vs.encode():
+        out.mux(packet)
+    wave = (16000 * np.sin(np.arange(16000) / 8000 * 2 * np.pi * 440)).astype(np.int16)
+    for k in range(0, 16000, 800):
+        frame = av.AudioFrame.from_ndarray(wave[None, k:k + 800], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 8000, k
+        for packet in sound.encode(frame):
+            out.mux(packet)
+    for packet in sound.encode():
+        out.mux(packet)
+    out.close()
+
+
+def _vfr_mp4(path, times_ms):
+    """H.264 frames at irregular times (variable frame rate) + 2 s of AAC."""
+    from fractions import Fraction
+
+    out = av.open(str(path), "w")
+    vs = out.add_stream("libx264", rate=25)
+    vs.width, vs.height, vs.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+    vs.time_base = Fraction(1, 1000)
+    sound = out.add_stream("aac", rate=RATE, layout="mono")
+    for i, t in enumerate(times_ms):
+        pixels = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+        pixels[..., 0], pixels[..., 1] = frame_colour(i)
+        frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+        frame.pts, frame.time_base = t, vs.time_base
+        for packet in vs.encode(frame):
+            out.mux(packet)
+    for packet in vs.encode():
+        out.mux(packet)
+    wave = (0.5 * np.sin(np.arange(2 * RATE) / RATE * 2 * np.pi * 440)).astype(np.float32)
+    for k in range(0, len(wave), 1024):
+        frame = av.AudioFrame.from_ndarray(wave[None, k:k + 1024], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = RATE, k
+        for packet in sound.encode(frame):
+            out.mux(packet)
+    for packet in sound.encode():
+        out.mux(packet)
+    out.close()
+
+
+def test_odd_sizes_other_containers_and_variable_frame_rate(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    _odd_avi(src / "odd.avi")
+    _vfr_mp4(src / "vfr.mp4", [0, 100, 150, 700, 900, 1000, 1050, 1400, 1900])
+    (src / "annotations.json").write_text(json.dumps([{"id": "odd", "video": "odd.avi", "boxes": [[0, 0, 1, 1]]},
+                                                      {"id": "vfr", "video": "vfr.mp4", "boxes": [[0, 0, 1, 1]]}]))
+    out = tmp_path / "out"
+    assert cv.convert("folder", str(src), str(out), options=OPTIONS, progress=False).written == {"labeled": 2}
+    rows = rows_by_id(out, "labeled")
+    assert rows["odd"]["image"].size == (33, 21)
+    assert abs(rows["odd"]["image"].getpixel((16, 10))[0] - frame_colour(10)[0]) <= 6  # 1.0 s of 2 s: frame 10
+    wave, rate = decode_wav(rows["odd"])
+    assert rate == 22050 and len(wave) == 22050 and 0.4 < np.abs(wave).max() < 0.6
+    with av.open(str(src / "vfr.mp4")) as container:  # the protocol's frame: the first at or after the middle
+        middle = float(container.duration) / av.time_base / 2
+        reds = [(f.time, f.to_ndarray(format="rgb24")[20, 30, 0]) for f in container.decode(video=0)]
+    expected = next(red for t, red in reds if t >= middle - 1e-3)
+    assert abs(int(rows["vfr"]["image"].getpixel((30, 20))[0]) - int(expected)) <= 4
