@@ -97,6 +97,10 @@ def train(args: XPLTrainingArguments) -> dict:
         recover_saved_model(output_dir / "best")  # a kill during the last best-model swap
 
     # ---------------------------------------------------------------------------------------- data
+    config = (XPLConfig.from_pretrained(args.model_name_or_path) if args.model_name_or_path
+              else XPLConfig(**args.model_config_kwargs()))
+    processor = XPLProcessor.from_config(config)
+    train_collate = XPLCollator(processor, train=True, on_bad_sample=args.on_bad_sample)  # checks its option
     if args.dataset == DEFAULT_DATASET:  # generated once, then reused (its manifest records the parameters)
         if accelerator.is_main_process:
             from xpl_hf.data.synthetic import SIZES, generate_benchmark
@@ -107,10 +111,6 @@ def train(args: XPLTrainingArguments) -> dict:
         accelerator.wait_for_everyone()
     elif is_local(args.dataset) and not Path(args.dataset).is_dir():
         raise FileNotFoundError(f"--dataset {args.dataset!r} is neither a local folder nor a Hub dataset id.")
-    config = (XPLConfig.from_pretrained(args.model_name_or_path) if args.model_name_or_path
-              else XPLConfig(**args.model_config_kwargs()))
-    processor = XPLProcessor.from_config(config)
-    train_collate = XPLCollator(processor, train=True, on_bad_sample=args.on_bad_sample)
     labeled = load_labeled(args.dataset, args.labeled_split, require_boxes=method.supervised)
     validation = load_labeled(args.dataset, args.validation_split)
     warn_on_split_overlap({"labeled": (args.labeled_split, labeled), "validation": (args.validation_split, validation),

@@ -182,6 +182,7 @@ def test_config_file_and_cli_override(tmp_path):
     (["--method", "sup_only", "--no_pl_ema", "true"], ValueError, "ablation of --method xpl"),
     (["--method", "mean_teacher"], ValueError, "--method 'mean_teacher': must be one of"),
     (["--push_to_hub", "true"], ValueError, "--hub_model_id"),
+    (["--on_bad_sample", "ignore"], ValueError, "on_bad_sample must be 'skip' or 'raise'"),  # the collator's rule
 ])
 def test_bad_runs_fail_early(argv, error, message, tiny_benchmark, tmp_path):
     argv = ["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, *argv]

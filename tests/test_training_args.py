@@ -64,14 +64,18 @@ def test_each_rule_has_one_owner():
     from xpl_hf.method import XPLMethod
 
     with pytest.raises(ValueError, match=r"^pl_ema_alpha 1.0: must be in \[0, 1\)"):
-        XPLMethod(pl_ema_alpha=1.0)
+        XPLMethod(pl_ema_alpha=1.0).validate()
     with pytest.raises(ValueError, match=r"^--pl_ema_alpha 1.0: must be in \[0, 1\)"):
         parse_args(["--pl_ema_alpha", "1.0"])
     import xpl_hf.training_args as training_args
 
+    import xpl_hf.method as method
+
     source = open(training_args.__file__).read()
     for setting in ("pl_ema_alpha", "curriculum_r0", "cross_normalization", "on_bad_sample"):
         assert f'need(self.{setting}' not in source and f'"{setting}", "must' not in source, setting
+    for setting in ("pl_ema_alpha", "curriculum_r0", "curriculum_window"):  # the bank's and the curriculum's rules
+        assert f'"{setting}", "must' not in open(method.__file__).read(), setting
 
 
 def test_parsing_imports_no_torch():

@@ -65,10 +65,10 @@ class CurriculumSelector:
 
     def __init__(self, window: int = 2048, r0: float = 0.2, rampup_steps: int = 0, rho_min: float = 0.0,
                  enabled: bool = True):
-        if window <= 0:
-            raise ValueError(f"window must be positive, got {window}")
+        if not (isinstance(window, int) and 0 < window <= 2**24):  # the rules of these settings live here only
+            raise ValueError(f"curriculum_window {window!r}: must be an integer in [1, 16777216] (recent scores).")
         if not 0.0 < r0 <= 1.0:
-            raise ValueError(f"r0 must be in (0, 1], got {r0}")
+            raise ValueError(f"curriculum_r0 {r0!r}: must be in (0, 1] (the admitted fraction r(0), eq. 3).")
         self.window, self.r0, self.rampup_steps, self.rho_min, self.enabled = window, r0, rampup_steps, rho_min, enabled
         self.scores = torch.zeros(window, dtype=torch.float32)  # ring buffer
         self.count = 0  # number of valid entries (<= window)

@@ -16,7 +16,8 @@ Methods (the rows of the paper's tables):
 `hard_pl` trains both branches, each as an independent vanilla self-trainer, so A and B are each a "one model"
 hard-PL baseline.
 
-:class:`XPLMethod` is the single source of the method's settings and their validation: the trainer builds the
+:class:`XPLMethod` is the single source of the method's settings (:meth:`XPLMethod.validate` checks them all, each
+rule in one place): the trainer builds the
 PL-EMA bank and the curriculum from it, `xpl_hf.trainer.compute_losses` reads it (which branch teaches which:
 :attr:`XPLMethod.teachers`), and the model card and ``eval_results.json`` report ``XPLMethod.to_dict()``, i.e.
 exactly what the run used. This module imports no torch, so that parsing the options (and ``--help``) is fast.
@@ -86,28 +87,31 @@ class XPLMethod:
     oracle_labels: bool = False
 
     def __post_init__(self):
-        """Every setting checked once, here; a message ``<setting> <value>: <rule>`` (the options prefix ``--``)."""
+        """The settings' rules, each in one place: here, except α (the PL-EMA bank's), r0 and the window (the
+        curriculum's), checked when :meth:`validate` builds them. Messages read ``<setting> <value>: <rule>``."""
         def need(ok: bool, setting: str, rule: str) -> None:
             if not ok:
                 raise ValueError(f"{setting} {getattr(self, setting)!r}: {rule}.")
 
         finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)  # noqa: E731
-        need(finite(self.pl_ema_alpha) and 0.0 <= self.pl_ema_alpha < 1.0, "pl_ema_alpha", "must be in [0, 1)")
         need(self.sharpen_temperature is None or (finite(self.sharpen_temperature) and self.sharpen_temperature > 0),
              "sharpen_temperature", "must be > 0")
         need(finite(self.consensus_min) and -1.0 <= self.consensus_min <= 1.0, "consensus_min",
              "must be in [-1, 1] (a correlation)")
-        need(finite(self.curriculum_r0) and 0.0 < self.curriculum_r0 <= 1.0, "curriculum_r0", "must be in (0, 1]")
         need(isinstance(self.curriculum_rampup_steps, int) and self.curriculum_rampup_steps >= 0,
              "curriculum_rampup_steps", "must be an integer >= 0")
-        need(isinstance(self.curriculum_window, int) and 0 < self.curriculum_window <= 2**24, "curriculum_window",
-             "must be an integer in [1, 16777216]")
         need(finite(self.avc_weight) and 0.0 <= self.avc_weight <= 1e3, "avc_weight", "must be in [0, 1000]")
         need(finite(self.avc_temperature) and 0.0 < self.avc_temperature <= 10.0, "avc_temperature",
              "must be in (0, 10]")
         need(self.cross_normalization in CROSS_NORMALIZATIONS, "cross_normalization",
              f"must be one of {CROSS_NORMALIZATIONS}")
         need(self.pseudo_labels in (None, "soft", "hard"), "pseudo_labels", "must be 'soft', 'hard' or None")
+
+    def validate(self) -> XPLMethod:
+        """Every setting checked, the bank's and the curriculum's by themselves (imports torch); returns self."""
+        self.make_bank(1)
+        self.make_selector()
+        return self
 
     @property
     def teachers(self) -> dict[str, str]:

@@ -91,8 +91,8 @@ class PseudoLabelBank:
                  capacity: int = 0, device: torch.device | str = "cpu", merge_every: int = 8192):
         self.map_size = (map_size, map_size) if isinstance(map_size, int) else tuple(map_size)
         self.models = tuple(models)
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        if not 0.0 <= alpha < 1.0:  # the rule of this setting lives here only
+            raise ValueError(f"pl_ema_alpha {alpha!r}: must be in [0, 1) (α of PL-EMA, eq. 5).")
         self.alpha = alpha
         self.device = torch.device(device)
         self.merge_every = merge_every

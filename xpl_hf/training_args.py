@@ -169,7 +169,8 @@ class XPLTrainingArguments:
 
     def _validate(self) -> None:
         """Every option checked before any work; the message names the flag. The method's settings are checked by
-        `XPLMethod`, the architecture by `XPLConfig`, the selection rule by `BestModelTracker` (their owners)."""
+        `XPLMethod.validate` (α by the PL-EMA bank, r0 and the window by the curriculum), the architecture by
+        `XPLConfig`, the selection rule by `BestModelTracker`: their owners, so each rule exists once."""
         def need(ok: bool, flag: str, rule: str):
             if not ok:
                 raise ValueError(f"--{flag} {getattr(self, flag)!r}: {rule}.")
@@ -198,7 +199,7 @@ class XPLTrainingArguments:
                              f"--max_train_steps {self.max_train_steps}: no evaluation is after stage 1.")
         from .trainer import BestModelTracker  # torch: imported after parsing, never for --help
 
-        for owner in (lambda: self.to_method(), lambda: BestModelTracker(rule=self.model_selection),
+        for owner in (lambda: self.to_method().validate(), lambda: BestModelTracker(rule=self.model_selection),
                       self._check_architecture):
             try:
                 owner()
