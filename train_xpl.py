@@ -240,6 +240,7 @@ def train(args: XPLTrainingArguments) -> dict:
                 accelerator.log({f"train/{k}": v for k, v in means.items()}, step=state.step)
                 state.log_history.append({"step": state.step, **{f"train/{k}": v for k, v in means.items()}})
 
+            side_work = time.perf_counter()  # validation and checkpoints below do not count as step time
             if state.step % args.eval_steps == 0 or state.step == args.max_train_steps:
                 if accelerator.is_main_process:
                     result = evaluate_model(accelerator.unwrap_model(model), validation, processor=processor,
@@ -258,6 +259,7 @@ def train(args: XPLTrainingArguments) -> dict:
             if state.step % args.checkpointing_steps == 0 or (state.step == args.max_train_steps
                                                              and args.save_final_checkpoint):
                 checkpoint_now()
+            window_start += time.perf_counter() - side_work
     progress.close()
 
     # --------------------------------------------------------------- final model, test, card, push
