@@ -249,8 +249,9 @@ def write_dataset(
                                                                                ".json")
     report.save(os.path.join(output, name))
     if not sum(report.written.values()):
-        raise DataValidationError(f"{kind}: no row was written to {output} ({report.num_skipped} sample(s) skipped: "
-                                  f"see {os.path.join(output, name)})")
+        reasons = ", ".join(f"{reason}: {len(ids)}" for reason, ids in report.skipped.items()) or "no sample"
+        raise DataValidationError(f"{kind}: no row was written to {output}; skipped: {reasons} (every sample and "
+                                  f"problem is in {os.path.join(output, name)})")
     write_dataset_card(output, kind)
     return report
 
