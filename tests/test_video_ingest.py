@@ -431,3 +431,27 @@ def test_odd_sizes_other_containers_and_variable_frame_rate(tmp_path):
         reds = [(f.time, f.to_ndarray(format="rgb24")[20, 30, 0]) for f in container.decode(video=0)]
     expected = next(red for t, red in reds if t >= middle - 1e-3)
     assert abs(int(rows["vfr"]["image"].getpixel((30, 20))[0]) - int(expected)) <= 4
+
+
+def test_flickr_from_a_tar_gz_reads_annotations_in_one_pass(tmp_path, monkeypatch):
+    from xpl_hf.data.convert import archive as archive_module
+
+    src = tmp_path / "Flickr-SoundNet"
+    for d in ("videos", "Annotations"):
+        (src / d).mkdir(parents=True)
+    xml = ("<annotation><bbox><xmin>10</xmin><ymin>20</ymin><xmax>130</xmax><ymax>140</ymax></bbox>"
+           "</annotation>")
+    for sid in ("111", "222", "333"):
+        make_video(src / "videos" / f"{sid}.mp4")
+        (src / "Annotations" / f"{sid}.xml").write_text(xml)
+    (tmp_path / "test.csv").write_text("333\n111\n222\n")
+    archive = tmp_path / "flickr.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="Flickr-SoundNet")
+    opened = []
+    real_open = archive_module.tarfile.open
+    monkeypatch.setattr(archive_module.tarfile, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    report = cv.convert("flickr", str(archive), str(tmp_path / "out"), test_list=str(tmp_path / "test.csv"),
+                        options=OPTIONS, progress=False)
+    assert report.written == {"test": 3}
+    assert len(opened) == 3  # index once, annotations in one pass, videos in one pass

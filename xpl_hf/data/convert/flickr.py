@@ -21,11 +21,16 @@ from .samples import Candidate, carve
 from .sources import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_inputs, index_inputs, read_ids
 
 
-def _boxes(ref) -> list:
-    if isinstance(ref, ArchiveMember):
-        with ArchiveReader() as reader:
-            return flickr_boxes_from_xml(io.BytesIO(reader.read(ref)), normalize=True)
-    return flickr_boxes_from_xml(ref, normalize=True)
+def _read_members(refs: list) -> dict[str, bytes]:
+    """The bytes of the archive members among ``refs``, read in one forward pass (a .tar.gz cannot seek back)."""
+    members = sorted((r for r in refs if isinstance(r, ArchiveMember)), key=lambda m: (m.archive, m.offset))
+    with ArchiveReader() as reader:
+        return {str(m): reader.read(m) for m in members}
+
+
+def _boxes(ref, loaded: dict[str, bytes]) -> list:
+    source = io.BytesIO(loaded[str(ref)]) if isinstance(ref, ArchiveMember) else ref
+    return flickr_boxes_from_xml(source, normalize=True)
 
 
 def flickr_candidates(
@@ -60,19 +65,19 @@ def flickr_candidates(
                          f"no {frames_dir}/{sid}.jpg + {audio_dir}/{sid}.wav nor {video_dir}/{sid}.mp4")
         return c
 
+    lists = {split: read_ids(path) for split, path in (("test", test_list), ("labeled", labeled_list)) if path}
+    xml_bytes = _read_members([xmls[sid] for ids in lists.values() for sid in ids if sid in xmls])
     out: list[Candidate] = []
     annotated: set[str] = set()
-    for split, list_path in (("test", test_list), ("labeled", labeled_list)):
-        if not list_path:
-            continue
-        for sid in read_ids(list_path):
+    for split, ids in lists.items():
+        for sid in ids:
             annotated.add(sid)
             c = make(sid, split, gt_rule="flickr", box_mode="drop")
             if sid not in xmls:
                 c.problem = ("missing annotation", f"no {annotations_dir}/{sid}.xml")
             else:
                 try:
-                    c.boxes = _boxes(xmls[sid])
+                    c.boxes = _boxes(xmls[sid], xml_bytes)
                 except (ValueError, OSError) as err:
                     c.problem = ("bad annotation", f"{shown(str(xmls[sid]))}: {err}")
             out.append(c)
