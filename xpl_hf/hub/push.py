@@ -11,7 +11,7 @@ from .card import write_model_card
 # Training state that may sit next to the final model in the trainer's output folder: not part of the model repo.
 MODEL_IGNORE_PATTERNS = ("checkpoints/**", "checkpoint-*/**", "best/**", ".tmp-*/**", ".old-*/**", "runs/**",
                          "logs/**", "*.pt", "__pycache__/**", "optimizer*.bin", "scheduler*.bin",
-                         "random_states_*.pkl")
+                         "random_states_*.pkl", ".run.lock")
 
 
 def push_model_folder(folder, repo_id: str, token: str | None = None, private: bool = False,
