@@ -288,7 +288,7 @@ def test_vggsound_names_match_whatever_their_padding_extension_or_dashes():
     assert key("a_b_c_0") == "a_b_c_000000" and key("notaclip.mp4") is None and key("x", "start") is None
 
 
-def test_vggss_from_a_hub_style_tar_gz_with_unpadded_names(tmp_path):
+def test_vggss_from_a_hub_style_tar_gz_with_unpadded_names(tmp_path, monkeypatch):
     stage = tmp_path / "stage" / "scratch" / "VGGSound_final" / "video"
     stage.mkdir(parents=True)
     make_video(stage / "--dash_id_30.mp4")  # unpadded start, leading dashes
@@ -303,11 +303,20 @@ def test_vggss_from_a_hub_style_tar_gz_with_unpadded_names(tmp_path):
                    {"file": "bbox_is_a_number_000050", "bbox": 5}]
     (tmp_path / "vggss.json").write_text(json.dumps(annotations))
     (tmp_path / "vggsound.csv").write_text("unlabeled1,10,lion roaring,train\n--dash_id,30,dog,test\n")
+    (tmp_path / "heard.csv").write_text("--dash_id_30\nmissing_000040\n")  # unpadded in a list too
     out = tmp_path / "out"
+    built, real_build = [], writer_module.build_row
+    monkeypatch.setattr(writer_module, "build_row", lambda c, *a: built.append(c.id) or real_build(c, *a))
     report = cv.convert("vggss", [str(archive)], str(out), annotations=str(tmp_path / "vggss.json"),
-                        unlabeled=True, csv_path=str(tmp_path / "vggsound.csv"), options=OPTIONS, progress=False)
-    assert report.written == {"test": 2, "unlabeled": 1} and report.boxed == {"test": 2, "unlabeled": 0}
-    assert report.skipped == {"missing media": ["missing_000040"], "bad annotation": ["<entry 3>"]}
+                        heard_list=str(tmp_path / "heard.csv"), unlabeled=True,
+                        csv_path=str(tmp_path / "vggsound.csv"), options=OPTIONS, progress=False)
+    assert report.written == {"test": 2, "unlabeled": 1, "heard_test": 1}
+    assert report.boxed == {"test": 2, "unlabeled": 0, "heard_test": 1}
+    assert report.skipped == {"missing media": ["missing_000040"], "bad annotation": ["<entry 3>"],
+                              "no test row": ["missing_000040"]}
+    assert sorted(built) == ["--dash_id_000030", "abcdefghijk_000000", "unlabeled1_000010"]  # heard: copied
+    assert rows_by_id(out, "heard_test")["--dash_id_000030"]["audio"] == \
+        rows_by_id(out, "test")["--dash_id_000030"]["audio"]
     test = rows_by_id(out, "test")
     assert set(test) == {"--dash_id_000030", "abcdefghijk_000000"} and test["--dash_id_000030"]["label"] == "dog"
     assert rows_by_id(out, "unlabeled")["unlabeled1_000010"]["label"] == "lion roaring"

@@ -72,6 +72,7 @@ class Candidate:
     label: str = ""
     box_mode: str = "reorder"  # clean_boxes(inverted=...)
     require_box: bool = False  # skip the sample if it had boxes and none survives cleaning
+    copy_of: str | None = None  # the row is that split's row of the same id, copied (media are not read again)
     problem: tuple[str, str] | None = None  # (reason, detail) known before reading media: the sample is skipped
     notes: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (reason, detail): reported, kept
 

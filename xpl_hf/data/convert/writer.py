@@ -6,6 +6,9 @@ the archive) are cut into ``T`` contiguous blocks, one shard each: ``data/<split
 ``I*T/N`` to ``(I+1)*T/N - 1`` only: N machines given the same inputs split one conversion, and copying their
 ``data/`` folders together gives the complete dataset.
 
+Copies. A candidate with ``copy_of`` (VGG-SS's heard/unheard splits repeat test rows) is not decoded again: its
+split is written after the others, one shard per machine, from the rows this machine wrote for the source split.
+
 Resume. A shard is written to a temporary file, then moved into place (``os.replace``); then its record (the ids it
 holds, the problems of its samples, a fingerprint of its inputs and options) is written to
 ``.convert/<shard>.json`` the same way. A rerun skips every shard whose record matches and whose file is intact,
@@ -223,8 +226,11 @@ def write_dataset(
     report = report or ConversionReport(kind)
     options = options or ClipOptions()
     by_split = _accept(candidates, report, strict, num_shards, shard_index, unique_across_splits)
+    copies = {split: items for split, items in by_split.items() if items[0].copy_of}
     plans = []
     for split, items in by_split.items():
+        if split in copies:
+            continue
         per_split = shards_per_split.get(split) if isinstance(shards_per_split, dict) else shards_per_split
         plans.append(_Plan(split, sorted(items, key=_sort_key), per_split, num_shards, shard_index))
     os.makedirs(os.path.join(output, DATA_DIR), exist_ok=True)
@@ -239,9 +245,12 @@ def write_dataset(
             else:
                 report.add_shard(record, plan.split)
     keep = {os.path.basename(shard_path(output, p.split, j, p.total)) for p in plans for j in range(p.total)}
-    _remove_stale(output, keep, {p.split for p in plans})  # other machines' parts of the same shard set stay
+    keep |= {os.path.basename(shard_path(output, split, j, num_shards)) for split in copies for j in range(num_shards)}
+    _remove_stale(output, keep, {p.split for p in plans} | set(copies))  # other machines' parts stay
     _write_shards(work, output, kind, options, report, num_workers, strict, progress,
                   total=sum(len(b) for p in plans for b in p.blocks.values()))
+    for split, items in copies.items():
+        _write_copies(output, split, items, {p.split: p for p in plans}, report, num_shards, shard_index, options)
     for plan in plans:  # splits whose every block is empty still get their counts
         report.written.setdefault(plan.split, 0)
         report.boxed.setdefault(plan.split, 0)
@@ -254,6 +263,43 @@ def write_dataset(
                                   f"problem is in {os.path.join(output, name)})")
     write_dataset_card(output, kind)
     return report
+
+
+def _write_copies(output: str, split: str, items: list[Candidate], plans: dict[str, _Plan], report: ConversionReport,
+                  num_shards: int, shard_index: int, options: ClipOptions) -> None:
+    """Write ``split`` (one shard per machine) from the rows of the splits its candidates copy (``copy_of``) that this
+    machine wrote, reading one source shard at a time; an id whose source row was skipped is reported."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = pa.array([c.id for c in items], pa.string())
+    found: set[str] = set()
+    local: set[str] = set()
+    sources = [(plans[s], j, block) for s in dict.fromkeys(c.copy_of for c in items) if s in plans
+               for j, block in plans[s].blocks.items()]
+
+    def rows() -> Iterator[dict]:
+        for plan, j, block in sources:
+            local.update(c.id for c in block)
+            table = open_shard(shard_path(output, plan.split, j, plan.total)).read()
+            table = table.filter(pc.is_in(table["id"], value_set=wanted))
+            for row in table.to_pylist():
+                found.add(row["id"])
+                yield row
+
+    path = shard_path(output, split, shard_index, num_shards)
+    write_shard(path, rows(), features_for(options))
+    shard = ConversionReport(report.kind)
+    for c in items:
+        if c.id not in found and (num_shards == 1 or c.id in local):
+            shard.skip(f"no {c.copy_of} row", c.id, f"its {c.copy_of} row was not written (see that split's "
+                       "problem)", split)
+    table = open_shard(path).read(columns=["id", "boxes"])
+    record = {"fingerprint": "copy", "ids": table["id"].to_pylist(),
+              "boxed": sum(bool(b) for b in table["boxes"].to_pylist()), "problems": shard.problems,
+              "box_repairs": shard.boxes.as_dict(), "repaired_ids": []}
+    _save_json(_record_path(output, path), record)
+    report.add_shard(record, split, log=False)
 
 
 def _accept(candidates: Sequence[Candidate], report: ConversionReport, strict: bool, num_shards: int,
