@@ -1,84 +1,123 @@
-"""The package's import graph: no circle, and every import goes down the layers (a module never imports one above)."""
+"""The package's shape: imports never run back up the layers (lazy imports included), no import circle, modules
+stay small, and docs/import_graph.md is the graph the code has."""
 
 from __future__ import annotations
 
-import ast
+import re
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "xpl_hf"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import import_graph  # noqa: E402  (tools/import_graph.py: the one parser of the package's imports)
 
-# Lowest first. A module may import only modules of strictly lower layers; layer 0 holds building blocks with no
-# package import (data.schema excepted: it is the data layer's base).
-LAYERS = [
-    {"maps", "distributed", "paths", "image", "audio", "losses", "backbones", "configuration_xpl", "metrics.protocol",
-     "data.annotations", "data.augment", "data.convert.archive"},
-    {"metrics.ground_truth"},
-    {"metrics", "data.schema"},
-    {"data.shards", "pseudo_labels", "curriculum", "modeling_xpl", "processing_xpl",
-     "data.decoding", "data", "visualization", "data.convert.report"},
-    {"data.loading", "data.synthetic", "data.streams", "data.transforms", "method", "pretrained", "loading", "hub",
-     "pipeline_xpl", "data.convert.samples"},
-    {"evaluation", "trainer", "checkpointing", "__init__", "data.convert.sources", "data.convert.video",
-     "data.convert.writer"},
-    {"evaluate", "training_args", "data.convert.folder", "data.convert.flickr", "data.convert.vggss"},
-    {"data.convert.cli"},
-    {"data.convert"},
-    {"data.prepare", "data.convert.__main__"},
-]
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
-    if parts[-1] == "__init__" and len(parts) > 1:
-        parts = parts[:-1]
-    return ".".join(parts)
+# Lowest first, the rows of the README's Layout table. A module may import modules of its own layer (no circle) or of
+# a lower one, never of a higher one.
+LAYERS = {
+    "inputs": {"paths", "image", "audio", "media", "maps", "distributed"},
+    "protocol": {"metrics", "metrics.protocol", "metrics.ground_truth", "metrics.listening"},
+    "model": {"configuration_xpl", "backbones", "pretrained", "modeling_xpl", "processing_xpl", "pipeline_xpl",
+              "loading", "__init__"},
+    "data": {"data", "data.schema", "data.annotations", "data.shards", "data.decoding", "data.augment",
+             "data.transforms", "data.loading", "data.streams", "data.synthetic", "data.arrow_exit", "data.prepare",
+             "data.convert", "data.convert.*"},
+    "method": {"losses", "pseudo_labels", "curriculum", "method", "trainer", "training_args", "checkpointing"},
+    "outputs": {"evaluation", "visualization", "evaluate", "hub", "hub.*"},
+}
+GENERATORS = {"data.synthetic"}  # the benchmark generator: one long, linear recipe
+MAX_LINES = 450
 
 
-def package_imports(path: Path) -> set[str]:
-    """Intra-package modules imported by a file (absolute `xpl_hf.x` or relative `.x`, `..x`), lazy ones included."""
-    here = module_name(path).split(".")
-    package = here[:-1] if path.name != "__init__.py" else here
-    if path.name == "__init__.py" and here == ["__init__"]:
-        package = []
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
-                target = [*base, *(node.module.split(".") if node.module else [])]
-            elif node.module and node.module.startswith("xpl_hf"):
-                target = node.module.split(".")[1:]
-            else:
-                continue
-            names = [".".join([*target, alias.name]) for alias in node.names]
-            candidates = [name for name in names if (PACKAGE / (name.replace(".", "/") + ".py")).is_file()
-                          or (PACKAGE / name.replace(".", "/") / "__init__.py").is_file()]
-            found.update(candidates or [".".join(target) or "__init__"])
-        elif isinstance(node, ast.Import):
-            found.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("xpl_hf."))
-    return {name for name in found if name} - {module_name(path)}
-
-
-def layer_of(name: str) -> int:
-    for index, layer in enumerate(LAYERS):
-        if name in layer:
+def layer_of(module: str) -> int:
+    for index, members in enumerate(LAYERS.values()):
+        if module in members or any(m.endswith(".*") and module.startswith(m[:-1]) for m in members):
             return index
-    raise AssertionError(f"module {name!r} is in no layer of tests/test_layout.py: place it")
+    raise AssertionError(f"module {module!r} is in no layer of tests/test_layout.py: place it (and in the README)")
 
 
-def test_imports_go_down_the_layers_without_circles():
-    files = [p for p in PACKAGE.rglob("*.py") if "avsl_localization" not in p.parts]
-    graph = {module_name(p): package_imports(p) for p in files}
-    problems = []
-    for module, imports in graph.items():
-        for target in imports:
-            if layer_of(target) >= layer_of(module):
-                problems.append(f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})")
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    names = list(LAYERS)
+    return [f"{module} ({names[layer_of(module)]}) imports {target} ({names[layer_of(target)]})"
+            for module, targets in sorted(graph.items()) for target in sorted(targets)
+            if layer_of(target) > layer_of(module)]
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` as a path ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_runs_back_up_the_layers():
+    problems = upward_imports(import_graph.import_graph())
     assert not problems, "\n".join(problems)
 
 
-def test_modules_stay_small_except_the_generator_and_converters():
-    too_long = {module_name(p): n for p in PACKAGE.rglob("*.py")
-                if (n := len(p.read_text().splitlines())) > 480 and module_name(p) not in ("data.synthetic",
-                                                                                           "data.prepare")}
-    assert not too_long, too_long
+def test_no_import_circle():
+    assert find_cycle(import_graph.import_graph()) is None
+
+
+def test_dynamic_imports_go_through_a_lazy_table():
+    dynamic = {}
+    for name, path in import_graph.package_modules().items():
+        lines = import_graph.imports_in_source(path.read_text(), name, path.name == "__init__.py")[1]
+        if lines:
+            dynamic[name] = lines
+    assert not dynamic, f"import_module() with a computed name outside a _LAZY table: {dynamic}"
+
+
+def test_the_checks_see_lazy_imports():
+    """Imports inside functions, importlib.import_module strings and _LAZY tables are arrows too: an upward one of
+    each kind is caught, and a circle closed by a lazy import is found."""
+    source = '''
+import importlib
+
+_LAZY = {"Trainer": "..trainer"}
+
+def late():
+    from ..evaluation import evaluate_model
+    return importlib.import_module("xpl_hf.hub.card"), importlib.import_module("..training_args", __package__)
+'''
+    imports, _ = import_graph.imports_in_source(source, "data.loading")
+    assert {"evaluation", "hub.card", "training_args", "trainer"} <= imports
+    problems = upward_imports({"data.loading": imports})
+    assert {p.split(" imports ")[1].split(" ")[0] for p in problems} == {"evaluation", "hub.card", "training_args",
+                                                                        "trainer"}
+    assert find_cycle({"maps": {"image"}, "image": {"audio"}, "audio": {"maps"}}) == ["audio", "maps", "image",
+                                                                                        "audio"]
+    _, dynamic = import_graph.imports_in_source("import importlib\nimportlib.import_module(name)\n", "maps")
+    assert dynamic == [2]
+
+
+def test_modules_stay_small_except_the_generator():
+    too_long = {name: n for name, path in import_graph.package_modules().items()
+                if (n := len(path.read_text().splitlines())) > MAX_LINES and name not in GENERATORS}
+    assert not too_long, f"modules over {MAX_LINES} lines: {too_long}"
+
+
+def test_committed_import_graph_is_the_generated_one():
+    expected = import_graph.graph_document()
+    committed = import_graph.GRAPH_FILE.read_text() if import_graph.GRAPH_FILE.is_file() else ""
+    assert committed == expected, "docs/import_graph.md is stale: run `python tools/import_graph.py --write`"
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```mermaid\n.*?```\n", readme, flags=re.S)
+    generated = import_graph.mermaid(import_graph.import_graph())
+    for block in blocks:  # a copy of the picture in the README must be the current one too
+        assert block == generated, "README.md's import graph is stale: paste `python tools/import_graph.py`"

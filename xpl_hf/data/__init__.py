@@ -1,8 +1,11 @@
 """xpl-hf data layer: schema, synthetic benchmark, converters, loading/streaming, transforms and collate.
 
 The schema is documented in xpl_hf/data/schema.py. Heavy submodules (torch-based transforms) are imported lazily.
+Importing this package installs :mod:`xpl_hf.data.arrow_exit`'s exit guard, which keeps a streamed read that was left
+before its end from aborting the interpreter at exit.
 """
 
+from . import arrow_exit
 from .schema import (
     GT_RULES,
     SYNTHETIC_UNLABELED_FEATURES,
@@ -15,6 +18,8 @@ from .schema import (
     find_duplicate_ids,
     xpl_features,
 )
+
+arrow_exit.install()
 
 _LAZY = {
     "generate_benchmark": "synthetic",
