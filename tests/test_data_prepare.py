@@ -257,3 +257,16 @@ def test_push_to_hub_offline(bench, tmp_path, monkeypatch):
     assert repo == "me/xpl-toy" and kwargs["private"] is True
     assert set(splits) == {"labeled", "unlabeled", "test"} and kwargs["num_shards"]["unlabeled"] == 2
     assert len(splits["labeled"]) == 10 and isinstance(splits["labeled"].features["image"], datasets.Image)
+
+
+def test_every_vggss_name_is_a_canonical_vggsound_key():
+    """vggss.json and the open-set lists use <ytid>_<start:06d>; the csv form (ytid, unpadded start) maps onto it,
+    including the 107 ids that start with '-'."""
+    from xpl_hf.data.convert import vggsound_key
+
+    names = [e["file"] for e in json.load(open(VGGSS_JSON))]
+    for lst in ("vggss_heard_test.csv", "vggss_unheard_test.csv"):
+        names += [line.split(",")[0].strip() for line in open(os.path.join(METADATA, lst)) if line.strip()]
+    assert all(vggsound_key(n) == n for n in names)
+    assert all(vggsound_key(n.rsplit("_", 1)[0], str(int(n.rsplit("_", 1)[1]))) == n for n in names)
+    assert sum(n.startswith("-") for n in names[:5158]) == 107

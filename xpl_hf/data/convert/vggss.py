@@ -10,12 +10,12 @@ Naming. A VGG-Sound clip is ``(YouTube id, start second)``; the converter keys e
 :func:`vggsound_key`: ``<ytid>_<start, zero-padded to 6 digits>``, the form of ``vggss.json``'s ``file`` and of the
 heard/unheard lists. What trips users, and what this key absorbs (tested):
 
-* ``vggss.json`` names ``zpWuikVorYg_000032`` without an extension; the archives hold ``.../zpWuikVorYg_000032.mp4``;
+* ``vggss.json`` names ``zpWuikVorYg_000032`` without an extension; video files carry one (``.../zpWuikVorYg_000032.mp4``);
 * ``vggsound.csv`` holds ``zpWuikVorYg,32`` (id and *unpadded* start in two columns), and some copies name files
   ``zpWuikVorYg_32.mp4``: ``_32`` and ``_000032`` are the same clip;
-* YouTube ids contain ``_`` and ``-``, and may start with ``-`` (``--cB2ZVjpnA_000030``: 107 of the 5,158 VGG-SS
+* YouTube ids contain ``_`` and ``-``, and may start with ``-`` (``-t-htrAtNvM_000030``: 107 of the 5,158 VGG-SS
   entries): the start is what follows the **last** ``_``, and such a name is never passed to a command line here
-  (a shell tool would read ``--cB2...`` as an option);
+  (a shell tool would read ``-t-htrAtNvM...`` as options);
 * a name without a ``_<digits>`` tail is not a VGG-Sound clip name: it is matched as it is (without extension).
 
 Boxes follow the community protocol (clip to [0, 1], drop inverted/empty boxes). 12 entries of ``vggss.json`` hold a
