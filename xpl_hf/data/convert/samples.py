@@ -158,7 +158,8 @@ def read_file(ref: MediaRef, what: str, unreadable: str, limit: int, loaded: dic
         raise SampleProblem(unreadable, f"{what} file '{shown(ref)}': {err.strerror or err}") from None
 
 
-def _audio_notes(mono: np.ndarray) -> list[tuple[str, str]]:
+def silence_notes(mono: np.ndarray) -> list[tuple[str, str]]:
+    """``[("silent audio", detail)]`` when the (samples,) waveform's peak is below :data:`SILENCE_PEAK`, else []."""
     peak = float(np.abs(mono).max()) if mono.size else 0.0
     return [("silent audio", f"peak {peak:.1e} < {SILENCE_PEAK:g}: kept (silent clips are valid input)")] \
         if peak < SILENCE_PEAK else []
@@ -173,10 +174,11 @@ def _check_audio_file(data: bytes, name: str) -> list[tuple[str, str]]:
         raise SampleProblem(err.reason, f"audio '{name}': {err}") from None
     except Exception as err:  # soundfile may raise other errors on odd files
         raise SampleProblem("unreadable audio", f"audio '{name}': {type(err).__name__}: {err}") from None
-    return _audio_notes(mono)
+    return silence_notes(mono)
 
 
 def encode_jpeg(image: PIL.Image.Image, quality: int) -> bytes:
+    """An RGB JPEG of ``image`` at ``quality``."""
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()

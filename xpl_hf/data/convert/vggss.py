@@ -10,7 +10,8 @@ Naming. A VGG-Sound clip is ``(YouTube id, start second)``; the converter keys e
 :func:`vggsound_key`: ``<ytid>_<start, zero-padded to 6 digits>``, the form of ``vggss.json``'s ``file`` and of the
 heard/unheard lists. What trips users, and what this key absorbs (tested):
 
-* ``vggss.json`` names ``zpWuikVorYg_000032`` without an extension; video files carry one (``.../zpWuikVorYg_000032.mp4``);
+* ``vggss.json`` names ``zpWuikVorYg_000032`` without an extension; video files carry one
+  (``.../zpWuikVorYg_000032.mp4``);
 * ``vggsound.csv`` holds ``zpWuikVorYg,32`` (id and *unpadded* start in two columns), and some copies name files
   ``zpWuikVorYg_32.mp4``: ``_32`` and ``_000032`` are the same clip;
 * YouTube ids contain ``_`` and ``-``, and may start with ``-`` (``-t-htrAtNvM_000030``: 107 of the 5,158 VGG-SS

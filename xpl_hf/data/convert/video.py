@@ -23,7 +23,7 @@ from ...audio import AudioError, check_waveform, resample
 from ...media import MediaError, read_video_clip
 from .archive import ArchiveMember
 from .report import SampleProblem
-from .samples import MAX_VIDEO_BYTES, Candidate, ClipOptions, _audio_notes, encode_audio, encode_jpeg, media_name
+from .samples import MAX_VIDEO_BYTES, Candidate, ClipOptions, encode_audio, encode_jpeg, media_name, silence_notes
 
 
 def _source(c: Candidate, loaded: dict[str, bytes]):
@@ -79,4 +79,4 @@ def video_media(c: Candidate, loaded: dict[str, bytes], options: ClipOptions
         media["frames"] = [{"bytes": encode_jpeg(f, options.jpeg_quality), "path": f"{stem}-{i}.jpg"}
                            for i, f in enumerate(clip.frames)]
     t3 = time.perf_counter()
-    return media, _audio_notes(mono), {"decode": t1 - t0, "resample": t2 - t1, "encode": t3 - t2}
+    return media, silence_notes(mono), {"decode": t1 - t0, "resample": t2 - t1, "encode": t3 - t2}
