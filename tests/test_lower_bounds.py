@@ -24,21 +24,30 @@ LOWER_BOUND_PACKAGES = ("transformers", "datasets", "accelerate", "huggingface_h
 AT_LOWER_BOUNDS = os.environ.get("XPL_LOWER_BOUNDS") == "1"
 
 
+def declared_requirements() -> list[str]:
+    """Every requirement of pyproject.toml: the core `dependencies` and those of each extra."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pytest depends on tomli there
+        import tomli as tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+
+
 def declared_lower_bounds() -> dict[str, str]:
-    """{package: lower bound} of LOWER_BOUND_PACKAGES, read from pyproject.toml's `dependencies`."""
+    """{package: lower bound} of LOWER_BOUND_PACKAGES, read from pyproject.toml (core dependencies and extras)."""
     from packaging.requirements import Requirement
 
-    text = (ROOT / "pyproject.toml").read_text()
-    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)
-    requirements = [Requirement(r) for r in re.findall(r'^\s*"([^"]+)"', block, re.M)]
     bounds = {}
-    for req in requirements:
+    for req in map(Requirement, declared_requirements()):
         name = req.name.replace("-", "_").lower()
         if name in LOWER_BOUND_PACKAGES:
             lows = [s.version for s in req.specifier if s.operator in (">=", "==", "~=")]
             if len(lows) != 1:
                 raise ValueError(f"pyproject.toml: {req} declares no single lower bound")
-            bounds[name] = lows[0]
+            if bounds.setdefault(name, lows[0]) != lows[0]:
+                raise ValueError(f"pyproject.toml declares two lower bounds for {name}: {bounds[name]}, {lows[0]}")
     missing = set(LOWER_BOUND_PACKAGES) - set(bounds)
     if missing:
         raise ValueError(f"pyproject.toml declares no dependency on {sorted(missing)}")

@@ -2,7 +2,8 @@
 
 Maps are always shown the way the protocol scores them (upsampled bicubic and min-max normalised: 224 x 224 in the
 evaluation grids, the image's own size through `XPLProcessor.post_process_localization`), so what a reader sees is
-what was measured. matplotlib runs on its Agg backend (no display needed).
+what was measured. matplotlib runs on its Agg backend (no display needed); it is an extra (``pip install
+"xpl-hf[train]"``, also in ``[space]``), imported only when a picture is drawn.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ def overlay_heatmap(image: Any, heat_map: Any, alpha: float = 0.5, colormap: str
     Returns:
         An RGB `PIL.Image.Image` of size (W, H): `(1 - alpha) * image + alpha * colormap(heat_map)`.
     """
-    from matplotlib import colormaps
-
+    colormaps = _matplotlib("overlay_heatmap").colormaps
     picture = load_image(image)
     heat = np.asarray(heat_map.detach().cpu() if isinstance(heat_map, torch.Tensor) else heat_map, dtype=np.float32)
     if heat.shape != (picture.height, picture.width):
@@ -92,7 +92,7 @@ def save_overlay_grid(
         row_names: optional label of each row (``len(images) / columns`` rows).
         columns: panels per row.
     """
-    plt = _pyplot()
+    plt = _pyplot("save_overlay_grid")
     from PIL import Image
 
     if not (len(images) == len(maps) == len(ground_truths) == len(titles)):
@@ -125,7 +125,7 @@ def save_overlay_grid(
 
 def plot_training_curves(history: list[dict], path: str | os.PathLike) -> None:
     """Training curves: losses, curriculum / pseudo-label diagnostics, loss terms' gradient shares, validation CIoU."""
-    plt = _pyplot()
+    plt = _pyplot("plot_training_curves")
     panels = [("losses", lambda k: k.startswith("train/loss")),
               ("curriculum (admitted fraction, mean consensus ρ)",
                lambda k: k in ("train/admitted_fraction", "train/consensus_mean")),
@@ -148,10 +148,19 @@ def plot_training_curves(history: list[dict], path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def _pyplot():
-    import matplotlib
-
+def _matplotlib(caller: str):
+    """matplotlib on its Agg backend, or an ImportError that says which extra installs it."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError(f"{caller} draws with matplotlib, which is not installed: pip install \"xpl-hf[train]\" "
+                          "(or matplotlib)") from err
     matplotlib.use("Agg")
+    return matplotlib
+
+
+def _pyplot(caller: str):
+    _matplotlib(caller)
     import matplotlib.pyplot as plt
 
     return plt
