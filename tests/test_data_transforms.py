@@ -135,3 +135,28 @@ def test_dataloader_over_loaded_splits(processor, tmp_path):
     stream = load_unlabeled_stream(str(tmp_path), shuffle_buffer=4)
     batches = list(DataLoader(stream, batch_size=4, collate_fn=XPLCollator(processor, train=True), num_workers=0))
     assert sum(len(b["ids"]) for b in batches) == 8 and all("true_gt_maps" in b for b in batches)
+
+
+def _jpeg_value(red: int) -> dict:
+    buf = io.BytesIO()
+    PIL.Image.new("RGB", (64, 64), (red, 0, 0)).save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": f"{red}.png"}
+
+
+def test_collator_takes_one_of_the_frames_per_training_visit_and_image_in_evaluation(processor, rows):
+    """A row with ``frames`` (video converted with --frames_per_clip K): training draws one frame per visit with
+    torch's generator (seeded), evaluation always uses ``image``."""
+    row = dict(rows[0], image=_jpeg_value(128), frames=[_jpeg_value(r) for r in (0, 128, 255)])
+    evaluate = XPLCollator(processor, train=False)
+    train = XPLCollator(processor, train=True, num_ops=0)  # no colour change: the frame shows through
+
+    def red(batch):  # the red channel of the first view, back in [0, 255]
+        return round(float(batch["pixel_values"][0, 0, 0, 0]) * processor.image_std[0] * 255
+                     + processor.image_mean[0] * 255)
+
+    assert {red(evaluate([row])) for _ in range(5)} == {128}
+    torch.manual_seed(0)
+    first = [red(train([row])) for _ in range(12)]
+    torch.manual_seed(0)
+    assert [red(train([row])) for _ in range(12)] == first  # seeded
+    assert set(first) == {0, 128, 255}  # every frame is visited
