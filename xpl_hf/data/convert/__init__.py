@@ -37,7 +37,8 @@ from .cli import convert, main, push_to_hub
 from .flickr import flickr_candidates
 from .folder import FOLDER_KEYS, folder_candidates
 from .report import REPORT_NAME, ConversionReport, SampleProblem
-from .samples import Candidate, ClipOptions, build_row
+from .rows import build_row
+from .samples import Candidate, ClipOptions
 from .sources import load_json
 from .vggss import read_vggsound_csv, vggsound_key, vggss_annotations, vggss_candidates
 from .writer import write_dataset

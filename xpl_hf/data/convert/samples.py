@@ -1,15 +1,13 @@
-"""One sample of a conversion: a :class:`Candidate` (what the annotations say) -> a row of the schema.
+"""One sample of a conversion: a :class:`Candidate` (what the annotations say), the :class:`ClipOptions` of videos,
+the :class:`RowResult` that :func:`~xpl_hf.data.convert.rows.build_row` makes of it, and the helpers both row paths
+share (reading a media file, encoding JPEG / WAV, split names).
 
 A candidate's media are either an image file and an audio file, stored as they are, or one video, from which the
-frame and the audio window around it are taken (:func:`video_media`). Media are file paths, or
+frame and the audio window around it are taken (:mod:`.video`). Media are file paths, or
 :class:`~xpl_hf.data.convert.archive.ArchiveMember` s whose bytes the writer reads in the main process and hands over.
-
 Checks before anything is decoded: a file's size (:data:`MAX_IMAGE_BYTES`, :data:`MAX_AUDIO_BYTES`; a 4 GiB audio
 file is refused unread) and the audio header (soundfile reads the header only); videos are checked from their
 headers by :mod:`xpl_hf.media`, which opens only allow-listed container formats and seeks to the window it decodes.
-
-:func:`build_row` never raises: a problem becomes ``(None, reason, detail, ...)`` so one odd sample cannot end a
-conversion; problems of a kept sample (e.g. silent audio) come back as notes.
 """
 
 from __future__ import annotations
@@ -25,11 +23,9 @@ import numpy as np
 import PIL.Image
 import soundfile as sf
 
-from ...audio import AudioError, check_waveform, decode_audio
-from ..decoding import decode_image
-from ..schema import BoxReport, DataValidationError, clean_boxes
+from ..schema import BoxReport
 from .archive import ArchiveMember
-from .report import SampleProblem, is_utf8, shown
+from .report import SampleProblem, shown
 
 MAX_IMAGE_BYTES = 64 * 2**20
 """Image files larger than this are refused from their size, unread."""
@@ -165,18 +161,6 @@ def silence_notes(mono: np.ndarray) -> list[tuple[str, str]]:
         if peak < SILENCE_PEAK else []
 
 
-def _check_audio_file(data: bytes, name: str) -> list[tuple[str, str]]:
-    """Decode and apply the package's audio rules (the processor's); return notes, raise SampleProblem."""
-    try:
-        waveform, rate = decode_audio(data)
-        mono, _ = check_waveform(waveform, rate, what="the clip")
-    except AudioError as err:
-        raise SampleProblem(err.reason, f"audio '{name}': {err}") from None
-    except Exception as err:  # soundfile may raise other errors on odd files
-        raise SampleProblem("unreadable audio", f"audio '{name}': {type(err).__name__}: {err}") from None
-    return silence_notes(mono)
-
-
 def encode_jpeg(image: PIL.Image.Image, quality: int) -> bytes:
     """An RGB JPEG of ``image`` at ``quality``."""
     buf = io.BytesIO()
@@ -189,58 +173,3 @@ def encode_audio(mono: np.ndarray, rate: int, audio_format: str) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, mono, rate, format=audio_format.upper(), subtype="PCM_16")
     return buf.getvalue()
-
-
-def _image_and_audio(c: Candidate, loaded: dict[str, bytes]) -> tuple[dict, list[tuple[str, str]]]:
-    if c.image is None:
-        raise SampleProblem("missing image", "no image file for this sample")
-    image_bytes = read_file(c.image, "image", "corrupt image", MAX_IMAGE_BYTES, loaded)
-    image_name = media_name(c.image)
-    try:
-        decode_image(image_bytes)
-    except DataValidationError as err:
-        raise SampleProblem("corrupt image", f"image '{image_name}': {err}") from None
-    if c.audio is None:
-        raise SampleProblem("missing audio", "no audio file for this sample")
-    audio_bytes = read_file(c.audio, "audio", "unreadable audio", MAX_AUDIO_BYTES, loaded)
-    audio_name = media_name(c.audio)
-    notes = _check_audio_file(audio_bytes, audio_name)
-    return {"image": {"bytes": image_bytes, "path": image_name},
-            "audio": {"bytes": audio_bytes, "path": audio_name}}, notes
-
-
-def _validate(c: Candidate, loaded: dict[str, bytes], options: ClipOptions) -> RowResult:
-    if c.problem:
-        raise SampleProblem(*c.problem)
-    for what, text in (("id", c.id), ("label", c.label)):
-        if not is_utf8(text):
-            raise SampleProblem(f"{what} not UTF-8", f"{what} '{shown(text)}' is not valid UTF-8 (a file name in "
-                                "another encoding?); rename it")
-    raw = c.boxes if isinstance(c.boxes, (list, tuple)) else ([] if c.boxes is None else [c.boxes])
-    boxes, box_report = clean_boxes(raw, inverted=c.box_mode)
-    if c.require_box and raw and not boxes:
-        raise SampleProblem("no valid box", f"none of its {len(raw)} box(es) is valid ({box_report.describe()})",
-                            box_report)
-    seconds: dict[str, float] = {}
-    if c.video is not None:
-        from .video import video_media  # imports xpl_hf.media (PyAV) only when a video is converted
-
-        media, notes, seconds = video_media(c, loaded, options)
-    else:
-        media, notes = _image_and_audio(c, loaded)
-    row = {"id": c.id, **media, "boxes": boxes, "gt_rule": c.gt_rule, "label": c.label or ""}
-    if options.frames_per_clip > 1:
-        row.setdefault("frames", None)
-    return RowResult(row, box_report=box_report, notes=notes, seconds=seconds)
-
-
-def build_row(c: Candidate, loaded: dict[str, bytes] | None = None, options: ClipOptions | None = None
-              ) -> RowResult:
-    """Validate a candidate and build its row; never raises (an unexpected error is the reason
-    ``unexpected error``, with its message)."""
-    try:
-        return _validate(c, loaded or {}, options or ClipOptions())
-    except SampleProblem as problem:
-        return RowResult(None, problem.reason, problem.detail, problem.box_report)
-    except Exception as err:
-        return RowResult(None, "unexpected error", f"{type(err).__name__}: {err}")

@@ -37,16 +37,8 @@ from ..schema import DataValidationError, xpl_features
 from ..shards import DATA_DIR, open_shard, shard_path, write_dataset_card, write_shard
 from .archive import ArchiveMember, ArchiveReader
 from .report import REPORT_NAME, ConversionReport
-from .samples import (
-    MAX_AUDIO_BYTES,
-    MAX_IMAGE_BYTES,
-    MAX_VIDEO_BYTES,
-    Candidate,
-    ClipOptions,
-    RowResult,
-    build_row,
-    split_problem,
-)
+from .rows import build_row
+from .samples import MAX_AUDIO_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, Candidate, ClipOptions, RowResult, split_problem
 
 logger = logging.getLogger(__name__)
 
