@@ -275,7 +275,7 @@ def finish(args: XPLTrainingArguments, method, output_dir: Path, processor, stat
     from xpl_hf import XPLModel
     from xpl_hf.checkpointing import recover_saved_model
     from xpl_hf.data import load_labeled
-    from xpl_hf.evaluation import evaluate_model
+    from xpl_hf.evaluation import evaluate_model, format_listening_table, save_per_scene_scores
     from xpl_hf.hub import push_model_folder, write_model_card
     from xpl_hf.visualization import plot_training_curves
 
@@ -290,12 +290,16 @@ def finish(args: XPLTrainingArguments, method, output_dir: Path, processor, stat
         best.rmdir()
     model = XPLModel.from_pretrained(output_dir).eval()
     test = load_labeled(args.dataset, args.test_split)
-    result = evaluate_model(model, test, processor=processor, batch_size=args.eval_batch_size, progress=True)
+    # the listening checks (swapped sound, silence, noise; object selection where rows list their objects)
+    result = evaluate_model(model, test, processor=processor, batch_size=args.eval_batch_size, progress=True,
+                            listening=True)
     metrics = result["metrics"]
     public = args.public_dict()
     results = {"dataset": public["dataset"], "split": args.test_split, "method": method.name,
                "best_step": state.best_step, "model_selection": args.model_selection,
-               **{k: metrics[k] for k in ("a", "b", "fused")}}
+               **{k: metrics[k] for k in ("a", "b", "fused")},
+               "listening": {k: v for k, v in result["listening"].items() if k != "per_scene"}}
+    save_per_scene_scores(result, output_dir / "per_scene_test.csv")
     (output_dir / "eval_results.json").write_text(json.dumps(
         {**results, "method_settings": method.to_dict(), "per_label": result["per_label"],
          "protocol": result["protocol"]}, indent=2, default=str))
@@ -309,6 +313,7 @@ def finish(args: XPLTrainingArguments, method, output_dir: Path, processor, stat
              "| --- | --- | --- |"]
     for key, label in (("a", "A (VGGish)"), ("b", "B (SoundNet-8)"), ("fused", "fused")):
         table.append(f"| {label} | {metrics[key]['ciou']:.2f} | {metrics[key]['auc']:.2f} |")
+    table += ["", format_listening_table(result)]
     table.append(f"\nModel, processor, card and curves: {output_dir}/  (XPLModel.from_pretrained({str(output_dir)!r}))")
     print("\n".join(table))
     if args.push_to_hub:
