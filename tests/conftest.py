@@ -1,4 +1,5 @@
 import os
+import warnings
 
 import pytest
 
@@ -19,6 +20,26 @@ def make_benchmark(out, num_labeled=16, num_unlabeled=32, num_validation=8, num_
 def tiny_benchmark(tmp_path_factory):
     """A tiny generated benchmark (all four splits), shared by the trainer tests."""
     return str(make_benchmark(tmp_path_factory.mktemp("tiny-benchmark")))
+
+
+# The slow tier: tests measured at more than SLOW_SECONDS each on the shared 2-core machine (`pytest --durations=0`),
+# by node id (a whole file when it ends in .py). `pytest -m "not slow"` runs the rest (the quick tier).
+SLOW_SECONDS = 5
+SLOW_TESTS: set[str] = set()
+
+
+def pytest_collection_modifyitems(config, items):
+    matched = set()
+    for item in items:
+        for key in (item.nodeid, item.nodeid.split("[")[0], item.nodeid.split("::")[0]):
+            if key in SLOW_TESTS:
+                item.add_marker(pytest.mark.slow)
+                matched.add(key)
+    collected_files = {item.nodeid.split("::")[0] for item in items}
+    stale = sorted(k for k in SLOW_TESTS - matched if k.split("::")[0] in collected_files)
+    if stale:
+        warnings.warn(pytest.PytestWarning(f"tests/conftest.py SLOW_TESTS names tests that do not exist: {stale}"),
+                      stacklevel=2)
 
 
 def pytest_configure(config):
