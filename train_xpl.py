@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train XPL (cross pseudo-labeling) for semi-supervised audio-visual source localization.
 
-    python train_xpl.py --max_steps 6 --synthetic_size tiny ...         # the README's smoke run (one process)
+    python train_xpl.py --config configs/smoke.yaml                    # smoke run: one process, 6 steps, 62 MB
     accelerate launch -q train_xpl.py                                  # offline demo: synthetic benchmark, CPU
     accelerate launch -q train_xpl.py --config configs/paper.yaml --dataset ORG/DATA
     accelerate launch -q train_xpl.py --resume_from_checkpoint latest  # continue a killed run exactly
