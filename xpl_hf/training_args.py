@@ -34,18 +34,19 @@ RUN_CONTROL_OPTIONS = frozenset({
 """Options that may change when a run is resumed (where to write, how often to log, evaluate and save). Every other
 option shapes the training trajectory and must stay as the checkpoint has it (`XPLTrainingArguments.fingerprint`)."""
 
-INTEGER_RANGES = (  # (flag, lowest, highest): the upper bounds turn typos into errors, not huge allocations
+# (flag, lowest, highest) of the run's own options: the upper bounds turn typos into errors, not huge allocations.
+# The architecture's options (image_size, clip_seconds, widths) have their ranges in XPLConfig, checked from here.
+INTEGER_RANGES = (
     ("max_train_steps", 1, 10**8), ("warmup_stage_steps", 0, 10**8), ("train_batch_size", 1, 4096),
     ("unlabeled_batch_size", 1, 4096), ("eval_batch_size", 1, 4096), ("gradient_accumulation_steps", 1, 4096),
     ("logging_steps", 1, 10**8), ("eval_steps", 1, 10**8), ("checkpointing_steps", 1, 10**8),
     ("grad_share_steps", 0, 10**8), ("lr_warmup_steps", 0, 10**8), ("dataloader_num_workers", 0, 256),
-    ("shuffle_buffer", 0, 10**7), ("image_size", 32, 1024), ("embed_dim", 1, 8192), ("vggish_fc_dim", 1, 16384),
-    ("eval_max_samples", 1, 10**9), ("checkpoints_total_limit", 1, 10**6), ("curriculum_rampup_steps", 0, 10**8),
+    ("shuffle_buffer", 0, 10**7), ("eval_max_samples", 1, 10**9), ("checkpoints_total_limit", 1, 10**6), ("curriculum_rampup_steps", 0, 10**8),
     ("seed", 0, 2**32 - 1),
 )
 OPTIONAL_INTEGERS = frozenset({"eval_max_samples", "checkpoints_total_limit", "curriculum_rampup_steps"})
 NUMBER_RANGES = (("learning_rate", 0.0, 10.0), ("backbone_learning_rate_scale", 0.0, 100.0),
-                 ("weight_decay", 0.0, 10.0), ("max_grad_norm", 0.0, 1e6), ("clip_seconds", 0.0, 1e9))
+                 ("weight_decay", 0.0, 10.0), ("max_grad_norm", 0.0, 1e6))
 NON_NEGATIVE = frozenset({"weight_decay", "max_grad_norm"})  # 0 allowed; the others must be > 0
 
 
@@ -184,9 +185,9 @@ class XPLTrainingArguments:
             value = getattr(self, flag)
             need(math.isfinite(value) and low <= value <= high and (value > 0 or low < 0 or flag in NON_NEGATIVE),
                  flag, f"must be a number in {'[' if flag in NON_NEGATIVE else '('}{low:g}, {high:g}]")
-        need(self.clip_seconds <= 30.0, "clip_seconds", "must be <= 30 s (the paper uses 3 s)")
-        need(self.image_size >= 64, "image_size", "must be >= 64 (maps of at least 2 x 2; 32 px would give one "
-                                                  "cell, where consensus and pseudo-labels are undefined)")
+        need(not isinstance(self.image_size, int) or self.image_size >= 64, "image_size",  # a training rule
+             "must be >= 64 for training (maps of at least 2 x 2; 32 px gives one cell, where consensus and "
+             "pseudo-labels are undefined)")
         need(self.freeze_backbones in ("none", "image", "all"), "freeze_backbones", "must be none, image or all")
         need(self.mixed_precision in (None, "no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
         need(self.report_to in ("tensorboard", "wandb", "all", "none"), "report_to",
