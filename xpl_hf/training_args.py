@@ -41,8 +41,8 @@ INTEGER_RANGES = (
     ("unlabeled_batch_size", 1, 4096), ("eval_batch_size", 1, 4096), ("gradient_accumulation_steps", 1, 4096),
     ("logging_steps", 1, 10**8), ("eval_steps", 1, 10**8), ("checkpointing_steps", 1, 10**8),
     ("grad_share_steps", 0, 10**8), ("lr_warmup_steps", 0, 10**8), ("dataloader_num_workers", 0, 256),
-    ("shuffle_buffer", 0, 10**7), ("eval_max_samples", 1, 10**9), ("checkpoints_total_limit", 1, 10**6), ("curriculum_rampup_steps", 0, 10**8),
-    ("seed", 0, 2**32 - 1),
+    ("shuffle_buffer", 0, 10**7), ("eval_max_samples", 1, 10**9), ("checkpoints_total_limit", 1, 10**6),
+    ("curriculum_rampup_steps", 0, 10**8), ("seed", 0, 2**32 - 1),
 )
 OPTIONAL_INTEGERS = frozenset({"eval_max_samples", "checkpoints_total_limit", "curriculum_rampup_steps"})
 NUMBER_RANGES = (("learning_rate", 0.0, 10.0), ("backbone_learning_rate_scale", 0.0, 100.0),
