@@ -37,7 +37,23 @@ def saved_model(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def model_copy(saved_model, tmp_path) -> Path:
-    return Path(shutil.copytree(saved_model, tmp_path / "copy"))
+    """The saved model's JSON files, copied to be edited, and its weights, linked (see `_replace_weights`)."""
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for file in saved_model.iterdir():
+        if file.name == "model.safetensors":
+            (folder / file.name).symlink_to(file)
+        else:
+            shutil.copy(file, folder / file.name)
+    return folder
+
+
+def _replace_weights(folder: Path, change) -> None:
+    """Write ``change(weights)`` as the folder's own model.safetensors (never through the link to the shared one)."""
+    weights = load_file(str(folder / "model.safetensors"))
+    change(weights)
+    (folder / "model.safetensors").unlink()
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _edit_json(path: Path, **changes) -> None:
@@ -53,7 +69,7 @@ def _inputs(processor: XPLProcessor):
 
 # ----------------------------------------------------------------------- 18.4: weights missing or not finite
 def test_weights_file_without_tensors_is_refused(model_copy):
-    save_file({}, str(model_copy / "model.safetensors"))
+    _replace_weights(model_copy, dict.clear)
     with pytest.raises(OSError, match=r"model\.safetensors.*missing"):
         XPLModel.from_pretrained(model_copy)
     with pytest.raises(OSError, match=r"model\.safetensors"):
@@ -61,18 +77,14 @@ def test_weights_file_without_tensors_is_refused(model_copy):
 
 
 def test_weights_file_missing_one_tensor_names_it(model_copy):
-    weights = load_file(str(model_copy / "model.safetensors"))
-    del weights["branch_b.map_bias"]
-    save_file(weights, str(model_copy / "model.safetensors"))
+    _replace_weights(model_copy, lambda weights: weights.pop("branch_b.map_bias"))
     with pytest.raises(OSError, match=r"branch_b\.map_bias"):
         load_model_and_processor(model_copy, device="cpu")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_weights_are_refused(model_copy, bad):
-    weights = load_file(str(model_copy / "model.safetensors"))
-    weights["branch_a.visual_proj.weight"][0, 0] = bad
-    save_file(weights, str(model_copy / "model.safetensors"), metadata={"format": "pt"})
+    _replace_weights(model_copy, lambda weights: weights["branch_a.visual_proj.weight"][0].fill_(bad))
     with pytest.raises(OSError, match=r"model\.safetensors.*branch_a\.visual_proj\.weight"):
         XPLModel.from_pretrained(model_copy)
 
@@ -88,6 +100,13 @@ def test_bad_processor_settings_are_named(model_copy, setting, value):
         XPLProcessor(**{setting: value})
     _edit_json(model_copy / "preprocessor_config.json", **{setting: value})
     with pytest.raises(ValueError, match=setting):
+        XPLProcessor.from_pretrained(model_copy)
+
+
+def test_the_loader_does_not_replace_a_bad_saved_processor(model_copy):
+    """A saved processor with bad settings is an error, not silently replaced by one built from the config."""
+    _edit_json(model_copy / "preprocessor_config.json", log_offset=-1.0)
+    with pytest.raises(ValueError, match="log_offset"):
         load_model_and_processor(model_copy, device="cpu")
 
 
@@ -107,11 +126,12 @@ def test_bad_model_settings_are_named(model_copy, setting, value):
 def test_processor_must_match_the_model(model_copy, setting, value):
     from xpl_hf import check_processor_matches
 
-    _edit_json(model_copy / "preprocessor_config.json", **{setting: value})
-    with pytest.raises(ValueError, match=rf"{setting}.*{value}"):
-        load_model_and_processor(model_copy, device="cpu")
-    with pytest.raises(ValueError, match=setting):
+    with pytest.raises(ValueError, match=rf"{setting}={value!r}"):
         check_processor_matches(XPLConfig(**TINY), XPLProcessor.from_config(XPLConfig(**{**TINY, setting: value})))
+    if setting == "image_size":  # the loader calls the check
+        _edit_json(model_copy / "preprocessor_config.json", **{setting: value})
+        with pytest.raises(ValueError, match=rf"{setting}={value}"):
+            load_model_and_processor(model_copy, device="cpu")
     check_processor_matches(XPLConfig(**TINY), XPLProcessor.from_config(XPLConfig(**TINY)))  # a match passes
 
 
