@@ -59,6 +59,7 @@ def build_cache(out: Path, sizes: dict[str, int], seed: int = 0, image_size: int
     syn = SyntheticConfig(image_size=image_size, clip_seconds=clip_seconds, seed=seed,
                           **{f"num_{k}": v for k, v in sizes.items()})
     config = study_model_config(image_size, clip_seconds)
+    torch.manual_seed(seed)  # the same random VGGish (offline) in every process that builds a part
     model = XPLModel(config).eval()
     report = load_pretrained_backbones(model)
     processor = XPLProcessor.from_config(config)
@@ -86,6 +87,30 @@ def build_cache(out: Path, sizes: dict[str, int], seed: int = 0, image_size: int
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(cache, out)
     return cache
+
+
+@torch.inference_mode()
+def recompute_vggish(cache: dict, seed: int = 0, batch_size: int = 64) -> None:
+    """Recompute branch A's audio features of every split with the VGGish of `seed` (in place)."""
+    syn = SyntheticConfig(**{k: (tuple(v) if k == "snr_db" else v) for k, v in cache["synthetic"].items()})
+    config = study_model_config(syn.image_size, syn.clip_seconds)
+    torch.manual_seed(seed)
+    model = XPLModel(config).eval()
+    load_pretrained_backbones(model)
+    processor = XPLProcessor.from_config(config)
+    index = {}
+    for split, data in cache["splits"].items():
+        feats = []
+        for start in tqdm(range(0, len(data["ids"]), batch_size), desc=f"vggish {split}"):
+            ids = data["ids"][start:start + batch_size]
+            rows = [generate_sample(syn, split, int(i.rsplit("-", 1)[1])) for i in ids]
+            assert [r["id"] for r in rows] == ids, "cache ids do not match the generator"
+            audio = [sf.read(io.BytesIO(r["audio"]["bytes"]), dtype="float32")[0] for r in rows]
+            inputs = processor(images=[Image.open(io.BytesIO(r["image"]["bytes"])) for r in rows], audio=audio,
+                               sampling_rate=syn.sample_rate)
+            feats.append(model.branch_a.audio_encoder(inputs["audio_log_mel"]))
+        data["audio_a"] = torch.cat(feats)
+        index[split] = len(data["ids"])
 
 
 def merge_parts(parts: list[Path], out: Path) -> dict:

@@ -61,7 +61,7 @@ def raw_path(out: Path, row: str, seed: int) -> Path:
 
 
 def _run_one(job: tuple) -> str:
-    cache_path, row, seed, settings, split, out, threads = job
+    cache_path, row, seed, settings, split, out, threads, method_settings = job
     import torch
 
     from cached_protocol import StudySettings, train_run
@@ -69,11 +69,13 @@ def _run_one(job: tuple) -> str:
 
     torch.set_num_threads(threads)
     cache = _load_cache(cache_path)
-    args = dict(ROWS[row])
+    args = {**ROWS[row], **method_settings}
+    # as in train_xpl.py: the curriculum ramps r(t) over the first half of stage 2
+    args.setdefault("curriculum_rampup_steps", max(1, (settings["steps"] - settings["warmup_steps"]) // 2))
     method = XPLMethod.from_name(args.pop("method"), **args)
     result = train_run(cache, method, seed, StudySettings(**settings), eval_splits=(split,))
     result.pop("state_dict")
-    result.update(row=row, split=split, settings=settings)
+    result.update(row=row, split=split, settings=settings, method_settings=method.to_dict())
     path = raw_path(out, row, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -265,6 +267,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache", type=Path, default=Path("data/xpl-study/cache.pt"))
     p.add_argument("--out", type=Path, default=None, help="default results/cpu_protocol[_quick]")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
+    p.add_argument("--avc_weight", type=float, default=None, help="λ for every row (default: XPLMethod's)")
+    p.add_argument("--method_setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other XPLMethod setting for every row, e.g. curriculum_r0=0.5 (repeatable)")
     p.add_argument("--report_only", action="store_true")
     args = p.parse_args(argv)
     out = args.out or Path("results") / ("cpu_protocol_quick" if args.quick else "cpu_protocol")
@@ -278,7 +283,10 @@ def main(argv: list[str] | None = None) -> dict:
         steps = args.steps or (1200 if args.quick else 2000)
         settings = {"steps": steps, "warmup_steps": steps // 4}
         cache = ensure_cache(args.cache, threads=2)
-        jobs = [(str(cache), row, seed, settings, args.split, out, 1) for seed in seeds for row in rows
+        method_settings = {k: float(v) for k, v in (item.split("=", 1) for item in args.method_setting)}
+        if args.avc_weight is not None:
+            method_settings["avc_weight"] = args.avc_weight
+        jobs = [(str(cache), row, seed, settings, args.split, out, 1, method_settings) for seed in seeds for row in rows
                 if not raw_path(out, row, seed).is_file()]
         print(f"{len(jobs)} runs to do ({len(rows)} rows x {len(seeds)} seeds, {steps} steps), {args.jobs} at a time")
         start = time.time()
