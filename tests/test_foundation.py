@@ -50,7 +50,7 @@ def test_config_defaults_are_the_papers():
     c = XPLConfig()
     m = XPLMethod()  # the method's settings live there, not in the architecture's config
     assert (m.pl_ema_alpha, m.avc_temperature, m.sharpen_temperature, c.embed_dim) == (0.7, 0.03, 0.1, 512)
-    assert m.avc_weight == 0.05  # the paper's 0.5 let L_avc take 89% of the update (docs/method.md)
+    assert m.avc_weight == 0.5  # the paper's λ: 0.05 left the models barely listening (docs/method.md)
     assert not hasattr(XPLConfig(pl_ema_alpha=0.3), "pl_ema_alpha")  # a 0.1 config's method keys are dropped
     assert (c.audio_backbone_a, c.audio_backbone_b) == ("vggish", "soundnet8")
     assert c.map_size == 7
