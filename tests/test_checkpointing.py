@@ -134,7 +134,7 @@ def test_a_saved_model_is_not_a_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["corrupt_rng_state", "empty_xpl_state", "missing_weight", "reshaped_weight",
-                                    "missing_bank_tensor"])
+                                    "missing_bank_tensor", "nan_weight"])
 def test_more_damage_falls_back_to_the_newest_valid(parts, tmp_path, caplog, damage):
     """Damage that used to pass the check and fail later with a raw KeyError / RuntimeError at load."""
     accelerator, objects = parts
@@ -144,10 +144,12 @@ def test_more_damage_falls_back_to_the_newest_valid(parts, tmp_path, caplog, dam
         (newest / "rng_state_0.json").write_text('{"python": [3, [1, 2')
     elif damage == "empty_xpl_state":
         (newest / "xpl_state.json").write_text("{}")
-    elif damage in ("missing_weight", "reshaped_weight"):
+    elif damage in ("missing_weight", "reshaped_weight", "nan_weight"):
         weights = load_file(str(newest / "model.safetensors"))
         if damage == "missing_weight":
             weights.pop("bias")
+        elif damage == "nan_weight":  # a diverged run's weights: resuming from them only blames the learning rate
+            weights["bias"] = torch.full_like(weights["bias"], float("nan"))
         else:
             weights["bias"] = torch.zeros(5)
         save_file(weights, str(newest / "model.safetensors"))

@@ -191,3 +191,11 @@ def test_pipeline_sees_the_training_pixels_of_a_large_jpeg(model_and_processor, 
     training = XPLCollator(processor, train=False)([row])["pixel_values"]
     assert torch.equal(features["pixel_values"], training)
     assert features["target_size"] == (1024, 1024)  # maps still drawn at the photo's full size
+
+
+def test_a_processor_for_other_inputs_is_refused(saved):
+    """A processor built for another image size gave maps of the wrong size without a word."""
+    model = XPLModel.from_pretrained(saved / "xpl-output")
+    other = XPLProcessor.from_config(XPLConfig(**{**model.config.to_dict(), "image_size": 128}))
+    with pytest.raises(ValueError, match="image_size"):
+        pipeline(PIPELINE_TASK, model=model, processor=other, device="cpu")

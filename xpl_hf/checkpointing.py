@@ -43,6 +43,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .modeling_xpl import WeightsError, check_finite_weights
 from .pipeline_xpl import save_pretrained_with_pipeline
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,10 @@ def validate_checkpoint(path: str | os.PathLike, expected_weights: dict[str, tup
                 shapes[name] = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise CheckpointError(f"checkpoint {path}: {name} is corrupt ({type(err).__name__}: {err}).") from None
+    try:  # a run that diverged may have saved NaN weights: never resume from them
+        check_finite_weights(load_file(str(path / "model.safetensors")), str(path / "model.safetensors"))
+    except WeightsError as err:
+        raise CheckpointError(f"checkpoint {path}: {err}") from None
     lacking = [key for key in XPL_TENSORS if key not in shapes["xpl_state.safetensors"]]
     if lacking:
         raise CheckpointError(f"checkpoint {path}: xpl_state.safetensors lacks {', '.join(lacking)}.")

@@ -34,7 +34,7 @@ from transformers import Pipeline
 from .audio import WINDOW_MARGIN_SECONDS
 from .image import full_size
 from .media import read_video_clip
-from .processing_xpl import XPLProcessor
+from .processing_xpl import XPLProcessor, check_processor_matches
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class AudioVisualSourceLocalizationPipeline(Pipeline):
         processor = processor if processor is not None else feature_extractor
         if processor is None:
             processor = self._load_model_processor(model)
+        check_processor_matches(model.config, processor)  # a processor for other inputs gives maps of the wrong size
         super().__init__(model=model, processor=processor, **kwargs)
 
     @staticmethod
@@ -75,7 +76,7 @@ class AudioVisualSourceLocalizationPipeline(Pipeline):
             revision = getattr(model.config, "_commit_hash", None)  # the Hub commit the weights came from, if any
             try:
                 return XPLProcessor.from_pretrained(source, revision=revision)
-            except (OSError, ValueError) as error:
+            except OSError as error:  # none saved; a saved processor with bad settings is an error, not replaced
                 logger.warning("no processor saved with %s (%s); building one from the model config", source, error)
         return XPLProcessor.from_config(model.config)
 
