@@ -25,9 +25,9 @@ from xpl_hf import XPLConfig, XPLModel
 from xpl_hf.losses import downsample_gt
 from xpl_hf.maps import minmax_normalize
 from xpl_hf.method import XPLMethod
-from xpl_hf.trainer import compute_losses
 from xpl_hf.metrics.protocol import binarize_maps, ciou_scores, normalize_maps, summarize_ciou, upsample_maps
 from xpl_hf.modeling_xpl import XPLModelOutput
+from xpl_hf.trainer import compute_losses
 
 BRANCHES = ("a", "b", "fused")
 
@@ -195,10 +195,13 @@ def train_run(cache: dict, method: XPLMethod, seed: int, settings: StudySettings
     torch.manual_seed(seed)
     cfg = cache["config"]
     config = XPLConfig(**{**cfg, "embed_dim": settings.embed_dim, "vggish_fc_dim": 8})
-    model = HeadModel(config, image_channels=cache["splits"]["labeled"]["image"].shape[1] if "pca" in cache else None)
+    channels = cache["splits"]["labeled"]["image"].shape[1] if "pca" in cache else None
+    model = HeadModel(config, image_channels=channels)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, settings.steps) / settings.steps)))
+    def lr_factor(s: int) -> float:  # 100 linear warm-up steps, cosine decay to 0 over the run
+        return min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, settings.steps) / settings.steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     pool, unl = cache["splits"]["labeled"], cache["splits"]["unlabeled"]
     for split in (pool, unl):  # L_sup's target at the map's size, once (downsample_gt is then a no-op)
         if "gt_map" not in split:

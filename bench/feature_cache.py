@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import time
 from pathlib import Path
 

@@ -63,8 +63,8 @@ def raw_path(out: Path, row: str, seed: int) -> Path:
 def _run_one(job: tuple) -> str:
     cache_path, row, seed, settings, split, out, threads, method_settings = job
     import torch
-
     from cached_protocol import StudySettings, train_run
+
     from xpl_hf.method import XPLMethod
 
     torch.set_num_threads(threads)
@@ -102,7 +102,6 @@ def ensure_cache(path: Path, threads: int) -> Path:
     if path.is_file():
         return path
     import torch
-
     from cached_protocol import reduce_image_features
     from feature_cache import build_cache
 

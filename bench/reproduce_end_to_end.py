@@ -4,8 +4,8 @@ The decision protocol on 2 CPU cores is bench/reproduce.py (frozen-trunk feature
 5 paired seeds); this script runs the same rows through the real recipe, for a GPU (`--preset h100`) or as a slow
 CPU cross-check.
 
-    python bench/reproduce_end_to_end.py --threads 1           # full grid: 13 configs x 3 seeds (about 70 min on 2 CPU cores)
-    python bench/reproduce_end_to_end.py --threads 1 --quick   # the 5 method rows x seed 0 (about 9 min; same runs as the grid's)
+    python bench/reproduce_end_to_end.py --threads 1           # full grid: 13 configs x 3 seeds (~70 min, 2 cores)
+    python bench/reproduce_end_to_end.py --threads 1 --quick   # the 5 method rows x seed 0 (~9 min)
     python bench/reproduce_end_to_end.py --rows xpl,hard_pl --seeds 0,1 --steps 200
     python bench/reproduce_end_to_end.py --report_only         # rewrite tables/plots from results/raw/ (no training)
 
@@ -70,14 +70,16 @@ QUICK_ROWS = ["sup_only", "hard_pl", "xpl"]
 
 # Benchmark size and per-run settings. train_extra goes to train_xpl.py before the command line's passthrough.
 PRESETS: dict[str, dict] = {
-    # The issue-11 CPU protocol (results/legacy_v0.2/ISSUE11_FINDINGS.md): a small unlabeled pool visited ~2x (so PL-EMA acts),
+    # The issue-11 CPU protocol (results/legacy_v0.2/ISSUE11_FINDINGS.md): a small unlabeled pool visited ~2x
+    # (so PL-EMA acts),
     # 4x4 maps, FROZEN pretrained image trunks as a fast proxy (projections, audio encoders, map heads train),
     # VGGish (random offline) with a 512-d head, L_avc down-weighted, pretrained backbones at lr x 0.1.
     "cpu": dict(num_labeled=60, num_unlabeled=180, num_validation=100, num_test=300, data_image_size=128,
                 image_size=128, clip_seconds=1.0, batch_size=8, steps=144, warmup_stage_steps=48, eval_steps=16,
                 train_extra=["--freeze_backbones", "all", "--vggish_fc_dim", "512", "--grad_share_steps", "16",
                              "--backbone_learning_rate_scale", "0.1", "--avc_weight", "0.05"]),
-    # The grid of results/legacy_v0.2/README.md before issue 11 (48 steps, one pass over 1,080 unlabeled clips, 3x3 maps).
+    # The grid of results/legacy_v0.2/README.md before issue 11 (48 steps, one pass over 1,080 unlabeled clips,
+    # 3x3 maps).
     "legacy": dict(num_labeled=120, num_unlabeled=1080, num_validation=100, num_test=300, data_image_size=128,
                    image_size=96, clip_seconds=1.0, batch_size=8, steps=48, warmup_stage_steps=None,
                    eval_steps=None, train_extra=["--cross_normalization", "admitted"]),

@@ -165,7 +165,7 @@ def test_save_and_remote_code_load_in_fresh_process(tiny_model, processor, tmp_p
     # Run outside the repository so `xpl_hf` cannot be imported: only the folder's own code is used.
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin",
                    "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)})
-    assert torch.equal(torch.load(tmp_path / "maps.pt", weights_only=True), expected)
+    torch.testing.assert_close(torch.load(tmp_path / "maps.pt", weights_only=True), expected)  # thread counts differ
     assert json.loads((tmp_path / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_xpl.XPLModel"
 
 

@@ -67,9 +67,8 @@ def test_each_rule_has_one_owner():
         XPLMethod(pl_ema_alpha=1.0).validate()
     with pytest.raises(ValueError, match=r"^--pl_ema_alpha 1.0: must be in \[0, 1\)"):
         parse_args(["--pl_ema_alpha", "1.0"])
-    import xpl_hf.training_args as training_args
-
     import xpl_hf.method as method
+    import xpl_hf.training_args as training_args
 
     source = open(training_args.__file__).read()
     for setting in ("pl_ema_alpha", "curriculum_r0", "cross_normalization", "on_bad_sample"):

@@ -15,11 +15,9 @@ pickles executes nothing: the load fails with a message. A checkpoint is written
 renamed when complete, so a run killed at any moment leaves either no new checkpoint or a complete one; a full disk
 while writing is one clear error and leaves the previous checkpoints as they were.
 ``resume_from_checkpoint="latest"`` takes the newest checkpoint that passes :func:`validate_checkpoint` (every file
-present and parseable, every weight the model expects) and says which ones it skipped and why.
-
-Around the checkpoints: :class:`RunLock` keeps two runs from writing into one output folder, :func:`data_fingerprint`
-refuses a resume on data whose files changed, and :func:`recover_saved_model` finishes a best-model swap that a kill
-interrupted.
+present and parseable, every weight the model expects, all finite) and says which ones it skipped and why.
+:class:`RunLock` keeps two runs out of one output folder, :func:`data_fingerprint` refuses a resume on data whose
+files changed, and :func:`recover_saved_model` finishes a best-model swap that a kill interrupted.
 """
 
 from __future__ import annotations
