@@ -56,7 +56,8 @@ def test_trainer_aliases_map_to_the_options():
                        "--save_steps", "2", "--save_total_limit", "1", "--warmup_steps", "4"])
     assert (args.max_train_steps, args.train_batch_size, args.eval_batch_size) == (5, 3, 7)
     assert (args.checkpointing_steps, args.checkpoints_total_limit, args.lr_warmup_steps) == (2, 1, 4)
-    assert args.warmup_stage_steps == 100  # the Trainer's --warmup_steps is the learning-rate warm-up, not stage 1
+    # the Trainer's --warmup_steps is the learning-rate warm-up, not stage 1
+    assert args.warmup_stage_steps == XPLTrainingArguments.warmup_stage_steps
 
 
 def test_each_rule_has_one_owner():

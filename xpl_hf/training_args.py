@@ -85,7 +85,8 @@ class XPLTrainingArguments:
     audio_backbone_b: str = _help("Audio encoder of branch B: vggish | soundnet8.", default="soundnet8")
     image_size: int = _help("Square input side in pixels (a multiple of 32; the map is image_size/32 a side).",
                             default=128)
-    clip_seconds: float = _help("Audio clip length around the frame, seconds (>= 0.96).", default=1.0)
+    clip_seconds: float = _help("Audio clip length around the frame, seconds (>= 0.96; SoundNet-8 wants >= 1.5).",
+                                default=1.5)
     embed_dim: int = _help("Shared dimension D of visual features and audio embeddings.", default=512)
     vggish_fc_dim: int = _help("Width of VGGish's FC layers (4096 = the released weights).", default=4096)
     pretrained_backbones: bool = _help("Load pretrained backbone weights where reachable (offline: "
@@ -114,17 +115,18 @@ class XPLTrainingArguments:
                                      "samples of the batch) or 'admitted' (mean over admitted samples only).",
                                      default=_M.cross_normalization)
     # schedule
-    max_train_steps: int = _help("Optimiser steps in total (stage 1 + stage 2).", default=300,
+    max_train_steps: int = _help("Optimiser steps in total (stage 1 + stage 2).", default=600,
                                  aliases=("--max_steps",))
-    warmup_stage_steps: int = _help("Stage 1 (labelled data only) length in steps.", default=100)
+    warmup_stage_steps: int = _help("Stage 1 (labelled data only) length in steps.", default=150)
     train_batch_size: int = _help("Labelled samples per step and process.", default=8,
                                   aliases=("--per_device_train_batch_size",))
-    unlabeled_batch_size: int = _help("Unlabelled samples per step and process (stage 2).", default=8)
+    unlabeled_batch_size: int = _help("Unlabelled samples per step and process (stage 2).", default=16)
     learning_rate: float = _help("Peak learning rate (AdamW).", default=1e-3)
     backbone_learning_rate_scale: float = _help("Learning-rate factor of pretrained backbones (0.1 validated better "
                                                 "than 1.0 on the synthetic benchmark).", default=0.1)
-    freeze_backbones: str = _help("none | image | all: keep these encoders frozen (eval-mode BatchNorm, no gradient), "
-                                  "a fast proxy where only projections and map heads train.", default="none")
+    freeze_backbones: str = _help("none | image | all: keep these encoders frozen (eval-mode BatchNorm, no gradient). "
+                                  "The CPU demo's 'all' trains the heads only (docs/method.md, deviations); 'none' "
+                                  "trains everything (configs/paper.yaml).", default="all")
     weight_decay: float = _help("AdamW weight decay.", default=1e-4)
     lr_scheduler_type: str = _help("transformers scheduler name (cosine, linear, constant, ...).", default="cosine")
     lr_warmup_steps: int = _help("Learning-rate warm-up steps (the Trainer's --warmup_steps; not stage 1, which is "
@@ -142,11 +144,11 @@ class XPLTrainingArguments:
                                  "(highest validation fused CIoU over all evaluations, a tie goes to the later "
                                  "step), 'best_stage2' (the same over evaluations after --warmup_stage_steps) or "
                                  "'last'.", default="best")
-    eval_steps: int = _help("Steps between validations (the model --model_selection picks is kept).", default=50)
+    eval_steps: int = _help("Steps between validations (the model --model_selection picks is kept).", default=100)
     eval_batch_size: int = _help("Batch size of validation and test.", default=32,
                                  aliases=("--per_device_eval_batch_size",))
     eval_max_samples: int | None = _help("Validate on at most this many samples.", default=None)
-    checkpointing_steps: int = _help("Steps between checkpoints.", default=100, aliases=("--save_steps",))
+    checkpointing_steps: int = _help("Steps between checkpoints.", default=300, aliases=("--save_steps",))
     checkpoints_total_limit: int | None = _help("Checkpoints kept (oldest removed).", default=2,
                                                 aliases=("--save_total_limit",))
     save_final_checkpoint: bool = _help("Also write a checkpoint at the last step (to continue the run later with a "
