@@ -132,7 +132,9 @@ def t_interval(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, fl
 def paired_p(diffs: np.ndarray) -> float:
     from scipy import stats
 
-    if len(diffs) < 2 or np.std(diffs) == 0:
+    if len(diffs) < 2:
+        return float("nan")  # one seed: no test
+    if np.std(diffs) == 0:
         return 0.0 if np.mean(diffs) != 0 else 1.0
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
