@@ -314,9 +314,7 @@ for _file, _setting, _value in (("preprocessor_config.json", "image_std", [0.0, 
 
 @case(5, "pipeline given a processor for another size")
 def pipeline_mismatch(tmp):
-    localizer = tiny_pipeline(tmp, XPLProcessor(image_size=96, clip_seconds=1.0))
-    audio = {"array": np.sin(np.arange(16000) / 7.0), "sampling_rate": 16000}
-    return outcome(lambda: localizer(image=np.full((64, 64, 3), 90, np.uint8), audio=audio), "image_size")
+    return outcome(lambda: tiny_pipeline(tmp, XPLProcessor(image_size=96, clip_seconds=1.0)), "image_size")
 
 
 @case(5, "pipeline: saved processor with image_std = 0")
