@@ -417,6 +417,10 @@ def test_rows_without_split_get_the_documented_defaults_and_counts_add_up(tmp_pa
     assert carved["a"] == carved["b"]
     other = _convert(src, tmp_path / "c", validation_fraction=0.2, test_fraction=0.3, seed=8)
     assert other.written["validation"] == 2
+    # the command line's defaults carve 10% + 10%, so that a folder without split fields trains as it is
+    (src / "annotations.json").write_text(json.dumps(boxed + plain))
+    report = prepare.main(["folder", "--input", str(src), "--output", str(tmp_path / "cli")])
+    assert report.written == {"labeled": 8, "validation": 1, "test": 1, "unlabeled": 3}
 
 
 def test_summary_separates_boxed_rows_from_rows_without_box(tmp_path):

@@ -109,10 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("folder", parents=[common], help="a folder (or .tar / .tar.gz) with annotations.json",
                        description=folder.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="the folder holding annotations.json, or a .tar / .tar.gz of it")
-    p.add_argument("--validation_fraction", type=_fraction, default=0.0,
-                   help="fraction of the boxed rows without a split that go to 'validation'")
-    p.add_argument("--test_fraction", type=_fraction, default=0.0,
-                   help="fraction of the boxed rows without a split that go to 'test'")
+    p.add_argument("--validation_fraction", type=_fraction, default=0.1,
+                   help="fraction of the boxed rows without a split that go to 'validation' (default 0.1, so that "
+                        "a folder without split fields trains as it is; 0 keeps them all in 'labeled')")
+    p.add_argument("--test_fraction", type=_fraction, default=0.1,
+                   help="fraction of the boxed rows without a split that go to 'test' (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation/test draw")
     p = sub.add_parser("flickr", parents=[common], help="Flickr-SoundNet (frames + audio or videos, Annotations/)",
                        description=flickr.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -30,8 +30,9 @@ For example::
 Split values train_xpl.py reads by default: ``labeled`` (boxed training rows), ``unlabeled`` (rows without boxes),
 ``validation`` (selects the best model) and ``test`` (scored once). A sample **without** ``split`` goes to
 ``labeled`` when it has boxes and to ``unlabeled`` when it has none; ``--validation_fraction`` / ``--test_fraction``
-move that fraction of those boxed rows (drawn with ``--seed`` from the ids sorted, so the same file and seed give the
-same splits whatever the entries' order) to ``validation`` / ``test``. An explicit ``split`` is never changed.
+(0.1 each on the command line, 0 in Python) move that fraction of those boxed rows (drawn with ``--seed`` from the
+ids sorted, so the same file and seed give the same splits whatever the entries' order) to ``validation`` /
+``test``. An explicit ``split`` is never changed.
 
 Rules: a sample is labeled exactly when it has a non-empty ``boxes`` list. ``"boxes": []`` (and a ``gt_rule`` given
 without boxes) is read as "not annotated": kept as unlabeled and reported. ``boxes`` of another type (``{}``, ``""``,
