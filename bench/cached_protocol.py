@@ -25,6 +25,7 @@ from xpl_hf import XPLConfig, XPLModel
 from xpl_hf.losses import downsample_gt
 from xpl_hf.maps import minmax_normalize
 from xpl_hf.method import XPLMethod
+from xpl_hf.metrics.listening import select_objects
 from xpl_hf.metrics.protocol import binarize_maps, ciou_scores, normalize_maps, summarize_ciou, upsample_maps
 from xpl_hf.modeling_xpl import XPLModelOutput
 from xpl_hf.trainer import compute_losses
@@ -143,29 +144,11 @@ def predict(model: HeadModel, split: dict, audio_order: torch.Tensor | None = No
     return {k: torch.cat(v) for k, v in outs.items()}
 
 
-def object_masks(objects: list[list[dict]], size: int = 224) -> list[tuple[torch.Tensor, int]]:
-    """Per scene: (K, size, size) bool masks of every object's box (the protocol's VGG-SS rule) and the index of
-    the sounding one."""
-    out = []
-    for objs in objects:
-        masks = torch.zeros(len(objs), size, size, dtype=torch.bool)
-        for k, o in enumerate(objs):
-            x0, y0, x1, y1 = (np.clip(np.asarray(o["box"], dtype=np.float64), 0, 1) * size).astype(int)
-            masks[k, y0:y1, x0:x1] = True
-        out.append((masks, next(k for k, o in enumerate(objs) if o["sounding"])))
-    return out
-
-
-def score(maps: torch.Tensor, gt: torch.Tensor, masks: list[tuple[torch.Tensor, int]]) -> dict[str, Any]:
-    """Protocol cIoU per scene + object selection (the sounding object's box has the highest mean map value)."""
-    up = normalize_maps(upsample_maps(maps))
-    ciou = ciou_scores(binarize_maps(up), gt).numpy()
-    correct = np.zeros(len(masks))
-    for i, (m, k) in enumerate(masks):
-        means = (up[i][None] * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1)
-        best = means == means.max()
-        correct[i] = float(best[k]) / float(best.sum())  # ties share the credit
-    return {"ciou": ciou, "selected": correct}
+def score(maps: torch.Tensor, gt: torch.Tensor, objects: list[list[dict]]) -> dict[str, Any]:
+    """Protocol cIoU per scene + object selection (`xpl_hf.metrics.listening.select_objects`: the sounding object's
+    box has the highest mean map value; a k-way tie scores s / k)."""
+    ciou = ciou_scores(binarize_maps(normalize_maps(upsample_maps(maps))), gt).numpy()
+    return {"ciou": ciou, "selected": select_objects(maps, objects)["score"]}
 
 
 def summarize(scores: dict[str, Any]) -> dict[str, float]:
@@ -241,11 +224,10 @@ def train_run(cache: dict, method: XPLMethod, seed: int, settings: StudySettings
                               "labeled_ids": [pool["ids"][i] for i in lab_idx.tolist()]}
     for name in eval_splits:
         split = cache["splits"][name]
-        masks = object_masks(split["objects"])
         true_maps = predict(model, split)
         swapped = predict(model, split, audio_order=swap_order(split["labels"], 0))
-        per = {"true": {b: score(true_maps[b], split["gt"], masks) for b in BRANCHES},
-               "swapped": {b: score(swapped[b], split["gt"], masks) for b in BRANCHES}}
+        per = {"true": {b: score(true_maps[b], split["gt"], split["objects"]) for b in BRANCHES},
+               "swapped": {b: score(swapped[b], split["gt"], split["objects"]) for b in BRANCHES}}
         result[name] = {v: {b: summarize(s) for b, s in d.items()} for v, d in per.items()}
         result["chance_select"] = 100.0 * float(np.mean([1.0 / len(o) for o in split["objects"]]))
         result[name + "_per_scene"] = {v: {b: {"ciou": s["ciou"].tolist(), "selected": s["selected"].tolist()}

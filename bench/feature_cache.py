@@ -23,7 +23,6 @@ import io
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
 from PIL import Image
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from xpl_hf import XPLConfig, XPLModel, XPLProcessor
 from xpl_hf.data.synthetic import CLASS_NAMES, SyntheticConfig, generate_sample
-from xpl_hf.metrics.protocol import EVAL_SIZE
+from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.pretrained import load_pretrained_backbones
 
 SPLITS = ("labeled", "unlabeled", "validation", "test")
@@ -40,14 +39,6 @@ SPLITS = ("labeled", "unlabeled", "validation", "test")
 def study_model_config(image_size: int = 224, clip_seconds: float = 3.0) -> XPLConfig:
     return XPLConfig(image_backbone_a="efficientnet_lite0", image_backbone_b="efficientnet_lite0",
                      image_size=image_size, clip_seconds=clip_seconds)
-
-
-def box_mask(box, size: int = EVAL_SIZE) -> np.ndarray:
-    """The protocol's VGG-SS rule for one normalised box: (clip(b, 0, 1) * 224).astype(int), filled."""
-    x0, y0, x1, y1 = (np.clip(np.asarray(box, dtype=np.float64), 0, 1) * size).astype(int)
-    m = np.zeros((size, size), dtype=bool)
-    m[y0:y1, x0:x1] = True
-    return m
 
 
 @torch.inference_mode()
@@ -76,7 +67,7 @@ def build_cache(out: Path, sizes: dict[str, int], seed: int = 0, image_size: int
             aud_b.append(model.branch_b.audio_encoder(inputs["audio_waveform"]))
             for r in rows:
                 box = (r["true_boxes"] or r["boxes"])[0]
-                gts.append(torch.from_numpy(box_mask(box)))
+                gts.append(torch.from_numpy(ground_truth_map([box], "union") > 0))
                 objects.append(r["objects"])
                 labels.append(CLASS_NAMES.index(r["label"]))
                 ids.append(r["id"])
@@ -97,7 +88,6 @@ def recompute_vggish(cache: dict, seed: int = 0, batch_size: int = 64) -> None:
     model = XPLModel(config).eval()
     load_pretrained_backbones(model)
     processor = XPLProcessor.from_config(config)
-    index = {}
     for split, data in cache["splits"].items():
         feats = []
         for start in tqdm(range(0, len(data["ids"]), batch_size), desc=f"vggish {split}"):
@@ -109,12 +99,11 @@ def recompute_vggish(cache: dict, seed: int = 0, batch_size: int = 64) -> None:
                                sampling_rate=syn.sample_rate)
             feats.append(model.branch_a.audio_encoder(inputs["audio_log_mel"]))
         data["audio_a"] = torch.cat(feats)
-        index[split] = len(data["ids"])
 
 
 def merge_parts(parts: list[Path], out: Path) -> dict:
     """Join caches of parts (same config) split by split, in the order given."""
-    caches = [torch.load(p, weights_only=False) for p in parts]
+    caches = [torch.load(p, weights_only=True) for p in parts]
     merged = {k: v for k, v in caches[0].items() if k != "splits"}
     merged["splits"] = {}
     for cache in caches:

@@ -93,7 +93,7 @@ def _load_cache(path: str) -> dict:
     if path not in _CACHE:
         import torch
 
-        _CACHE[path] = torch.load(path, weights_only=False)
+        _CACHE[path] = torch.load(path, weights_only=True)  # tensors and plain containers only
     return _CACHE[path]
 
 
@@ -107,7 +107,7 @@ def ensure_cache(path: Path, threads: int) -> Path:
 
     full = path.with_name(path.stem + "-full.pt")
     torch.set_num_threads(threads)
-    cache = torch.load(full, weights_only=False) if full.is_file() else build_cache(
+    cache = torch.load(full, weights_only=True) if full.is_file() else build_cache(
         full, {"labeled": CACHE_SIZES["num_pool"], "unlabeled": CACHE_SIZES["num_unlabeled"],
                "validation": CACHE_SIZES["num_validation"], "test": CACHE_SIZES["num_test"]})
     reduce_image_features(cache)

@@ -58,14 +58,13 @@ def cache():
 
 def test_object_selection_follows_the_map():
     cp = load("cached_protocol")
-    masks = cp.object_masks([[{"box": box(0, 0, 0.5, 0.5), "sounding": True},
-                              {"box": box(0.5, 0.5, 1, 1), "sounding": False}]] * 3)
+    objects = [[{"box": box(0, 0, 0.5, 0.5), "sounding": True}, {"box": box(0.5, 0.5, 1, 1), "sounding": False}]] * 3
     maps = torch.zeros(3, 7, 7)
     maps[0, :3, :3] = 1.0  # on the sounding object
     maps[1, 4:, 4:] = 1.0  # on the other one
     gt = torch.zeros(3, 224, 224, dtype=torch.bool)
     gt[:, :112, :112] = True
-    s = cp.score(maps, gt, masks)
+    s = cp.score(maps, gt, objects)
     assert s["selected"][0] == 1.0 and s["selected"][1] == 0.0
     assert s["selected"][2] == 0.5  # a flat map ties both objects: half the credit (the chance level)
 
