@@ -66,20 +66,25 @@ def make_video(path, *, seconds: float = 2.0, fps: int = 10, size: tuple[int, in
                 container.mux(packet)
         if astream is not None:
             samples = np.repeat(tone_samples(seconds, rate)[None], channels, axis=0)
-            packed = acodec.startswith("pcm")  # PCM encoders take packed (interleaved) 16-bit samples
-            if packed:
-                samples = np.round(samples * 32767).astype(np.int16)
-            for start in range(0, samples.shape[1], 1024):
-                chunk = samples[:, start:start + 1024]
-                chunk = chunk.T.reshape(1, -1) if packed else chunk
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="s16" if packed else "fltp",
-                                                   layout=astream.layout.name)
-                frame.sample_rate, frame.pts = rate, start
-                for packet in astream.encode(frame):
-                    container.mux(packet)
-            for packet in astream.encode():
-                container.mux(packet)
+            encode_audio(container, astream, samples, rate, packed=acodec.startswith("pcm"))
     return path
+
+
+def encode_audio(container, stream, samples: np.ndarray, rate: int, packed: bool = False) -> None:
+    """Encode (channels, N) float samples in [-1, 1] into `stream` of `container`, 1024 samples a frame, and flush.
+    `packed`: PCM encoders take packed (interleaved) 16-bit samples."""
+    if packed:
+        samples = np.round(samples * 32767).astype(np.int16)
+    for start in range(0, samples.shape[1], 1024):
+        chunk = samples[:, start:start + 1024]
+        chunk = chunk.T.reshape(1, -1) if packed else chunk
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="s16" if packed else "fltp",
+                                           layout=stream.layout.name)
+        frame.sample_rate, frame.pts = rate, start
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def dominant_hz(samples: np.ndarray, rate: int) -> float:

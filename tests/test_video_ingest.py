@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from media_samples import encode_audio
 
 from xpl_hf.audio import resample
 from xpl_hf.data import convert as cv
@@ -52,13 +53,7 @@ def make_video(path, *, video=True, audio=True, silent=False, seconds=SECONDS, c
     if stream is not None:
         t = np.arange(round(seconds * RATE)) / RATE
         wave = (0.0 if silent else 0.5) * np.sin(2 * np.pi * 440 * t).astype(np.float32)
-        for k in range(0, len(wave), 1024):
-            frame = av.AudioFrame.from_ndarray(wave[None, k:k + 1024], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = RATE, k
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        encode_audio(out, stream, wave[None], RATE)
     out.close()
 
 
@@ -411,13 +406,7 @@ def _vfr_mp4(path, times_ms):
     for packet in vs.encode():
         out.mux(packet)
     wave = (0.5 * np.sin(np.arange(2 * RATE) / RATE * 2 * np.pi * 440)).astype(np.float32)
-    for k in range(0, len(wave), 1024):
-        frame = av.AudioFrame.from_ndarray(wave[None, k:k + 1024], format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = RATE, k
-        for packet in sound.encode(frame):
-            out.mux(packet)
-    for packet in sound.encode():
-        out.mux(packet)
+    encode_audio(out, sound, wave[None], RATE)
     out.close()
 
 
