@@ -1,8 +1,10 @@
 """End-to-end reproduction: the paper's table rows trained by train_xpl.py itself (trainable trunks, decoded media).
 
 The decision protocol on 2 CPU cores is bench/reproduce.py (frozen-trunk feature cache, thousands of head steps,
-5 paired seeds); this script runs the same rows through the real recipe, for a GPU (`--preset h100`) or as a slow
-CPU cross-check.
+5 paired seeds); the GPU protocol is bench/gpu_protocol.py (the same rows, seeds, scores and report end to end:
+data decoded once into GPU memory, colour augmentation on the GPU, trainable trunks at 224 px, per-scene scores).
+This script runs the rows through the real recipe, one train_xpl.py process per run: a slow cross-check of both
+(`--preset h100` was never run; for a lent GPU use bench/gpu_protocol.py).
 
     python bench/reproduce_end_to_end.py --threads 1           # full grid: 13 configs x 3 seeds (~70 min, 2 cores)
     python bench/reproduce_end_to_end.py --threads 1 --quick   # the 5 method rows x seed 0 (~9 min)
