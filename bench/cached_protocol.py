@@ -46,6 +46,7 @@ class StudySettings:
     weight_decay: float = 1e-4
     embed_dim: int = 512
     eval_every: int = 0  # 0: evaluate validation at the end only
+    views: bool = False  # each branch draws its own colour-augmented view per visit (cache["splits"][s]["image_views"])
 
 
 def draw_labeled(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -102,9 +103,11 @@ class HeadModel(torch.nn.Module):
                 branch.visual_proj = proj
         self.branch_a, self.branch_b = full.branch_a, full.branch_b
 
-    def forward(self, image: torch.Tensor, audio_a: torch.Tensor, audio_b: torch.Tensor) -> XPLModelOutput:
+    def forward(self, image: torch.Tensor, audio_a: torch.Tensor, audio_b: torch.Tensor,
+                image_b: torch.Tensor | None = None) -> XPLModelOutput:
+        """image: cached image features (B, C, h, w) of branch A's view (and B's when `image_b` is None)."""
         out_a = self.branch_a.forward_features(image, audio_a)
-        out_b = self.branch_b.forward_features(image, audio_b)
+        out_b = self.branch_b.forward_features(image if image_b is None else image_b, audio_b)
         return XPLModelOutput(
             maps=0.5 * (minmax_normalize(out_a.maps) + minmax_normalize(out_b.maps)),
             maps_a=out_a.maps, maps_b=out_b.maps, similarity_a=out_a.similarity, similarity_b=out_b.similarity,
@@ -193,6 +196,18 @@ def train_run(cache: dict, method: XPLMethod, seed: int, settings: StudySettings
     g = torch.Generator().manual_seed(seed)
     lab_iter = _epochs(len(lab_idx), min(settings.labeled_batch, len(lab_idx)), g)
     unl_iter = _epochs(len(unl["image"]), settings.unlabeled_batch, g)
+    if settings.views and "image_views" not in pool:
+        raise ValueError("settings.views needs a cache with image_views (bench/feature_cache.py add_views)")
+    view_gen = torch.Generator().manual_seed(50_000 + seed)  # its own stream: the data order stays the same
+
+    def images(split: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Branch A's and B's image features for `rows`: independent augmented views, or the one clean view."""
+        if not settings.views:
+            return split["image"][rows].float(), None
+        k = split["image_views"].shape[1]
+        va, vb = torch.randint(k, (2, len(rows)), generator=view_gen)
+        return split["image_views"][rows, va].float(), split["image_views"][rows, vb].float()
+
     bank = method.make_bank(config.map_size) if method.pseudo_labels == "soft" else None
     selector = method.make_selector() if method.pseudo_labels is not None else None
     t0 = time.time()
@@ -201,7 +216,9 @@ def train_run(cache: dict, method: XPLMethod, seed: int, settings: StudySettings
         li = lab_idx[next(lab_iter)]
         stage2 = method.uses_unlabeled and step >= settings.warmup_steps
         ui = next(unl_iter) if stage2 else torch.empty(0, dtype=torch.long)
-        image = torch.cat([pool["image"][li], unl["image"][ui]]).float()
+        (lab_a, lab_b), (unl_a, unl_b) = images(pool, li), images(unl, ui)
+        image = torch.cat([lab_a, unl_a])
+        image_b = None if lab_b is None else torch.cat([lab_b, unl_b])
         audio_a = torch.cat([pool["audio_a"][li], unl["audio_a"][ui]])
         audio_b = torch.cat([pool["audio_b"][li], unl["audio_b"][ui]])
         gt = torch.cat([pool["gt_map"][li], unl["gt_map"][ui]])
@@ -210,14 +227,17 @@ def train_run(cache: dict, method: XPLMethod, seed: int, settings: StudySettings
         if method.oracle_labels:
             is_labeled = torch.ones_like(is_labeled)
         batch = {"is_labeled": is_labeled, "gt_maps": gt, "ids": ids}
-        out = model(image, audio_a, audio_b)
+        logging = step % 250 == 0 or step == settings.steps - 1
+        if logging:  # diagnostics only (pseudo-label quality against the true boxes): never in a loss
+            batch["true_gt_maps"] = torch.cat([pool["gt"][li], unl["gt"][ui]]).float()
+        out = model(image, audio_a, audio_b, image_b)
         loss, logs = compute_losses(out, batch, method, bank=bank, selector=selector,
-                                    pl_step=max(0, step - settings.warmup_steps), diagnostics=False)
+                                    pl_step=max(0, step - settings.warmup_steps), diagnostics=logging)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if step % 250 == 0 or step == settings.steps - 1:
+        if logging:
             entry = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}}
             history.append(entry)
     result: dict[str, Any] = {"method": method.name, "seed": seed, "train_s": time.time() - t0, "history": history,

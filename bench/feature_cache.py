@@ -13,7 +13,10 @@ benchmark generator, processor and trunks:
     python bench/feature_cache.py --out /tmp/xpl-study/cache.pt --num_pool 300 --num_unlabeled 3000 \
         --num_validation 500 --num_test 2000
 
-What differs from end-to-end training: no colour augmentation (one clean view per scene), trunks never update.
+What differs from end-to-end training: the trunks never update, and colour augmentation is a fixed set of views:
+`add_views` caches `K` colour-augmented views (the recipe's `ColorRandAugment`, seeded per scene) of every training
+scene, from which each branch draws its own view at every visit, as the two models of the recipe see independent
+augmentations. Evaluation splits keep one clean view.
 """
 
 from __future__ import annotations
@@ -99,6 +102,42 @@ def recompute_vggish(cache: dict, seed: int = 0, batch_size: int = 64) -> None:
                                sampling_rate=syn.sample_rate)
             feats.append(model.branch_a.audio_encoder(inputs["audio_log_mel"]))
         data["audio_a"] = torch.cat(feats)
+
+
+@torch.inference_mode()
+def add_views(cache: dict, views: int = 4, splits: tuple[str, ...] = ("labeled", "unlabeled"), seed: int = 0,
+              batch_size: int = 32) -> None:
+    """Add ``image_views`` (N, views, C, h, w) fp16 to each of `splits`: the image trunk's output on `views`
+    colour-augmented copies of every scene (`ColorRandAugment(num_ops=2, magnitude=9)`, the recipe's), each scene's
+    draws seeded by (seed, split, index). When the cache is PCA-reduced (``cache["pca"]``) the views are projected
+    on the same basis."""
+    from xpl_hf.data.augment import ColorRandAugment
+
+    syn = SyntheticConfig(**{k: (tuple(v) if k == "snr_db" else v) for k, v in cache["synthetic"].items()})
+    config = study_model_config(syn.image_size, syn.clip_seconds)
+    model = XPLModel(config).eval()
+    load_pretrained_backbones(model)
+    processor = XPLProcessor.from_config(config)
+    augment = ColorRandAugment(num_ops=2, magnitude=9)
+    pca = cache.get("pca")
+    for s_index, split in enumerate(splits):
+        data = cache["splits"][split]
+        out = []
+        for start in tqdm(range(0, len(data["ids"]), batch_size), desc=f"views {split}"):
+            ids = data["ids"][start:start + batch_size]
+            pixels = []
+            for sample_id in ids:
+                index = int(sample_id.rsplit("-", 1)[1])
+                row = generate_sample(syn, split, index)
+                assert row["id"] == sample_id, "cache ids do not match the generator"
+                image = processor.load_image(row["image"]["bytes"], target_size=syn.image_size)
+                torch.manual_seed(1_000_003 * seed + 10_007 * s_index + index)
+                pixels += [processor.image_to_tensor(augment(image)) for _ in range(views)]
+            feats = model.branch_a.image_encoder(torch.stack(pixels)).float()
+            if pca is not None:
+                feats = torch.einsum("nchw,ck->nkhw", feats - pca["mean"][None, :, None, None], pca["basis"])
+            out.append(feats.half().unflatten(0, (len(ids), views)))
+        data["image_views"] = torch.cat(out)
 
 
 def merge_parts(parts: list[Path], out: Path) -> dict:

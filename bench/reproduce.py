@@ -97,21 +97,28 @@ def _load_cache(path: str) -> dict:
     return _CACHE[path]
 
 
-def ensure_cache(path: Path, threads: int) -> Path:
-    """The PCA-reduced feature cache at `path`, built on first use (bench/feature_cache.py)."""
-    if path.is_file():
-        return path
+def ensure_cache(path: Path, threads: int, views: bool = False) -> Path:
+    """The PCA-reduced feature cache at `path`, built on first use (bench/feature_cache.py); with `views`, with 4
+    colour-augmented views of every training scene (`feature_cache.add_views`, added on first use)."""
     import torch
     from cached_protocol import reduce_image_features
-    from feature_cache import build_cache
+    from feature_cache import add_views, build_cache
 
-    full = path.with_name(path.stem + "-full.pt")
     torch.set_num_threads(threads)
-    cache = torch.load(full, weights_only=True) if full.is_file() else build_cache(
-        full, {"labeled": CACHE_SIZES["num_pool"], "unlabeled": CACHE_SIZES["num_unlabeled"],
-               "validation": CACHE_SIZES["num_validation"], "test": CACHE_SIZES["num_test"]})
-    reduce_image_features(cache)
-    torch.save(cache, path)
+    if not path.is_file():
+        full = path.with_name(path.stem + "-full.pt")
+        cache = torch.load(full, weights_only=True) if full.is_file() else build_cache(
+            full, {"labeled": CACHE_SIZES["num_pool"], "unlabeled": CACHE_SIZES["num_unlabeled"],
+                   "validation": CACHE_SIZES["num_validation"], "test": CACHE_SIZES["num_test"]})
+        reduce_image_features(cache)
+        torch.save(cache, path)
+    if views:
+        cache = torch.load(path, weights_only=True)
+        if "image_views" not in cache["splits"]["labeled"]:
+            add_views(cache)
+            tmp = path.with_suffix(".tmp")
+            torch.save(cache, tmp)
+            tmp.replace(path)
     return path
 
 
@@ -271,6 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--avc_weight", type=float, default=None, help="λ for every row (default: XPLMethod's)")
     p.add_argument("--method_setting", action="append", default=[], metavar="NAME=VALUE",
                    help="any other XPLMethod setting for every row, e.g. curriculum_r0=0.5 (repeatable)")
+    p.add_argument("--clean_view", action="store_true",
+                   help="train on the one clean view of every scene (the protocol before 0.3.1) instead of each "
+                        "branch drawing its own of 4 colour-augmented views per visit")
     p.add_argument("--report_only", action="store_true")
     args = p.parse_args(argv)
     out = args.out or Path("results") / ("cpu_protocol_quick" if args.quick else "cpu_protocol")
@@ -282,8 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"unknown rows {unknown}; choose from {list(ROWS)}")
         seeds = range(args.seeds or (3 if args.quick else 5))
         steps = args.steps or (1200 if args.quick else 2000)
-        settings = {"steps": steps, "warmup_steps": steps // 4}
-        cache = ensure_cache(args.cache, threads=2)
+        settings = {"steps": steps, "warmup_steps": steps // 4, "views": not args.clean_view}
+        cache = ensure_cache(args.cache, threads=2, views=not args.clean_view)
         method_settings = {k: float(v) for k, v in (item.split("=", 1) for item in args.method_setting)}
         if args.avc_weight is not None:
             method_settings["avc_weight"] = args.avc_weight

@@ -135,3 +135,36 @@ def test_report_from_records(tmp_path):
     assert summary["paired"]["xpl - sup_only (select)"]["mean"] == pytest.approx(10.0)
     table = (tmp_path / "tables.md").read_text()
     assert "| xpl | 3 |" in table and "Holm" in table and "42.0 %" in table
+
+
+def test_each_branch_draws_its_own_augmented_view(cache, monkeypatch):
+    cp = load("cached_protocol")
+    from xpl_hf.method import XPLMethod
+
+    settings = cp.StudySettings(num_labeled=4, steps=3, warmup_steps=1, labeled_batch=4, unlabeled_batch=8,
+                                embed_dim=16, views=True)
+    with pytest.raises(ValueError, match="image_views"):
+        cp.train_run(cache, XPLMethod.from_name("xpl"), 0, settings)
+    for split in ("labeled", "unlabeled"):  # 3 views: the clean features + 0.5, + 1.0 (told apart by their offset)
+        image = cache["splits"][split]["image"]
+        cache["splits"][split]["image_views"] = torch.stack([image, image + 0.5, image + 1.0], dim=1)
+    seen = []
+    forward = cp.HeadModel.forward
+
+    def spy(self, image, audio_a, audio_b, image_b=None):
+        if self.training:
+            seen.append((image.clone(), image_b.clone()))
+        return forward(self, image, audio_a, audio_b, image_b)
+
+    monkeypatch.setattr(cp.HeadModel, "forward", spy)
+    cp.train_run(cache, XPLMethod.from_name("xpl"), 0, settings)
+    image_a, image_b = seen[-1]  # a stage-2 batch: 4 labelled + 8 unlabelled rows
+    assert image_a.shape == image_b.shape == (12, 16, 7, 7)
+    unl = cache["splits"]["unlabeled"]
+    offsets = []
+    for img in (image_a, image_b):  # every row is one of the cached views of some unlabelled scene
+        rows = img[4:]
+        diff = (rows[:, None, None] - unl["image_views"].float()[None]).abs().amax(dim=(3, 4, 5))  # (8, N, 3)
+        assert (diff.amin(dim=(1, 2)) < 1e-6).all()
+        offsets.append(diff.amin(dim=1).argmin(dim=1))
+    assert not torch.equal(offsets[0], offsets[1])  # the branches' views are drawn independently
