@@ -1,14 +1,16 @@
 """Does XPL pay? The CPU decision protocol: the method rows x paired seeds on a frozen-trunk feature cache.
 
     python bench/reproduce.py                # 8 rows x 5 seeds, test split, tables + statistics (see README)
-    python bench/reproduce.py --quick        # sup_only, hard_pl, xpl, full_supervision x 3 seeds, shorter runs
+    python bench/reproduce.py --quick        # the 5 main rows x 3 seeds, 1,200 steps
     python bench/reproduce.py --split validation --rows xpl --seeds 2   # exploring: validation only
     python bench/reproduce.py --report_only  # rewrite tables from <out>/raw/
 
 Data: the package's synthetic benchmark (seed 0) at 224 px (7 x 7 maps) with 3 s clips: a labelled pool of 300
 scenes (each seed draws `--num_labeled` 30 of them, 3 per class: ~1.8% of the training data, as in the paper), 1,600
-unlabelled scenes (53x the labels, visited ~12 times in stage 2), 500 validation and 2,000 test scenes. Frozen
-pretrained trunks (EfficientNet-Lite0 images, SoundNet-8 for B, VGGish for A: random offline) run once per scene
+unlabelled scenes (53x the labels; 48 per step over 1,500 stage-2 steps, so each is visited ~45 times), 500
+validation and 2,000 test scenes. Each training scene has 4 cached colour-augmented views; at every visit each
+branch draws its own (`--clean_view`: the one clean view of version 0.3.0). Frozen pretrained trunks
+(EfficientNet-Lite0 images, SoundNet-8 for B, VGGish for A: random offline) run once per view
 (bench/feature_cache.py); the image features are reduced to their 256 principal directions (a linear map that folds
 into the 1x1 projection; see bench/cached_protocol.py). Each run trains the heads with the package's losses, PL-EMA
 bank and curriculum (`xpl_hf.trainer.compute_losses`); a seed fixes the labelled draw, the initialisation and the
@@ -49,7 +51,7 @@ ROWS: dict[str, dict] = {  # row -> XPLMethod.from_name arguments
 }
 MAIN_ROWS = ["sup_only", "sup_contrastive", "hard_pl", "xpl", "full_supervision"]
 DEFAULT_ROWS = MAIN_ROWS + ["xpl-no_pl_ema", "xpl-no_cross_refine", "xpl-no_sharpening", "xpl-no_data_selection"]
-QUICK_ROWS = ["sup_only", "hard_pl", "xpl", "full_supervision"]
+QUICK_ROWS = MAIN_ROWS
 CACHE_SIZES = dict(num_pool=300, num_unlabeled=1600, num_validation=500, num_test=2000)
 METRICS = ("select", "ciou", "auc")
 
