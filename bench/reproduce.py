@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rows", default=None, help=f"comma-separated, from {list(ROWS)}")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; 3 with --quick)")
     p.add_argument("--steps", type=int, default=None, help="head steps per run (default 2,000; 1,200 with --quick)")
+    p.add_argument("--unlabeled_batch", type=int, default=48, help="unlabelled samples per stage-2 step")
     p.add_argument("--split", default="test", choices=["validation", "test"],
                    help="scored split: explore on validation; the protocol scores test once")
     p.add_argument("--cache", type=Path, default=Path("data/xpl-study/cache.pt"))
@@ -294,7 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"unknown rows {unknown}; choose from {list(ROWS)}")
         seeds = range(args.seeds or (3 if args.quick else 5))
         steps = args.steps or (1200 if args.quick else 2000)
-        settings = {"steps": steps, "warmup_steps": steps // 4, "views": not args.clean_view}
+        settings = {"steps": steps, "warmup_steps": steps // 4, "views": not args.clean_view,
+                    "unlabeled_batch": args.unlabeled_batch}
         cache = ensure_cache(args.cache, threads=2, views=not args.clean_view)
         method_settings = {k: float(v) for k, v in (item.split("=", 1) for item in args.method_setting)}
         if args.avc_weight is not None:
