@@ -266,6 +266,30 @@ def _chance(records) -> float | None:
 
 # --------------------------------------------------------------------------------------------------------- main
 
+def parse_method_settings(items: list[str]) -> dict:
+    """``NAME=VALUE`` strings -> XPLMethod settings, each value read as its field's type (int, float, bool, str)."""
+    import dataclasses
+
+    from xpl_hf.method import XPLMethod
+
+    fields = {f.name: f for f in dataclasses.fields(XPLMethod)}
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in fields or not _:
+            raise SystemExit(f"--method_setting {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
+        default = fields[name].default
+        if isinstance(default, bool):
+            out[name] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            out[name] = int(value)
+        elif isinstance(default, float) or default is None:
+            out[name] = float(value)
+        else:
+            out[name] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"rows {QUICK_ROWS} x 3 seeds, 1,200 steps")
@@ -298,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         settings = {"steps": steps, "warmup_steps": steps // 4, "views": not args.clean_view,
                     "unlabeled_batch": args.unlabeled_batch}
         cache = ensure_cache(args.cache, threads=2, views=not args.clean_view)
-        method_settings = {k: float(v) for k, v in (item.split("=", 1) for item in args.method_setting)}
+        method_settings = parse_method_settings(args.method_setting)
         if args.avc_weight is not None:
             method_settings["avc_weight"] = args.avc_weight
         jobs = [(str(cache), row, seed, settings, args.split, out, 1, method_settings) for seed in seeds for row in rows

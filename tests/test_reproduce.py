@@ -168,3 +168,14 @@ def test_each_branch_draws_its_own_augmented_view(cache, monkeypatch):
         assert (diff.amin(dim=(1, 2)) < 1e-6).all()
         offsets.append(diff.amin(dim=1).argmin(dim=1))
     assert not torch.equal(offsets[0], offsets[1])  # the branches' views are drawn independently
+
+
+def test_method_settings_keep_their_types():
+    rp = load("reproduce")
+    parsed = rp.parse_method_settings(["curriculum_rampup_steps=1500", "curriculum_r0=0.5", "data_selection=false",
+                                       "cross_normalization=admitted"])
+    assert parsed == {"curriculum_rampup_steps": 1500, "curriculum_r0": 0.5, "data_selection": False,
+                      "cross_normalization": "admitted"}
+    assert type(parsed["curriculum_rampup_steps"]) is int
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        rp.parse_method_settings(["no_such_setting=1"])
