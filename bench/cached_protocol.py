@@ -2,8 +2,9 @@
 
 With frozen trunks only the heads learn (`AVSLBranch.forward_features`: 1x1 visual projection, audio projection,
 the map's scale and bias), so one cache serves thousands of head steps per run on 2 CPU cores. Every loss, the
-PL-EMA bank and the curriculum are the package's own (`xpl_hf.method.compute_losses`); only the data path differs
-from `train_xpl.py` (cached trunk outputs instead of decoded media, no colour augmentation).
+PL-EMA bank and the curriculum are the package's own (`xpl_hf.trainer.compute_losses`); only the data path differs
+from `train_xpl.py` (cached trunk outputs instead of decoded media; colour augmentation as 4 cached views per
+training scene, of which each branch draws its own per visit).
 
 A seed fixes the labelled draw (`num_labeled` scenes from the labelled pool, stratified by class), the heads'
 initialisation and the data order. Model selection: the last step, for every row (no validation-based choice,
