@@ -48,6 +48,7 @@ ROWS: dict[str, dict] = {  # row -> XPLMethod.from_name arguments
     "xpl-no_data_selection": {"method": "xpl", "no_data_selection": True},
     "xpl-alpha0.3": {"method": "xpl", "pl_ema_alpha": 0.3},
     "xpl-alpha0.9": {"method": "xpl", "pl_ema_alpha": 0.9},
+    "xpl-T0.3": {"method": "xpl", "sharpen_temperature": 0.3},  # T chosen on validation (docs/method.md)
 }
 MAIN_ROWS = ["sup_only", "sup_contrastive", "hard_pl", "xpl", "full_supervision"]
 DEFAULT_ROWS = MAIN_ROWS + ["xpl-no_pl_ema", "xpl-no_cross_refine", "xpl-no_sharpening", "xpl-no_data_selection"]
@@ -225,6 +226,7 @@ def write_report(out: Path, command: str) -> dict:
     comparisons = [("full_supervision", "sup_only"), ("xpl", "sup_only"), ("xpl", "hard_pl"),
                    ("xpl", "sup_contrastive"), ("sup_contrastive", "sup_only"), ("hard_pl", "sup_only")]
     comparisons += [("xpl", r) for r in ROWS if r.startswith("xpl-")]
+    comparisons += [("xpl-T0.3", r) for r in ("sup_only", "hard_pl", "sup_contrastive")]
     summary["paired"] = {}
     for metric in ("select", "ciou"):
         family = {}
