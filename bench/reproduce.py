@@ -49,6 +49,8 @@ ROWS: dict[str, dict] = {  # row -> XPLMethod.from_name arguments
     "xpl-alpha0.3": {"method": "xpl", "pl_ema_alpha": 0.3},
     "xpl-alpha0.9": {"method": "xpl", "pl_ema_alpha": 0.9},
     "xpl-T0.3": {"method": "xpl", "sharpen_temperature": 0.3},  # T chosen on validation (docs/method.md)
+    **{f"xpl-T0.3-{a}": {"method": "xpl", a: True, "sharpen_temperature": 0.3}
+       for a in ("no_pl_ema", "no_cross_refine", "no_data_selection")},
 }
 MAIN_ROWS = ["sup_only", "sup_contrastive", "hard_pl", "xpl", "full_supervision"]
 DEFAULT_ROWS = MAIN_ROWS + ["xpl-no_pl_ema", "xpl-no_cross_refine", "xpl-no_sharpening", "xpl-no_data_selection"]
@@ -225,7 +227,8 @@ def write_report(out: Path, command: str) -> dict:
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     comparisons = [("full_supervision", "sup_only"), ("xpl", "sup_only"), ("xpl", "hard_pl"),
                    ("xpl", "sup_contrastive"), ("sup_contrastive", "sup_only"), ("hard_pl", "sup_only")]
-    comparisons += [("xpl", r) for r in ROWS if r.startswith("xpl-")]
+    comparisons += [("xpl", r) for r in ROWS if r.startswith("xpl-") and not r.startswith("xpl-T0.3-")]
+    comparisons += [("xpl-T0.3", r) for r in ROWS if r.startswith("xpl-T0.3-")]
     comparisons += [("xpl-T0.3", r) for r in ("sup_only", "hard_pl", "sup_contrastive")]
     summary["paired"] = {}
     for metric in ("select", "ciou"):
