@@ -82,10 +82,15 @@ def build_cache(out: Path, sizes: dict[str, int], seed: int = 0, image_size: int
     return cache
 
 
+def cached_benchmark(cache: dict) -> SyntheticConfig:
+    """The benchmark settings a cache was built from (``cache["synthetic"]``, stored as JSON: lists for tuples)."""
+    return SyntheticConfig(**{k: (tuple(v) if k == "snr_db" else v) for k, v in cache["synthetic"].items()})
+
+
 @torch.inference_mode()
 def recompute_vggish(cache: dict, seed: int = 0, batch_size: int = 64) -> None:
     """Recompute branch A's audio features of every split with the VGGish of `seed` (in place)."""
-    syn = SyntheticConfig(**{k: (tuple(v) if k == "snr_db" else v) for k, v in cache["synthetic"].items()})
+    syn = cached_benchmark(cache)
     config = study_model_config(syn.image_size, syn.clip_seconds)
     torch.manual_seed(seed)
     model = XPLModel(config).eval()
@@ -113,7 +118,7 @@ def add_views(cache: dict, views: int = 4, splits: tuple[str, ...] = ("labeled",
     on the same basis."""
     from xpl_hf.data.augment import ColorRandAugment
 
-    syn = SyntheticConfig(**{k: (tuple(v) if k == "snr_db" else v) for k, v in cache["synthetic"].items()})
+    syn = cached_benchmark(cache)
     config = study_model_config(syn.image_size, syn.clip_seconds)
     model = XPLModel(config).eval()
     load_pretrained_backbones(model)
