@@ -523,3 +523,30 @@ def test_curriculum_admits_in_consensus_order():
             assert bool((admitted | ~previous).all())  # a superset of the last step's admitted set
         previous = admitted
     assert int(previous.sum()) == int((scores >= 0).sum())  # r = 1: every sample passing ρ_min
+
+
+def test_pseudo_label_dynamics_measure_what_pl_ema_and_cross_refinement_change():
+    """pl_ema_shift = mean |Y_t - Ŷ_t|: 0 on a first visit, α·|Y_{t-1} - Ŷ_t| on a revisit (eq. 5);
+    pl_teacher_gap = mean |Y_A - Y_B|. Computed here from the definitions, independently of the package."""
+    from xpl_hf.method import XPLMethod
+    from xpl_hf.trainer import compute_losses
+
+    g = torch.Generator().manual_seed(6)
+    first_a, first_b = torch.rand(4, 3, 3, generator=g) * 0.8 + 0.1, torch.rand(4, 3, 3, generator=g) * 0.8 + 0.1
+    again_a, again_b = torch.rand(4, 3, 3, generator=g) * 0.8 + 0.1, torch.rand(4, 3, 3, generator=g) * 0.8 + 0.1
+    method = XPLMethod.from_name("xpl", no_data_selection=True)  # α = 0.7
+    bank = method.make_bank(3)
+    out, batch = _unlabeled_outputs(first_a, first_b)
+    _, logs = compute_losses(out, batch, method, bank=bank, selector=method.make_selector(), pl_step=0)
+    assert float(logs["pl_ema_shift_a"]) == 0.0 and float(logs["pl_ema_shift_b"]) == 0.0
+    first_gap = (_soft_label(first_a) - _soft_label(first_b)).abs().mean()
+    assert float(logs["pl_teacher_gap"]) == pytest.approx(float(first_gap), abs=1e-3)
+    out, batch = _unlabeled_outputs(again_a, again_b)  # the same ids: a revisit
+    _, logs = compute_losses(out, batch, method, bank=bank, selector=method.make_selector(), pl_step=0)
+    for m, first, again in (("a", first_a, again_a), ("b", first_b, again_b)):
+        shift = 0.7 * (_soft_label(first) - _soft_label(again)).abs().mean()
+        assert float(shift) > 0.05  # the two visits differ: a zero log would fail
+        assert float(logs[f"pl_ema_shift_{m}"]) == pytest.approx(float(shift), abs=2e-3), m  # fp16 bank
+    y_a = 0.7 * _soft_label(first_a) + 0.3 * _soft_label(again_a)
+    y_b = 0.7 * _soft_label(first_b) + 0.3 * _soft_label(again_b)
+    assert float(logs["pl_teacher_gap"]) == pytest.approx(float((y_a - y_b).abs().mean()), abs=2e-3)

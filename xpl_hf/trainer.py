@@ -31,8 +31,8 @@ from .method import XPLMethod
 from .metrics.protocol import per_sample_ciou
 from .pseudo_labels import PseudoLabelBank, hard_pseudo_labels, soft_pseudo_labels, synced_bank_update
 
-__all__ = ["compute_losses", "term_grad_shares", "pseudo_label_quality", "TrainingStep", "StepOutput",
-           "NonFiniteLossError", "BestModelTracker", "MODEL_SELECTION_RULES", "validation_line",
+__all__ = ["compute_losses", "term_grad_shares", "pseudo_label_dynamics", "pseudo_label_quality", "TrainingStep",
+           "StepOutput", "NonFiniteLossError", "BestModelTracker", "MODEL_SELECTION_RULES", "validation_line",
            "warn_on_split_overlap"]
 
 
@@ -103,6 +103,8 @@ def compute_losses(out, batch: dict, method: XPLMethod, *, bank: PseudoLabelBank
                 terms[m]["cross"] = terms[m]["cross"] * share
         logs.update(admitted_fraction=share, consensus_mean=consensus.mean(),
                     consensus_p10=consensus.quantile(0.1), consensus_p90=consensus.quantile(0.9))
+        if diagnostics and method.pseudo_labels == "soft":  # what PL-EMA and cross-refinement change in the targets
+            logs.update(pseudo_label_dynamics(sharpened, targets))
         if diagnostics and "true_gt_maps" in batch:
             logs.update(pseudo_label_quality(targets, take(batch["true_gt_maps"], rows_unlabeled), admitted))
     loss = total_loss({m: t for m, t in terms.items() if t}, method.avc_weight)
@@ -133,6 +135,25 @@ def term_grad_shares(terms: dict[str, torch.Tensor], params: list[torch.Tensor])
     total = sum(norms.values()) if norms else 1.0
     return {**{f"gradnorm_{k}": v.detach() for k, v in norms.items()},
             **{f"gradshare_{k}": (v / total).detach() for k, v in norms.items()}}
+
+
+@torch.no_grad()
+def pseudo_label_dynamics(sharpened: dict[str, torch.Tensor],
+                          targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Diagnostics only: how far PL-EMA (eq. 5) and cross-refinement (eq. 6) move a branch's target.
+
+    Args:
+        sharpened: {model: Ŷ_t (B, h, w)}, this visit's sharpened labels (eq. 4).
+        targets: {model: Y_t (B, h, w)}, the PL-EMA labels (eq. 5) of the same samples.
+    Returns:
+        ``pl_ema_shift_<m>`` = mean |Y_t − Ŷ_t| (= α·|Y_{t−1} − Ŷ_t| on a revisit, 0 on a first visit: the part of the
+        target that PL-EMA changes) and ``pl_teacher_gap`` = mean |Y_A − Y_B| (how far the other branch's label is
+        from a branch's own: what cross-refinement changes). 0-d tensors on the labels' device.
+    """
+    logs = {f"pl_ema_shift_{m}": (targets[m] - sharpened[m]).abs().mean() for m in targets}
+    if "a" in targets and "b" in targets:
+        logs["pl_teacher_gap"] = (targets["a"] - targets["b"]).abs().mean()
+    return logs
 
 
 @torch.no_grad()
