@@ -263,9 +263,55 @@ def write_report(out: Path, command: str) -> dict:
                          f"[{100 * lo:.0f}%, {100 * hi:.0f}%] (n = {len(seeds)} seeds)")
             summary["gap_closed"][metric if row == "xpl" else f"{row} {metric}"] = {"gap": gap, "share": share,
                                                                                     "ci95": [lo, hi]}
+    ablations = [(a, b) for a, b in comparisons if b.startswith(a + "-") and b != "xpl-T0.3"]
+    lines += branch_report(records, ablations, summary)
     (out / "tables.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def error_agreement(rec: dict) -> tuple[float, float]:
+    """How alike the two branches' mistakes are on one run: φ, the correlation over scenes of A's and B's
+    object-selection errors (1 - selected), and the share (%) of scenes both get wrong."""
+    per = rec[rec["split"] + "_per_scene"]["true"]
+    err_a, err_b = 1 - np.asarray(per["a"]["selected"]), 1 - np.asarray(per["b"]["selected"])
+    phi = float(np.corrcoef(err_a, err_b)[0, 1]) if err_a.std() > 0 and err_b.std() > 0 else float("nan")
+    return phi, 100.0 * float(np.mean(err_a * err_b))
+
+
+def branch_report(records: dict, ablations: list[tuple[str, str]], summary: dict) -> list[str]:
+    """The ablations per branch (a component can help each branch and still cost the fused map, by making the
+    branches' mistakes alike) and each row's branch diversity."""
+    lines = ["", "## Ablations per branch (XPL - row, paired seeds, mean [95% t-interval])", "",
+             "| comparison | metric | n | A | B | fused |", "| --- | --- | --- | --- | --- | --- |"]
+    summary["ablations_per_branch"] = {}
+    for a, b in ablations:
+        seeds = sorted(set(records.get(a, {})) & set(records.get(b, {})))
+        if not seeds:
+            continue
+        for metric in ("select", "ciou"):
+            cells = []
+            for branch in ("a", "b", "fused"):
+                d = np.array([_value(records[a][s], metric, "true", branch) - _value(records[b][s], metric, "true",
+                                                                                        branch) for s in seeds])
+                mean, _, lo, hi = t_interval(d)
+                cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+                summary["ablations_per_branch"][f"{a} - {b} ({metric}, {branch})"] = {"mean": mean, "ci95": [lo, hi]}
+            lines.append(f"| {a} - {b} | {metric} | {len(seeds)} | " + " | ".join(cells) + " |")
+    lines += ["", "## Branch diversity (mean over seeds)", "",
+              "φ: correlation over scenes of branch A's and B's object-selection errors; the fused map gains most "
+              "over its branches when they err on different scenes.", "",
+              "| row | n | A wrong % | B wrong % | both wrong % | φ |", "| --- | --- | --- | --- | --- | --- |"]
+    summary["branch_diversity"] = {}
+    for row in [r for r in ROWS if r in records]:
+        recs = [r for r in records[row].values() if r["split"] + "_per_scene" in r]
+        if not recs:
+            continue
+        phi, both = np.nanmean([error_agreement(r) for r in recs], axis=0)
+        wrong = {br: 100 - np.mean([_value(r, "select", "true", br) for r in recs]) for br in ("a", "b")}
+        lines.append(f"| {row} | {len(recs)} | {wrong['a']:.1f} | {wrong['b']:.1f} | {both:.1f} | {phi:.2f} |")
+        summary["branch_diversity"][row] = {"phi": float(phi), "both_wrong": float(both)}
+    return lines
 
 
 def _chance(records) -> float | None:

@@ -137,6 +137,32 @@ def test_report_from_records(tmp_path):
     assert "| xpl | 3 |" in table and "Holm" in table and "42.0 %" in table
 
 
+def test_branch_report_per_branch_ablation_and_error_agreement(tmp_path):
+    """A component can help each branch and cost the fused map: the report shows the ablation per branch, and φ,
+    the correlation of the branches' object-selection errors over scenes."""
+    rp = load("reproduce")
+    same = [1, 0, 1, 0, 1, 1, 0, 1]  # B errs where A errs: φ = 1
+    flipped = [1 - x for x in same[:4]] + same[4:]  # half the scenes disagree
+    for row, sel_a, per_b in (("xpl", 80.0, same), ("xpl-no_cross_refine", 78.0, flipped)):
+        for seed in range(3):
+            per = {"a": {"ciou": [0.5] * 8, "selected": same}, "b": {"ciou": [0.5] * 8, "selected": per_b},
+                   "fused": {"ciou": [0.5] * 8, "selected": same}}
+            test = {v: {b: {"select": sel_a + seed if b == "a" else 70.0, "ciou": 30.0, "auc": 40.0}
+                        for b in ("a", "b", "fused")} for v in ("true", "swapped")}
+            rec = {"row": row, "seed": seed, "split": "test", "test": test, "test_per_scene": {"true": per}}
+            path = rp.raw_path(tmp_path, row, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(rec))
+    summary = rp.write_report(tmp_path, "test")
+    assert summary["ablations_per_branch"]["xpl - xpl-no_cross_refine (select, a)"]["mean"] == pytest.approx(2.0)
+    assert summary["ablations_per_branch"]["xpl - xpl-no_cross_refine (select, b)"]["mean"] == pytest.approx(0.0)
+    assert summary["branch_diversity"]["xpl"]["phi"] == pytest.approx(1.0)
+    phi = np.corrcoef(1 - np.array(same), 1 - np.array(flipped))[0, 1]
+    assert summary["branch_diversity"]["xpl-no_cross_refine"]["phi"] == pytest.approx(phi)
+    assert summary["branch_diversity"]["xpl"]["both_wrong"] == pytest.approx(100 * 3 / 8)
+    assert "## Branch diversity" in (tmp_path / "tables.md").read_text()
+
+
 def test_each_branch_draws_its_own_augmented_view(cache, monkeypatch):
     cp = load("cached_protocol")
     from xpl_hf.method import XPLMethod
