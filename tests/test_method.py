@@ -547,6 +547,14 @@ def test_pseudo_label_dynamics_measure_what_pl_ema_and_cross_refinement_change()
         shift = 0.7 * (_soft_label(first) - _soft_label(again)).abs().mean()
         assert float(shift) > 0.05  # the two visits differ: a zero log would fail
         assert float(logs[f"pl_ema_shift_{m}"]) == pytest.approx(float(shift), abs=2e-3), m  # fp16 bank
+    truth = torch.zeros(4, 224, 224)
+    truth[:, :112, :112] = 1.0  # the top-left quarter: at 3 x 3, cell (0, 0) is full, (0, 1) and (1, 0) ~1/2 covered
+    from xpl_hf.trainer import pseudo_label_quality
+
+    y = {"a": torch.zeros(4, 3, 3)}
+    error = pseudo_label_quality(y, truth, torch.ones(4, dtype=torch.bool))["pl_error_a"]
+    cells = F.interpolate(truth[:, None], size=(3, 3), mode="area")[:, 0]
+    assert float(error) == pytest.approx(float(cells.mean()), abs=1e-6) and float(error) > 0.2
     y_a = 0.7 * _soft_label(first_a) + 0.3 * _soft_label(again_a)
     y_b = 0.7 * _soft_label(first_b) + 0.3 * _soft_label(again_b)
     assert float(logs["pl_teacher_gap"]) == pytest.approx(float((y_a - y_b).abs().mean()), abs=2e-3)

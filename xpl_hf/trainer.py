@@ -25,7 +25,7 @@ import torch
 from .curriculum import CurriculumSelector
 from .data.streams import concat_batches
 from .distributed import NonFiniteWatch, StepLogs
-from .losses import cross_bce, infonce_max_pool, supervised_bce, total_loss
+from .losses import cross_bce, downsample_gt, infonce_max_pool, supervised_bce, total_loss
 from .maps import pearson_consensus
 from .method import XPLMethod
 from .metrics.protocol import per_sample_ciou
@@ -160,10 +160,13 @@ def pseudo_label_dynamics(sharpened: dict[str, torch.Tensor],
 def pseudo_label_quality(targets: dict[str, torch.Tensor], true_gt_maps: torch.Tensor,
                          admitted: torch.Tensor) -> dict[str, torch.Tensor]:
     """Diagnostics only: CIoU (%) of each model's pseudo-labels (B, h, w) against the true boxes (B, 224, 224) of the
-    unlabeled samples, over all of them and over the admitted ones (B,) (the evaluation protocol)."""
+    unlabeled samples, over all of them and over the admitted ones (B,) (the evaluation protocol), and
+    ``pl_error_<m>``, the mean |Y − G| against the true map G area-pooled to the labels' size (the scale on which
+    ``pseudo_label_dynamics``' shifts are read)."""
     logs = {}
     admitted = admitted.cpu()
     for m, y in targets.items():
+        logs[f"pl_error_{m}"] = (y.float() - downsample_gt(true_gt_maps.to(y.device), y.shape[-2:])).abs().mean()
         scores = torch.as_tensor(per_sample_ciou(list(y.float().cpu()), list(true_gt_maps.cpu())))
         logs[f"pl_ciou_{m}"] = 100.0 * (scores >= 0.5).float().mean()
         if admitted.any():
