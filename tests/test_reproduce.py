@@ -149,7 +149,11 @@ def test_branch_report_per_branch_ablation_and_error_agreement(tmp_path):
                    "fused": {"ciou": [0.5] * 8, "selected": same}}
             test = {v: {b: {"select": sel_a + seed if b == "a" else 70.0, "ciou": 30.0, "auc": 40.0}
                         for b in ("a", "b", "fused")} for v in ("true", "swapped")}
-            rec = {"row": row, "seed": seed, "split": "test", "test": test, "test_per_scene": {"true": per}}
+            logs = {"pl_ciou_a": 40.0, "pl_ciou_b": 44.0, "pl_error_a": 0.3, "pl_error_b": 0.2, "pl_ema_shift_a": 0.01,
+                    "pl_ema_shift_b": 0.03, "pl_teacher_gap": 0.1 + seed / 10}
+            history = [{"step": 0, "loss": 1.0}, {"step": 750, "loss": 1.0, **logs}]  # stage 1 logs lack them
+            rec = {"row": row, "seed": seed, "split": "test", "test": test, "test_per_scene": {"true": per},
+                   "history": history}
             path = rp.raw_path(tmp_path, row, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rec))
@@ -161,6 +165,9 @@ def test_branch_report_per_branch_ablation_and_error_agreement(tmp_path):
     assert summary["branch_diversity"]["xpl-no_cross_refine"]["phi"] == pytest.approx(phi)
     assert summary["branch_diversity"]["xpl"]["both_wrong"] == pytest.approx(100 * 3 / 8)
     assert "## Branch diversity" in (tmp_path / "tables.md").read_text()
+    dynamics = summary["pseudo_labels"]["xpl"]
+    assert dynamics["n"] == 3 and dynamics["pl_ema_shift_b"] == pytest.approx(0.03)
+    assert dynamics["pl_teacher_gap"] == pytest.approx(0.2)  # the mean over seeds 0.1, 0.2, 0.3
 
 
 def test_each_branch_draws_its_own_augmented_view(cache, monkeypatch):
