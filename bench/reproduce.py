@@ -51,6 +51,7 @@ ROWS: dict[str, dict] = {  # row -> XPLMethod.from_name arguments
     "xpl-T0.3": {"method": "xpl", "sharpen_temperature": 0.3},  # T chosen on validation (docs/method.md)
     **{f"xpl-T0.3-{a}": {"method": "xpl", a: True, "sharpen_temperature": 0.3}
        for a in ("no_pl_ema", "no_cross_refine", "no_data_selection")},
+    **{f"xpl-T0.3-alpha{a}": {"method": "xpl", "pl_ema_alpha": a, "sharpen_temperature": 0.3} for a in (0.3, 0.9)},
 }
 MAIN_ROWS = ["sup_only", "sup_contrastive", "hard_pl", "xpl", "full_supervision"]
 DEFAULT_ROWS = MAIN_ROWS + ["xpl-no_pl_ema", "xpl-no_cross_refine", "xpl-no_sharpening", "xpl-no_data_selection"]
