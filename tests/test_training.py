@@ -243,6 +243,7 @@ def test_an_unlabeled_split_with_boxes_is_never_trained_on(tiny_benchmark, tmp_p
     stage2 = [e for e in log if "train/gradshare_cross" in e]  # instrumentation: each term's share of the update
     assert stage2 and 0 < stage2[-1]["train/gradshare_cross"] < 1
     assert "train/pl_ciou_a" in stage2[-1]  # the dropped boxes still measure pseudo-label quality
+    assert {"train/pl_error_b", "train/pl_ema_shift_a", "train/pl_teacher_gap"} <= set(stage2[-1])
     results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
     assert results["best_step"] == 2  # validated at steps 1 and 2, --model_selection best_stage2: a stage-2 model
     assert results["method_settings"]["name"] == "xpl" and results["dataset"] == "leaky"
