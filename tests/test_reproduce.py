@@ -120,16 +120,20 @@ def test_statistics():
     assert share == 0.5 and lo == hi == 0.5
 
 
+def write_record(rp, out, rec):
+    """One finished run's record where the report reads it (<out>/raw/<row>/seed<k>.json)."""
+    path = rp.raw_path(out, rec["row"], rec["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+
+
 def test_report_from_records(tmp_path):
     rp = load("reproduce")
     for row, base in (("sup_only", 60.0), ("xpl", 70.0), ("full_supervision", 80.0), ("hard_pl", 62.0)):
         for seed in range(3):
             summary = {"select": base + seed, "ciou": base / 2 + seed, "auc": 40.0}
-            rec = {"row": row, "seed": seed, "split": "test", "chance_select": 42.0,
-                   "test": {v: {b: summary for b in ("a", "b", "fused")} for v in ("true", "swapped")}}
-            path = rp.raw_path(tmp_path, row, seed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(rec))
+            write_record(rp, tmp_path, {"row": row, "seed": seed, "split": "test", "chance_select": 42.0, "test": {
+                v: {b: summary for b in ("a", "b", "fused")} for v in ("true", "swapped")}})
     summary = rp.write_report(tmp_path, "test")
     assert summary["gap_closed"]["select"]["share"] == pytest.approx(0.5)
     assert summary["paired"]["xpl - sup_only (select)"]["mean"] == pytest.approx(10.0)
@@ -152,11 +156,8 @@ def test_branch_report_per_branch_ablation_and_error_agreement(tmp_path):
             logs = {"pl_ciou_a": 40.0, "pl_ciou_b": 44.0, "pl_error_a": 0.3, "pl_error_b": 0.2, "pl_ema_shift_a": 0.01,
                     "pl_ema_shift_b": 0.03, "pl_teacher_gap": 0.1 + seed / 10}
             history = [{"step": 0, "loss": 1.0}, {"step": 750, "loss": 1.0, **logs}]  # stage 1 logs lack them
-            rec = {"row": row, "seed": seed, "split": "test", "test": test, "test_per_scene": {"true": per},
-                   "history": history}
-            path = rp.raw_path(tmp_path, row, seed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(rec))
+            write_record(rp, tmp_path, {"row": row, "seed": seed, "split": "test", "test": test,
+                                        "test_per_scene": {"true": per}, "history": history})
     summary = rp.write_report(tmp_path, "test")
     assert summary["ablations_per_branch"]["xpl - xpl-no_cross_refine (select, a)"]["mean"] == pytest.approx(2.0)
     assert summary["ablations_per_branch"]["xpl - xpl-no_cross_refine (select, b)"]["mean"] == pytest.approx(0.0)
