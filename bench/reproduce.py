@@ -321,7 +321,8 @@ DYNAMICS = ("pl_ciou_a", "pl_ciou_b", "pl_error_a", "pl_error_b", "pl_ema_shift_
 def pseudo_label_report(records: dict, summary: dict) -> list[str]:
     """Each soft-label row's pseudo-labels over stage 2, from the training logs (diagnostics against the true boxes of
     the unlabelled clips, never in a loss): their quality, and how far PL-EMA and cross-refinement move a target."""
-    lines = ["", "## Pseudo-labels in stage 2 (training logs, mean over logging steps and seeds)", "",
+    lines = ["", "## Pseudo-labels in stage 2 (training logs: mean over seeds and the logging steps after stage 2's "
+             "first)", "",
              "PL CIoU: the pseudo-labels' CIoU (%) against the true boxes; error: mean |Y - G| at the map's size; "
              "EMA shift: mean |Y_t - Ŷ_t| (what PL-EMA changes in a target); teacher gap: mean |Y_A - Y_B| (what "
              "cross-refinement changes).", "",
@@ -331,7 +332,8 @@ def pseudo_label_report(records: dict, summary: dict) -> list[str]:
     for row in [r for r in ROWS if r in records]:
         per_seed = []
         for rec in records[row].values():
-            steps = [h for h in rec.get("history", []) if all(k in h for k in DYNAMICS)]
+            first = rec.get("settings", {}).get("warmup_steps", -1)  # stage 2's first step: every clip's first visit
+            steps = [h for h in rec.get("history", []) if all(k in h for k in DYNAMICS) and h["step"] > first]
             if steps:
                 per_seed.append([np.mean([h[k] for h in steps]) for k in DYNAMICS])
         if not per_seed:
