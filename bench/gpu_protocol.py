@@ -5,6 +5,8 @@ is the same protocol with everything trainable, for one lent GPU:
 
     python bench/gpu_protocol.py                     # sup_only, hard_pl, xpl, full_supervision x 4 seeds, test split
     python bench/gpu_protocol.py --rows xpl,sup_only --seeds 2 --steps 200 --split validation   # exploring
+    python bench/gpu_protocol.py --rows sup_contrastive,xpl,xpl-no_pl_ema --seeds 3   # what the CPU proxy cannot
+                                                     # decide (docs/method.md): XPL vs its contrastive control, PL-EMA
     python bench/gpu_protocol.py --rehearse          # the whole path on CPU, tiny (64 px, 6 steps), < 1 min
     python bench/gpu_protocol.py --report_only --out results/gpu_protocol
 
