@@ -48,6 +48,7 @@ class StudySettings:
     embed_dim: int = 512
     eval_every: int = 0  # 0: evaluate validation at the end only
     views: bool = False  # each branch draws its own colour-augmented view per visit (cache["splits"][s]["image_views"])
+    feature_dropout: float = 0.0  # probe: per-visit, per-branch dropout on the training image features (0: off)
 
 
 def draw_labeled(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -201,13 +202,23 @@ def train_run(cache: dict, method: XPLMethod, seed: int, settings: StudySettings
         raise ValueError("settings.views needs a cache with image_views (bench/feature_cache.py add_views)")
     view_gen = torch.Generator().manual_seed(50_000 + seed)  # its own stream: the data order stays the same
 
+    drop_gen = torch.Generator().manual_seed(60_000 + seed)
+
+    def dropout(x: torch.Tensor) -> torch.Tensor:
+        """The probe's per-visit feature noise (a stand-in for a fresh augmentation per visit); identity at 0."""
+        p = settings.feature_dropout
+        if p == 0:
+            return x
+        return x * (torch.rand(x.shape, generator=drop_gen) >= p) / (1 - p)
+
     def images(split: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Branch A's and B's image features for `rows`: independent augmented views, or the one clean view."""
         if not settings.views:
-            return split["image"][rows].float(), None
+            clean = split["image"][rows].float()
+            return (dropout(clean), dropout(clean)) if settings.feature_dropout else (clean, None)
         k = split["image_views"].shape[1]
         va, vb = torch.randint(k, (2, len(rows)), generator=view_gen)
-        return split["image_views"][rows, va].float(), split["image_views"][rows, vb].float()
+        return dropout(split["image_views"][rows, va].float()), dropout(split["image_views"][rows, vb].float())
 
     bank = method.make_bank(config.map_size) if method.pseudo_labels == "soft" else None
     selector = method.make_selector() if method.pseudo_labels is not None else None

@@ -397,6 +397,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--clean_view", action="store_true",
                    help="train on the one clean view of every scene (the protocol before 0.3.1) instead of each "
                         "branch drawing its own of 4 colour-augmented views per visit")
+    p.add_argument("--feature_dropout", type=float, default=0.0,
+                   help="probe (validation): dropout on the training image features, drawn per visit and branch")
     p.add_argument("--report_only", action="store_true")
     args = p.parse_args(argv)
     out = args.out or Path("results") / ("cpu_protocol_quick" if args.quick else "cpu_protocol")
@@ -409,7 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
         seeds = range(args.seeds or (3 if args.quick else 5))
         steps = args.steps or (1200 if args.quick else 2000)
         settings = {"steps": steps, "warmup_steps": steps // 4, "views": not args.clean_view,
-                    "unlabeled_batch": args.unlabeled_batch}
+                    "unlabeled_batch": args.unlabeled_batch, "feature_dropout": args.feature_dropout}
         cache = ensure_cache(args.cache, threads=2, views=not args.clean_view)
         method_settings = parse_method_settings(args.method_setting)
         if args.avc_weight is not None:
