@@ -204,6 +204,34 @@ def test_each_branch_draws_its_own_augmented_view(cache, monkeypatch):
     assert not torch.equal(offsets[0], offsets[1])  # the branches' views are drawn independently
 
 
+def test_feature_dropout_probe_drops_features_per_branch_and_visit(cache, monkeypatch):
+    """--feature_dropout p: each branch's training features are the clean ones with a fresh ~p share zeroed and the
+    rest scaled by 1 / (1 - p); p = 0 leaves them untouched (one shared clean view)."""
+    cp = load("cached_protocol")
+    from xpl_hf.method import XPLMethod
+
+    seen = []
+    forward = cp.HeadModel.forward
+
+    def spy(self, image, audio_a, audio_b, image_b=None):
+        if self.training:
+            seen.append((image.clone(), None if image_b is None else image_b.clone()))
+        return forward(self, image, audio_a, audio_b, image_b)
+
+    monkeypatch.setattr(cp.HeadModel, "forward", spy)
+    base = dict(num_labeled=4, steps=2, warmup_steps=1, labeled_batch=4, unlabeled_batch=8, embed_dim=16)
+    cp.train_run(cache, XPLMethod.from_name("xpl"), 0, cp.StudySettings(**base))
+    clean, none = seen[-1]
+    assert none is None  # p = 0: the one clean view, shared
+    seen.clear()
+    cp.train_run(cache, XPLMethod.from_name("xpl"), 0, cp.StudySettings(**base, feature_dropout=0.5))
+    image_a, image_b = seen[-1]
+    kept_a, kept_b = image_a != 0, image_b != 0
+    torch.testing.assert_close(image_a[kept_a], 2.0 * clean[kept_a])  # the same rows, scaled by 1 / (1 - p)
+    torch.testing.assert_close(image_b[kept_b], 2.0 * clean[kept_b])
+    assert 0.4 < 1 - kept_a.float().mean() < 0.6 and not torch.equal(kept_a, kept_b)  # ~p dropped, per branch
+
+
 def test_method_settings_keep_their_types():
     rp = load("reproduce")
     parsed = rp.parse_method_settings(["curriculum_rampup_steps=1500", "curriculum_r0=0.5", "data_selection=false",
