@@ -217,25 +217,20 @@ def write_report(out: Path, command: str) -> dict:
         lines += ["", f"Chance level of object selection (any map that ignores the sound): {chance:.1f} %."]
         summary["chance_select"] = chance
 
-    def paired(row_a, row_b, metric):
-        seeds = sorted(set(records.get(row_a, {})) & set(records.get(row_b, {})))
-        a = np.array([_value(records[row_a][s], metric) for s in seeds])
-        b = np.array([_value(records[row_b][s], metric) for s in seeds])
-        return a - b, seeds
-
     lines += ["", "## Paired differences (per seed, fused)", "",
               "| comparison | metric | n | mean | std | 95% t-interval | positive seeds | p | Holm p |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ablations = {"xpl": [("xpl", r) for r in ROWS if r.startswith("xpl-") and not r.startswith("xpl-T0.3")],
+                 "xpl-T0.3": [("xpl-T0.3", r) for r in ROWS if r.startswith("xpl-T0.3-")]}
     comparisons = [("full_supervision", "sup_only"), ("xpl", "sup_only"), ("xpl", "hard_pl"),
-                   ("xpl", "sup_contrastive"), ("sup_contrastive", "sup_only"), ("hard_pl", "sup_only")]
-    comparisons += [("xpl", r) for r in ROWS if r.startswith("xpl-") and not r.startswith("xpl-T0.3-")]
-    comparisons += [("xpl-T0.3", r) for r in ROWS if r.startswith("xpl-T0.3-")]
+                   ("xpl", "sup_contrastive"), ("sup_contrastive", "sup_only"), ("hard_pl", "sup_only"),
+                   *ablations["xpl"], ("xpl", "xpl-T0.3"), *ablations["xpl-T0.3"]]
     comparisons += [("xpl-T0.3", r) for r in ("sup_only", "hard_pl", "sup_contrastive")]
     summary["paired"] = {}
     for metric in ("select", "ciou"):
         family = {}
         for a, b in comparisons:
-            d, seeds = paired(a, b, metric)
+            d, seeds = paired_diffs(records, a, b, metric)
             if len(seeds):
                 family[f"{a} - {b}"] = (d, paired_p(d))
         adjusted = {}
@@ -264,11 +259,19 @@ def write_report(out: Path, command: str) -> dict:
                          f"[{100 * lo:.0f}%, {100 * hi:.0f}%] (n = {len(seeds)} seeds)")
             summary["gap_closed"][metric if row == "xpl" else f"{row} {metric}"] = {"gap": gap, "share": share,
                                                                                     "ci95": [lo, hi]}
-    ablations = [(a, b) for a, b in comparisons if b.startswith(a + "-") and b != "xpl-T0.3"]
-    lines += branch_report(records, ablations, summary)
+    lines += branch_report(records, ablations["xpl"] + ablations["xpl-T0.3"], summary)
     (out / "tables.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def paired_diffs(records: dict, row_a: str, row_b: str, metric: str,
+                 branch: str = "fused") -> tuple[np.ndarray, list[int]]:
+    """Per-seed differences row_a - row_b of `metric` (true sound) over the seeds both rows have, and those seeds."""
+    seeds = sorted(set(records.get(row_a, {})) & set(records.get(row_b, {})))
+    a = np.array([_value(records[row_a][s], metric, "true", branch) for s in seeds])
+    b = np.array([_value(records[row_b][s], metric, "true", branch) for s in seeds])
+    return a - b, seeds
 
 
 def error_agreement(rec: dict) -> tuple[float, float]:
@@ -287,15 +290,13 @@ def branch_report(records: dict, ablations: list[tuple[str, str]], summary: dict
              "| comparison | metric | n | A | B | fused |", "| --- | --- | --- | --- | --- | --- |"]
     summary["ablations_per_branch"] = {}
     for a, b in ablations:
-        seeds = sorted(set(records.get(a, {})) & set(records.get(b, {})))
+        seeds = paired_diffs(records, a, b, "select")[1]
         if not seeds:
             continue
         for metric in ("select", "ciou"):
             cells = []
             for branch in ("a", "b", "fused"):
-                d = np.array([_value(records[a][s], metric, "true", branch) - _value(records[b][s], metric, "true",
-                                                                                        branch) for s in seeds])
-                mean, _, lo, hi = t_interval(d)
+                mean, _, lo, hi = t_interval(paired_diffs(records, a, b, metric, branch)[0])
                 cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]")
                 summary["ablations_per_branch"][f"{a} - {b} ({metric}, {branch})"] = {"mean": mean, "ci95": [lo, hi]}
             lines.append(f"| {a} - {b} | {metric} | {len(seeds)} | " + " | ".join(cells) + " |")

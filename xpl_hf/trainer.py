@@ -165,8 +165,10 @@ def pseudo_label_quality(targets: dict[str, torch.Tensor], true_gt_maps: torch.T
     ``pseudo_label_dynamics``' shifts are read)."""
     logs = {}
     admitted = admitted.cpu()
+    some = next(iter(targets.values()))
+    truth = downsample_gt(true_gt_maps.to(some.device), some.shape[-2:])  # G at the labels' size, once
     for m, y in targets.items():
-        logs[f"pl_error_{m}"] = (y.float() - downsample_gt(true_gt_maps.to(y.device), y.shape[-2:])).abs().mean()
+        logs[f"pl_error_{m}"] = (y.float() - truth).abs().mean()
         scores = torch.as_tensor(per_sample_ciou(list(y.float().cpu()), list(true_gt_maps.cpu())))
         logs[f"pl_ciou_{m}"] = 100.0 * (scores >= 0.5).float().mean()
         if admitted.any():
