@@ -13,6 +13,7 @@ from transformers import PreTrainedConfig
 
 IMAGE_BACKBONES = ("resnet18", "efficientnet_lite0")
 AUDIO_BACKBONES = ("vggish", "soundnet8")
+AUDIO_BACKBONE_NAMES = {"vggish": "VGGish", "soundnet8": "SoundNet-8"}  # as tables print them
 FEATURE_STRIDE = 32  # both image backbones downsample by 32: 224 px -> 7 x 7 map
 
 # Bounds of the input settings, shared with XPLProcessor (a value outside them is refused, naming the setting).
@@ -132,3 +133,13 @@ class XPLConfig(PreTrainedConfig):
     def map_size(self) -> int:
         """Side h = w of the localization map (the image encoder's output stride is 32)."""
         return self.image_size // FEATURE_STRIDE
+
+    def branch_label(self, branch: str) -> str:
+        """How tables and the Space name a map: ``"a"`` -> ``"A (VGGish)"``, ``"b"`` -> ``"B (SoundNet-8)"`` (from the
+        configured audio backbones, so a swapped configuration is named as it is), ``"fused"`` -> ``"fused"``."""
+        if branch == "fused":
+            return "fused"
+        if branch not in ("a", "b"):
+            raise ValueError(f"branch {branch!r}: expected 'a', 'b' or 'fused'.")
+        audio = getattr(self, f"audio_backbone_{branch}")
+        return f"{branch.upper()} ({AUDIO_BACKBONE_NAMES.get(audio, audio)})"
