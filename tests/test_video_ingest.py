@@ -447,8 +447,8 @@ def test_flickr_from_a_tar_gz_reads_annotations_in_one_pass(tmp_path, monkeypatc
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src, arcname="Flickr-SoundNet")
     opened = []
-    real_open = archive_module.tarfile.open
-    monkeypatch.setattr(archive_module.tarfile, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    real_open = archive_module._compressed
+    monkeypatch.setattr(archive_module, "_compressed", lambda path: opened.append(path) or real_open(path))
     report = cv.convert("flickr", str(archive), str(tmp_path / "out"), test_list=str(tmp_path / "test.csv"),
                         options=OPTIONS, progress=False)
     assert report.written == {"test": 3}

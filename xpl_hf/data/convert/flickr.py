@@ -13,24 +13,50 @@ dataset disk).
 from __future__ import annotations
 
 import io
+import os
 
 from ..annotations import flickr_boxes_from_xml
-from .archive import ArchiveMember, ArchiveReader
+from .archive import ArchiveError, ArchiveMember, ArchiveReader
 from .report import ConversionReport, shown
 from .samples import Candidate, carve
 from .sources import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_inputs, index_inputs, read_ids
 
+MAX_XML_BYTES = 1 * 2**20
+"""Largest annotation XML read (Flickr-SoundNet's are under 2 kB)."""
 
-def _read_members(refs: list) -> dict[str, bytes]:
-    """The bytes of the archive members among ``refs``, read in one forward pass (a .tar.gz cannot seek back)."""
+
+def _parse_members(refs: list, parse) -> dict[str, object]:
+    """``{str(member): parse(bytes) or the error}`` of the archive members among ``refs``, read in one forward pass (a
+    .tar.gz cannot seek back) and parsed one by one, so only one member is in memory at a time; a member over
+    :data:`MAX_XML_BYTES` is refused unread."""
     members = sorted((r for r in refs if isinstance(r, ArchiveMember)), key=lambda m: (m.archive, m.offset))
+    out: dict[str, object] = {}
     with ArchiveReader() as reader:
-        return {str(m): reader.read(m) for m in members}
+        for m in members:
+            try:
+                out[str(m)] = parse(io.BytesIO(reader.read(m, limit=MAX_XML_BYTES)))
+            except ArchiveError as err:
+                if str(err).startswith("corrupt archive"):
+                    raise
+                out[str(m)] = ValueError(f"{m.size} bytes; the limit for an annotation is {MAX_XML_BYTES}")
+            except (ValueError, OSError) as err:
+                out[str(m)] = err
+    return out
 
 
-def _boxes(ref, loaded: dict[str, bytes]) -> list:
-    source = io.BytesIO(loaded[str(ref)]) if isinstance(ref, ArchiveMember) else ref
+def _xml_boxes(source) -> list:
     return flickr_boxes_from_xml(source, normalize=True)
+
+
+def _boxes(ref, parsed: dict[str, object]) -> list:
+    if not isinstance(ref, ArchiveMember):
+        if os.path.getsize(ref) > MAX_XML_BYTES:
+            raise ValueError(f"{os.path.getsize(ref)} bytes; the limit for an annotation is {MAX_XML_BYTES}")
+        return _xml_boxes(ref)
+    value = parsed[str(ref)]
+    if isinstance(value, Exception):
+        raise value
+    return value
 
 
 def flickr_candidates(
@@ -66,7 +92,7 @@ def flickr_candidates(
         return c
 
     lists = {split: read_ids(path) for split, path in (("test", test_list), ("labeled", labeled_list)) if path}
-    xml_bytes = _read_members([xmls[sid] for ids in lists.values() for sid in ids if sid in xmls])
+    xml_boxes = _parse_members([xmls[sid] for ids in lists.values() for sid in ids if sid in xmls], _xml_boxes)
     out: list[Candidate] = []
     annotated: set[str] = set()
     for split, ids in lists.items():
@@ -77,7 +103,7 @@ def flickr_candidates(
                 c.problem = ("missing annotation", f"no {annotations_dir}/{sid}.xml")
             else:
                 try:
-                    c.boxes = _boxes(xmls[sid], xml_bytes)
+                    c.boxes = _boxes(xmls[sid], xml_boxes)
                 except (ValueError, OSError) as err:
                     c.problem = ("bad annotation", f"{shown(str(xmls[sid]))}: {err}")
             out.append(c)

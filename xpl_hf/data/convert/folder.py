@@ -54,7 +54,7 @@ from ..schema import DataValidationError, check_gt_rule
 from .archive import ArchiveMember, is_archive
 from .report import ConversionReport, SampleProblem, shown
 from .samples import Candidate, carve
-from .sources import archive_index, load_json
+from .sources import archive_index, check_json_size, load_json
 
 FOLDER_KEYS = ("id", "image", "audio", "video", "time", "boxes", "label", "split", "gt_rule")
 """The keys of one ``annotations.json`` entry."""
@@ -87,9 +87,11 @@ class _Folder:
         if self.archive:
             from .archive import ArchiveReader
 
+            member = self.members[self.annotations]
+            check_json_size(str(member), member.size)
             with ArchiveReader() as reader:
-                data = reader.read(self.members[self.annotations])
-            return load_json(f"{self.source}:{self.annotations}", data)
+                data = reader.read(member, limit=member.size)
+            return load_json(str(member), data)
         return load_json(self.annotations)
 
     def media(self, value: Any, what: str) -> str | ArchiveMember | None:

@@ -4,7 +4,8 @@ share (reading a media file, encoding JPEG / WAV, split names).
 
 A candidate's media are either an image file and an audio file, stored as they are, or one video, from which the
 frame and the audio window around it are taken (:mod:`.video`). Media are file paths, or
-:class:`~xpl_hf.data.convert.archive.ArchiveMember` s whose bytes the writer reads in the main process and hands over.
+:class:`~xpl_hf.data.convert.archive.ArchiveMember` s whose bytes the writer reads in the main process and hands over
+(a large member as a temporary copy).
 Checks before anything is decoded: a file's size (:data:`MAX_IMAGE_BYTES`, :data:`MAX_AUDIO_BYTES`; a 4 GiB audio
 file is refused unread) and the audio header (soundfile reads the header only); videos are checked from their
 headers by :mod:`xpl_hf.media`, which opens only allow-listed container formats and seeks to the window it decodes.
@@ -131,12 +132,16 @@ def media_name(ref: MediaRef) -> str:
     return shown(os.path.basename(ref.name if isinstance(ref, ArchiveMember) else ref))
 
 
-def read_file(ref: MediaRef, what: str, unreadable: str, limit: int, loaded: dict[str, bytes]) -> bytes:
-    """The bytes of a media file (``loaded`` holds archive members read by the writer), size-checked first."""
+def read_file(ref: MediaRef, what: str, unreadable: str, limit: int, loaded: dict[str, bytes | str]) -> bytes:
+    """The bytes of a media file, size-checked first (``loaded`` holds archive members read by the writer: their bytes,
+    or for a large member the path of its temporary copy)."""
     if isinstance(ref, ArchiveMember):
         if ref.size > limit:
             raise SampleProblem(f"{what} file too large", f"{what} '{ref}' is {ref.size} bytes; the limit is {limit}")
-        return loaded[str(ref)]
+        data = loaded[str(ref)]
+        if isinstance(data, bytes):
+            return data
+        ref = data  # a large member: the writer's temporary copy of it
     if not os.path.isfile(ref):
         raise SampleProblem(f"missing {what}", f"{what} file '{shown(ref)}' does not exist")
     try:

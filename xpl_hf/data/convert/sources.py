@@ -15,14 +15,27 @@ from .samples import MediaRef
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
+MAX_JSON_BYTES = 64 * 2**20
+"""Largest annotation file read (``annotations.json``, ``vggss.json``; in a folder or an archive): VGG-SS's is 2 MB,
+and parsing a JSON file takes several times its size in memory."""
+
+
+def check_json_size(path: str, size: int) -> None:
+    """Refuse an annotation file of ``size`` bytes over :data:`MAX_JSON_BYTES`, before reading it."""
+    if size > MAX_JSON_BYTES:
+        raise DataValidationError(f"{path}: {size} bytes; the limit for an annotation file is {MAX_JSON_BYTES} bytes "
+                                  f"({MAX_JSON_BYTES // 2**20} MiB): refused unread")
 
 
 def load_json(path: str, data: bytes | None = None) -> Any:
-    """Read a UTF-8 JSON file (or its ``data``); an error names the file and the line, or says it nests too deep."""
+    """Read a UTF-8 JSON file (or its ``data``), at most :data:`MAX_JSON_BYTES`; an error names the file and the
+    line, or says it nests too deep."""
     try:
         if data is None:
+            check_json_size(path, os.path.getsize(path))
             with open(path, "rb") as f:
                 data = f.read()
+        check_json_size(path, len(data))
         return json.loads(data.decode("utf-8-sig"))
     except json.JSONDecodeError as err:
         raise DataValidationError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"

@@ -33,7 +33,8 @@ def _source(c: Candidate, loaded: dict[str, bytes]):
         if ref.size > MAX_VIDEO_BYTES:
             raise SampleProblem("video file too large", f"video '{ref}' is {ref.size} bytes; the limit is "
                                 f"{MAX_VIDEO_BYTES}")
-        return io.BytesIO(loaded[str(ref)])
+        data = loaded[str(ref)]
+        return io.BytesIO(data) if isinstance(data, bytes) else data  # bytes, or the path of a temporary copy
     if not os.path.isfile(ref):
         raise SampleProblem("missing video", f"video file '{media_name(ref)}' does not exist")
     if os.path.getsize(ref) > MAX_VIDEO_BYTES:

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
 import multiprocessing as mp
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -35,7 +38,7 @@ from datasets import Features, Image, List
 
 from ..schema import DataValidationError, xpl_features
 from ..shards import DATA_DIR, open_shard, shard_path, write_dataset_card, write_shard
-from .archive import ArchiveMember, ArchiveReader
+from .archive import MEMORY_BUDGET, SPOOL_BYTES, ArchiveMember, ArchiveReader, remove_tree
 from .report import REPORT_NAME, ConversionReport
 from .rows import build_row
 from .samples import MAX_AUDIO_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, Candidate, ClipOptions, RowResult, split_problem
@@ -45,6 +48,8 @@ logger = logging.getLogger(__name__)
 STATE_DIR = ".convert"
 ROWS_PER_SHARD = 1000
 """Default shard size: a split gets ``ceil(rows / ROWS_PER_SHARD)`` shards."""
+SPOOL_DISK_BUDGET = 16 * 2**30
+"""Most bytes of temporary copies of large archive members on disk at once (under ``OUT/.convert/``)."""
 
 
 def features_for(options: ClipOptions) -> Features:
@@ -79,24 +84,60 @@ def _fingerprint(kind: str, options: ClipOptions, block: Sequence[Candidate]) ->
     return h.hexdigest()
 
 
-def _ordered_map(fn: Callable, items: Iterable[tuple], num_workers: int, max_pending: int) -> Iterator[Any]:
-    """``fn(*args)`` for each args tuple, in order; in ``num_workers`` processes with at most ``max_pending`` in flight
-    (archive bytes are read ahead no further than that)."""
+@dataclasses.dataclass
+class _Job:
+    """One sample's work: ``args`` of :func:`build_row`, the archive bytes it holds in memory (``nbytes``) and the
+    temporary copies of large members it reads (``files``, ``disk`` bytes; deleted when its result is back)."""
+
+    args: tuple
+    nbytes: int = 0
+    files: list[str] = dataclasses.field(default_factory=list)
+    disk: int = 0
+
+    def done(self) -> None:
+        for path in self.files:
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _ordered_map(fn: Callable, jobs: Iterable[_Job], num_workers: int, max_pending: int,
+                 memory_budget: int = MEMORY_BUDGET, disk_budget: int = SPOOL_DISK_BUDGET) -> Iterator[Any]:
+    """``fn(*job.args)`` for each job, in order; in ``num_workers`` processes with at most ``max_pending`` jobs,
+    ``memory_budget`` bytes of archive members and ``disk_budget`` bytes of temporary copies in flight (a job is
+    always let through when nothing else is in flight). Each job's temporary copies are deleted once its result is
+    back."""
     if num_workers <= 1:
-        yield from (fn(*args) for args in items)
+        for job in jobs:
+            try:
+                yield fn(*job.args)
+            finally:
+                job.done()
         return
     context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context, initializer=_worker_init) as pool:
         pending: collections.deque = collections.deque()
+        memory = disk = 0
+
+        def oldest() -> Any:
+            nonlocal memory, disk
+            job, future = pending.popleft()
+            memory, disk = memory - job.nbytes, disk - job.disk
+            try:
+                return future.result()
+            finally:
+                job.done()
+
         try:
-            for args in items:
-                pending.append(pool.submit(fn, *args))
-                if len(pending) >= max_pending:
-                    yield pending.popleft().result()
+            for job in jobs:
+                while pending and (len(pending) >= max_pending or memory + job.nbytes > memory_budget
+                                   or disk + job.disk > disk_budget):
+                    yield oldest()
+                pending.append((job, pool.submit(fn, *job.args)))
+                memory, disk = memory + job.nbytes, disk + job.disk
             while pending:
-                yield pending.popleft().result()
+                yield oldest()
         finally:
-            for future in pending:
+            for _job, future in pending:
                 future.cancel()
 
 
@@ -146,15 +187,27 @@ def _save_json(path: str, value: Any) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _jobs(blocks: Iterable[list[Candidate]], options: ClipOptions) -> Iterator[tuple]:
-    """(candidate, archive bytes it needs, options) per candidate; archive members are read here, in order."""
+def _jobs(blocks: Iterable[list[Candidate]], options: ClipOptions, spool: str) -> Iterator[_Job]:
+    """One :class:`_Job` per candidate; its archive members are read here, in order: members up to
+    :data:`~.archive.SPOOL_BYTES` into memory, larger ones copied in chunks to a temporary file in ``spool``
+    (``loaded`` maps a member to its bytes or to that file's path); members over their kind's size limit are not
+    read (:func:`build_row` refuses them from their size)."""
+    copies = itertools.count()
     with ArchiveReader() as reader:
         for block in blocks:
             for c in block:
-                limits = ((c.video, MAX_VIDEO_BYTES), (c.image, MAX_IMAGE_BYTES), (c.audio, MAX_AUDIO_BYTES))
-                loaded = {str(m): reader.read(m) for m, limit in limits
-                          if isinstance(m, ArchiveMember) and m.size <= limit}
-                yield c, loaded, options
+                job = _Job((c, {}, options))
+                for m, limit in ((c.video, MAX_VIDEO_BYTES), (c.image, MAX_IMAGE_BYTES), (c.audio, MAX_AUDIO_BYTES)):
+                    if not isinstance(m, ArchiveMember) or m.size > limit:
+                        continue
+                    if m.size > SPOOL_BYTES:
+                        path = os.path.join(spool, f"{next(copies)}-{os.path.basename(m.name)}")
+                        job.files.append(path)
+                        reader.copy_to(m, path)
+                        job.args[1][str(m)], job.disk = path, job.disk + m.size
+                    else:
+                        job.args[1][str(m)], job.nbytes = reader.read(m), job.nbytes + m.size
+                yield job
 
 
 def _remove_leftovers(path: str) -> None:
@@ -314,14 +367,28 @@ def _accept(candidates: Sequence[Candidate], report: ConversionReport, strict: b
 def _write_shards(work: list[tuple], output: str, kind: str, options: ClipOptions, report: ConversionReport,
                   num_workers: int, strict: bool, progress: bool, total: int) -> None:
     """Build the rows of every block in ``work`` (in parallel) and write each block's shard and record."""
-    from tqdm.auto import tqdm
-
     features = features_for(options)
     todo = sum(len(block) for _, block, _, _ in work)
     workers = num_workers if todo >= 4 * num_workers else 1  # a pool costs more than a handful of clips
     seconds: dict[str, float] = collections.defaultdict(float)
-    results = _ordered_map(build_row, _jobs((block for _, block, _, _ in work), options), workers,
-                           max_pending=8 * workers)
+    os.makedirs(os.path.join(output, STATE_DIR), exist_ok=True)
+    spool = tempfile.mkdtemp(prefix="spool-", dir=os.path.join(output, STATE_DIR))
+    try:
+        results = _ordered_map(build_row, _jobs((block for _, block, _, _ in work), options, spool), workers,
+                               max_pending=8 * workers)
+        _write_blocks(work, results, output, kind, features, report, strict, progress, total, todo, seconds)
+    finally:
+        remove_tree(spool)
+    if seconds:
+        report.extra["seconds_per_stage"] = {k: round(v, 3) for k, v in seconds.items()}
+
+
+def _write_blocks(work: list[tuple], results: Iterator[RowResult], output: str, kind: str, features: Features,
+                  report: ConversionReport, strict: bool, progress: bool, total: int, todo: int,
+                  seconds: dict[str, float]) -> None:
+    """Consume the rows of every block in ``work`` (``results``, in order) and write each block's shard and record."""
+    from tqdm.auto import tqdm
+
     with tqdm(total=total, initial=total - todo, desc=kind, unit="clip", disable=not progress) as bar:
         for split, block, path, fingerprint in work:
             shard = ConversionReport(kind)
@@ -352,5 +419,3 @@ def _write_shards(work: list[tuple], output: str, kind: str, options: ClipOption
                       "box_repairs": shard.boxes.as_dict(), "repaired_ids": shard.repaired_ids}
             _save_json(_record_path(output, path), record)
             report.add_shard(record, split, log=False)
-    if seconds:
-        report.extra["seconds_per_stage"] = {k: round(v, 3) for k, v in seconds.items()}
