@@ -283,8 +283,9 @@ def test_batch_length_mismatch(processor):
         processor(images=[Image.new("RGB", (8, 8))] * 2, audio=[np.zeros(16000, np.float32)], sampling_rate=16000)
 
 
-def test_unreachable_sources_fall_back_to_random_init_with_one_warning(monkeypatch, caplog):
-    """Offline, ResNet-18 and VGGish stay randomly initialised: one warning per backbone kind, said in the report."""
+def test_unreachable_sources_stay_random_only_where_allowed(monkeypatch, caplog):
+    """Unreachable sources stop the caller, naming the backbone; where random weights are allowed, ResNet-18 and
+    VGGish stay randomly initialised: one warning per backbone kind, said in the report."""
     import xpl_hf.pretrained as pretrained
 
     def offline(url):
@@ -294,12 +295,17 @@ def test_unreachable_sources_fall_back_to_random_init_with_one_warning(monkeypat
     monkeypatch.setattr(pretrained, "_warned", set())
     model = XPLModel(XPLConfig(image_size=64, embed_dim=16))
     before = model.branch_a.image_encoder.conv1.weight.detach().clone()
+    with pytest.raises(pretrained.PretrainedWeightsError, match="resnet18 backbone .*network unreachable"):
+        load_pretrained_backbones(model)
+    with pytest.raises(pretrained.PretrainedWeightsError, match="vggish backbone"):
+        load_pretrained_backbones(model, allow_random=("resnet18",))
+    allowed = ("resnet18", "vggish")
     with caplog.at_level("WARNING", logger="xpl_hf.pretrained"):
-        report = load_pretrained_backbones(model)
-        load_pretrained_backbones(model)  # a second call does not warn again
-    assert report["branch_a.image_encoder"] == "random (source unreachable)"
-    assert report["branch_b.image_encoder"] == "random (source unreachable)"
-    assert report["branch_a.audio_encoder"] == "random (source unreachable)"
+        report = load_pretrained_backbones(model, allow_random=allowed)
+        load_pretrained_backbones(model, allow_random=allowed)  # a second call does not warn again
+    assert report["branch_a.image_encoder"] == "random (source unreachable; allowed)"
+    assert report["branch_b.image_encoder"] == "random (source unreachable; allowed)"
+    assert report["branch_a.audio_encoder"] == "random (source unreachable; allowed)"
     assert report["branch_b.audio_encoder"].startswith("SoundNet-8")
     assert torch.equal(model.branch_a.image_encoder.conv1.weight, before)
     messages = [r.getMessage() for r in caplog.records]

