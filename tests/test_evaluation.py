@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from xpl_hf import METRIC_PATH
 from xpl_hf.data.annotations import flickr_boxes_from_xml, read_id_list
-from xpl_hf.evaluation import evaluate_model
+from xpl_hf.evaluation import evaluate_model, save_per_scene_scores
 from xpl_hf.metrics import protocol as ev
 from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.metrics.protocol import localization_metrics, summarize_ciou
@@ -417,3 +417,20 @@ def test_overlay_grid(tmp_path):
         columns=3,
     )
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_model_reports_confidences_and_box_sizes(tmp_path):
+    gts = [box_map(0, 0, 16, 16), box_map(0, 0, 64, 64), box_map(0, 0, 112, 112), box_map(0, 0, 224, 224)]
+    ids = [f"s{i}" for i in range(4)]
+    result = evaluate_model(ConstantModel(), fake_batches(gts, [""] * 4, ids), subsets={"first": ["s0", "s1"]})
+    per_sample = result["per_sample"]
+    # A: a flat 1.0 map, B: a 2 x 2 map half 0 half 1 (its top quarter, one cell, is 1); fused: their mean
+    assert per_sample["confidence_a"] == per_sample["confidence_b"] == per_sample["confidence_fused"] == [1.0] * 4
+    assert per_sample["gt_area"] == [256.0, 4096.0, 12544.0, 50176.0]
+    sizes = result["sizes"]
+    assert [sizes[s]["num_samples"] for s in ("small", "medium", "large", "huge")] == [1, 1, 1, 1]
+    assert sizes["huge"]["a"] == summarize_ciou([1.0]) and sizes["small"]["b"] == summarize_ciou([0.0])
+    assert result["subsets"]["first"]["sizes"]["large"] == {"num_samples": 0}
+    path = save_per_scene_scores(result, tmp_path / "scores.csv")
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[:3] == ["id", "label", "gt_area"] and "confidence_fused" in header

@@ -12,6 +12,8 @@ import torch
 from xpl_hf import XPLConfig, XPLModel, XPLProcessor
 from xpl_hf.evaluation import ListeningSettings, evaluate_model, save_per_scene_scores
 from xpl_hf.hub import build_model_card
+from xpl_hf.maps import branch_confidences
+from xpl_hf.metrics.extended import extended_protocol, ground_truth_areas, size_subsets
 from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.metrics.listening import (
     box_pixels,
@@ -324,3 +326,48 @@ def test_soft_ground_truths_are_kept_exactly_for_the_swap(tiny):
     expected = _forward_scores(model, soft, {k: rows[k][donors] for k in ("audio_log_mel", "audio_waveform")})
     np.testing.assert_allclose(listening["per_scene"]["ciou_swapped_fused"], expected["fused"], atol=1e-6)
     assert listening["selection"] is None and "correct_true_fused" not in listening["per_scene"]
+
+
+def test_extended_protocol_from_the_listening_maps(tiny, tmp_path):
+    """Confidences per scene and variant are map_confidence of a forward with that sound; the extended rows and the
+    box-size table are the pure functions of those arrays; both reach the table, the card and the per-scene file."""
+    model, processor, rows, objects = tiny
+    result = evaluate_model(model, _batches(rows, 3), processor=processor, listening=True, objects=objects,
+                            subsets={"heard": ["s0", "s2", "s5"]})
+    listening, per_scene = result["listening"], result["listening"]["per_scene"]
+    donors, _ = swap_permutation(rows["labels"])
+    with torch.inference_mode():
+        true = model(pixel_values=rows["pixel_values"], **{k: rows[k] for k in ("audio_log_mel", "audio_waveform")})
+        swapped = model(pixel_values=rows["pixel_values"],
+                        **{k: rows[k][donors] for k in ("audio_log_mel", "audio_waveform")})
+    for variant, output in (("true", true), ("swapped", swapped)):
+        expected = branch_confidences(output.maps_a, output.maps_b)
+        for branch in ("a", "b", "fused"):
+            np.testing.assert_allclose(per_scene[f"confidence_{variant}_{branch}"], expected[branch].numpy(),
+                                       atol=1e-6, err_msg=f"{variant} {branch}")
+    np.testing.assert_allclose(result["per_sample"]["confidence_fused"], per_scene["confidence_true_fused"])
+    column = {k: np.array(v) for k, v in per_scene.items() if k.startswith(("ciou_", "confidence_"))}
+    for variant in ("swapped", "silence", "noise"):
+        assert listening["extended"][variant]["b"] == extended_protocol(
+            column["confidence_true_b"], column["ciou_true_b"], column[f"confidence_{variant}_b"])
+    heard = np.isin(rows["ids"], ["s0", "s2", "s5"])
+    assert result["subsets"]["heard"]["extended"]["swapped"]["fused"] == extended_protocol(
+        column["confidence_true_fused"][heard], column["ciou_true_fused"][heard],
+        column["confidence_swapped_fused"][heard])
+    areas = ground_truth_areas(rows["gt_maps"].numpy())
+    assert per_scene["gt_area"] == areas.tolist()
+    assert listening["sizes"] == result["sizes"]
+    for size, entry in size_subsets(column["ciou_true_a"], areas).items():
+        assert result["sizes"][size]["num_samples"] == entry["num_samples"]
+        assert {k: v for k, v in result["sizes"][size].get("a", {}).items()} == {
+            k: v for k, v in entry.items() if k != "num_samples"}
+    table = format_listening_table(result)
+    assert "AP@0.5 / max-F1@0.5 / ROC AUC" in table and "| medium (< 96²) |" in table
+    written = save_per_scene_scores(result, tmp_path / "scores.csv").read_text().splitlines()[0].split(",")
+    assert written[:3] == ["id", "label", "gt_area"] and "confidence_noise_a" in written
+    entry = {"dataset": "xpl-synthetic", "fused": result["metrics"]["fused"],
+             "listening": {k: v for k, v in listening.items() if k != "per_scene"}}
+    index = {r.metric_type: r for r in build_model_card(model.config, entry).data.eval_results}
+    assert index["ap50_swapped"].metric_value == round(listening["extended"]["swapped"]["fused"]["ap50"], 4)
+    assert index["max_f1_50_noise_a"].metric_name == "max-F1@0.5, noise as negatives (branch A)"
+    assert "ciou_huge_b" in index or result["sizes"]["huge"]["num_samples"] == 0

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .configuration_xpl import FEATURE_STRIDE
-from .maps import minmax_normalize
+from .maps import branch_confidences, minmax_normalize
+from .metrics.extended import EXTENDED_PROTOCOL, extended_rows, ground_truth_areas, size_masks
 from .metrics.listening import (
     AUDIO_VARIANTS,
     ListeningSettings,
@@ -29,7 +30,7 @@ from .metrics.listening import (
 from .metrics.protocol import PROTOCOL, per_sample_ciou, summarize_ciou
 
 __all__ = ["BRANCHES", "ListeningRun", "ListeningSettings", "evaluate_model", "format_listening_table",
-           "listening_summary", "objects_by_id", "save_per_scene_scores"]
+           "listening_summary", "objects_by_id", "save_per_scene_scores", "size_summaries"]
 
 MODEL_INPUTS = ("pixel_values", "pixel_values_b", "audio_log_mel", "audio_waveform")
 """Keys of a collated batch that `XPLModel.forward` reads; the others (ids, ground truth, ...) stay on the host."""
@@ -42,6 +43,8 @@ BRANCHES = {"a": "maps_a", "b": "maps_b", "fused": "maps"}
 
 
 def _branch_summaries(scores: Mapping[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, Any]:
+    if mask is not None and not mask.any():
+        return {"num_samples": 0}
     out: dict[str, Any] = {}
     for branch, values in scores.items():
         selected = values if mask is None else values[mask]
@@ -88,6 +91,18 @@ def paired_maps(model: torch.nn.Module, visual: Mapping[str, torch.Tensor], audi
         maps[key] = branch.localization_map(torch.einsum("bdhw,bd->bhw", visual[key], audio[key]))
     maps["fused"] = 0.5 * (minmax_normalize(maps["a"]) + minmax_normalize(maps["b"]))
     return maps
+
+
+def _confidences(maps: Mapping[str, Sequence[torch.Tensor]]) -> dict[str, np.ndarray]:
+    """``{"a" | "b" | "fused": (N,)}`` confidences (:func:`xpl_hf.maps.branch_confidences`) of the batches' maps."""
+    return {b: c.numpy() for b, c in branch_confidences(torch.cat(list(maps["a"])), torch.cat(list(maps["b"]))).items()}
+
+
+def size_summaries(scores: Mapping[str, np.ndarray], areas: np.ndarray) -> dict[str, Any]:
+    """``{"small" | "medium" | "large" | "huge": {"a" | "b" | "fused": {"ciou", "auc", "mean_ciou"}, "num_samples"}}``:
+    cIoU / AUC per box-size subset (:data:`xpl_hf.metrics.extended.SIZE_SUBSETS`; ``{"num_samples": 0}`` when
+    empty) from per-branch cIoU (N,) and ground-truth areas (N,) at 224 px."""
+    return {name: _branch_summaries(scores, mask) for name, mask in size_masks(areas).items()}
 
 
 def audio_embeddings(model: torch.nn.Module, audio_inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -139,6 +154,7 @@ class ListeningRun:
         self.gts: list[torch.Tensor] = []
         self.scores = {v: {b: [] for b in BRANCHES} for v in AUDIO_VARIANTS if v != "true"}
         self.maps = {v: {b: [] for b in BRANCHES} for v in AUDIO_VARIANTS}
+        self.confidences: dict[str, dict[str, np.ndarray]] = {}  # {variant: {branch: (N,)}}, set by finish()
         self.silence_embeddings: dict[str, torch.Tensor] | None = None  # {"a" | "b": (1, D)}
         self.noise_embeddings: dict[int, dict[str, torch.Tensor]] = {}  # pool clip -> {"a" | "b": (D,)}
 
@@ -220,11 +236,14 @@ class ListeningRun:
         scores.update({v: {b: np.concatenate(s) for b, s in per.items()} for v, per in self.scores.items() if per["a"]})
         metrics = {v: {b: summarize_ciou(s) for b, s in per.items()} for v, per in scores.items()}
         variants = list(metrics)  # "swapped" needs two scenes
+        self.confidences = {v: _confidences(self.maps[v]) for v in variants}
         for variant in variants:
             for branch in BRANCHES:
                 per_scene[f"ciou_{variant}_{branch}"] = scores[variant][branch].tolist()
+                per_scene[f"confidence_{variant}_{branch}"] = self.confidences[variant][branch].tolist()
         listening: dict[str, Any] = {
             "num_scenes": len(ids), "metrics": metrics, "drops": listening_drops(metrics),
+            "extended": extended_rows(self.confidences, true_scores), "extended_protocol": dict(EXTENDED_PROTOCOL),
             "swap": {"rule": rule, "seed": self.settings.seed},
             "noise": {"color": self.settings.noise_color, "rms": self.settings.noise_rms,
                       "clips": self.settings.noise_clips, "seed": self.settings.seed},
@@ -250,9 +269,11 @@ class ListeningRun:
 def save_per_scene_scores(result: Mapping[str, Any], path: str | Path) -> Path:
     """Write the per-scene scores of an evaluation to a CSV file, one row per scene, and return its path.
 
-    Columns: ``id``, ``label`` and ``ciou_fused`` / ``ciou_a`` / ``ciou_b``; with the listening checks also
-    ``swap_donor`` (the id whose sound was used), ``ciou_{variant}_{branch}`` for variant ``true`` / ``swapped`` /
-    ``silence`` / ``noise``, and, where scenes list their objects, ``num_objects``, ``chance``,
+    Columns: ``id``, ``label``, ``gt_area`` (ground-truth area at 224 px, for the box-size subsets), ``ciou_{branch}``
+    and ``confidence_{branch}`` (:func:`xpl_hf.maps.branch_confidences`) for branch ``a`` / ``b`` / ``fused``; with the
+    listening checks instead ``swap_donor`` (the id whose sound was used), ``noise_clip``, ``ciou_{variant}_{branch}``
+    and ``confidence_{variant}_{branch}`` for variant ``true`` / ``swapped`` / ``silence`` / ``noise``, and, where
+    scenes list their objects, ``num_objects``, ``chance``,
     ``selected_{variant}_{branch}`` (index of the best object in the scene's ``objects``; -1 where the scene takes no
     part) and ``correct_{variant}_{branch}`` (1, 0, or s / k on a k-way tie; empty where the scene takes no part).
     Floats are written with Python's shortest round-trip repr (exact).
@@ -261,8 +282,8 @@ def save_per_scene_scores(result: Mapping[str, Any], path: str | Path) -> Path:
     columns = dict(listening.get("per_scene") or {})
     if not columns:
         per_sample = result["per_sample"]
-        columns = {"id": per_sample["ids"], "label": per_sample["labels"],
-                   **{f"ciou_{b}": per_sample[f"ciou_{b}"] for b in BRANCHES}}
+        columns = {"id": per_sample["ids"], "label": per_sample["labels"], "gt_area": per_sample["gt_area"],
+                   **{f"{kind}_{b}": per_sample[f"{kind}_{b}"] for kind in ("ciou", "confidence") for b in BRANCHES}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(columns)
@@ -320,15 +341,21 @@ def evaluate_model(
         ``metrics``: ``{"a" | "b" | "fused": {"ciou", "auc", "mean_ciou"}, "num_samples"}``;
         ``summary``: flat ``{"fused/ciou": ..., "a/auc": ..., ...}`` (for loggers);
         ``per_label``: ``{label: same structure as metrics}`` (empty when there are no labels);
-        ``subsets``: ``{name: {..., "missing": int}}``;
-        ``per_sample``: ``{"ids", "labels", "ciou_a", "ciou_b", "ciou_fused"}`` (lists, input order);
+        ``subsets``: ``{name: {..., "missing": int, "sizes"}}`` (with ``listening`` also ``"extended"``, as below);
+        ``sizes``: cIoU / AUC per box-size subset, ``{"small" | "medium" | "large" | "huge": same structure as
+        metrics}`` (:func:`size_summaries`);
+        ``per_sample``: ``{"ids", "labels", "ciou_a", "ciou_b", "ciou_fused", "confidence_a", "confidence_b",
+        "confidence_fused", "gt_area"}`` (lists, input order; confidences: :func:`xpl_hf.maps.branch_confidences`);
         ``num_unlabeled_skipped``, ``protocol`` (:data:`PROTOCOL`) and, with ``keep_maps``,
         ``maps``: ``{"a" | "b" | "fused": np.float32 (N, h, w)}``; with ``listening``, ``listening``:
         ``{"num_scenes", "metrics": {variant: {branch: {"ciou", "auc", "mean_ciou"}}}`` for variant ``true`` /
         ``swapped`` / ``silence`` / ``noise``, ``"drops": {variant: {branch: {"ciou", "auc"}}}`` (true minus
         variant), ``"selection"``: ``None`` or ``{"chance", "num_scenes", "variants": {variant: {branch:
-        {"accuracy", "chance", "num_scenes"}}}}`` (percentages), ``"swap"``, ``"noise"`` (the settings) and
-        ``"per_scene"`` (columns, see :func:`save_per_scene_scores`)}``; :func:`format_listening_table` prints it.
+        {"accuracy", "chance", "num_scenes"}}}}`` (percentages), ``"swap"``, ``"noise"`` (the settings),
+        ``"extended"``: ``{"swapped" | "silence" | "noise": {branch: {"ap50", "max_f1_50", "ap75", ...}}}`` (the
+        extended protocol with those negatives: :func:`xpl_hf.metrics.extended.extended_protocol`),
+        ``"extended_protocol"`` (its definitions), ``"sizes"`` (the ``sizes`` above) and ``"per_scene"`` (columns,
+        see :func:`save_per_scene_scores`)}``; :func:`format_listening_table` prints it.
     """
     if max_samples is not None and max_samples <= 0:
         raise ValueError(f"max_samples must be positive, got {max_samples}")
@@ -353,6 +380,8 @@ def evaluate_model(
     labels: list[str] = []
     scores: dict[str, list[np.ndarray]] = {branch: [] for branch in BRANCHES}
     maps: dict[str, list[np.ndarray]] = {branch: [] for branch in BRANCHES}
+    probability_maps: dict[str, list[torch.Tensor]] = {"a": [], "b": []}  # for the confidences
+    areas: list[np.ndarray] = []
     num_unlabeled = 0
     if progress:
         from tqdm.auto import tqdm
@@ -376,8 +405,11 @@ def evaluate_model(
             for branch, field in BRANCHES.items():
                 branch_maps = getattr(output, field).detach().float().cpu()[keep]
                 scores[branch].append(per_sample_ciou(branch_maps, gts))
+                if branch in probability_maps:
+                    probability_maps[branch].append(branch_maps)
                 if keep_maps:
                     maps[branch].append(branch_maps.numpy())
+            areas.append(ground_truth_areas(gts))
             if run is not None:
                 run.add(output, inputs, [str(batch["ids"][i]) for i in keep], keep, gts)
             ids.extend(str(batch["ids"][i]) for i in keep)
@@ -391,6 +423,8 @@ def evaluate_model(
     if not ids:
         raise ValueError("the evaluation set holds no labeled sample (every row is unlabeled or the set is empty)")
     per_branch = {branch: np.concatenate(values) for branch, values in scores.items()}
+    confidences = _confidences(probability_maps)
+    area = np.concatenate(areas)
     result: dict[str, Any] = {"metrics": _branch_summaries(per_branch)}
     result["summary"] = {
         f"{branch}/{name}": value
@@ -406,18 +440,23 @@ def evaluate_model(
 
     result["subsets"] = {}
     id_array = np.array(ids, dtype=object)
+    subset_masks = {}
     for name, subset_ids in (subsets or {}).items():
         wanted = set(map(str, subset_ids))
-        mask = np.fromiter((sample_id in wanted for sample_id in ids), dtype=bool, count=len(ids))
+        mask = subset_masks[name] = np.fromiter((i in wanted for i in ids), dtype=bool, count=len(ids))
         entry: dict[str, Any] = {"num_samples": int(mask.sum()), "missing": len(wanted - set(id_array[mask]))}
         if mask.any():
             entry.update(_branch_summaries(per_branch, mask))
+            entry["sizes"] = size_summaries({b: s[mask] for b, s in per_branch.items()}, area[mask])
         result["subsets"][name] = entry
+    result["sizes"] = size_summaries(per_branch, area)
 
     result["per_sample"] = {
         "ids": ids,
         "labels": labels,
         **{f"ciou_{branch}": values.tolist() for branch, values in per_branch.items()},
+        **{f"confidence_{branch}": values.tolist() for branch, values in confidences.items()},
+        "gt_area": area.tolist(),
     }
     result["num_unlabeled_skipped"] = num_unlabeled
     result["protocol"] = dict(PROTOCOL)
@@ -429,6 +468,13 @@ def evaluate_model(
             result["listening"] = run.finish(ids, labels, per_branch, objects)
         finally:
             model.train(was_training)
+        listening_entry = result["listening"]
+        listening_entry["sizes"] = result["sizes"]  # beside the listening figures in tables, cards, results files
+        listening_entry["per_scene"] = {"id": ids, "label": labels, "gt_area": area.tolist(),
+                                        **listening_entry["per_scene"]}
+        for name, mask in subset_masks.items():  # heard / unheard: the same rows on each subset's frames
+            if mask.any():
+                result["subsets"][name]["extended"] = extended_rows(run.confidences, per_branch, mask)
         result["summary"].update(listening_summary(result["listening"]))
     return result
 
@@ -441,6 +487,10 @@ def listening_summary(listening: Mapping[str, Any]) -> dict[str, float]:
     flat.update({f"listening/drop_{variant}/{branch}/{name}": value
                  for variant, per_branch in listening["drops"].items()
                  for branch, values in per_branch.items() for name, value in values.items()})
+    flat.update({f"extended/{variant}/{branch}/{name}": values[name]
+                 for variant, per_branch in listening.get("extended", {}).items()
+                 for branch, values in per_branch.items()
+                 for name in ("ap50", "max_f1_50", "roc_auc") if name in values})
     if listening["selection"]:
         flat["listening/selection/chance"] = listening["selection"]["chance"]
         flat.update({f"listening/selection/{variant}/{branch}": values["accuracy"]

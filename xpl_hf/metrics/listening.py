@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .extended import SIZE_SUBSETS
 from .protocol import EVAL_SIZE
 
 NEGATIVE_AUDIO = ("swapped", "silence", "noise")
@@ -270,15 +272,21 @@ CARD_METRIC_NAMES = {
     "selection": "object selection %",
     **{f"selection_{variant}": f"object selection % {_HEARD[variant]}" for variant in NEGATIVE_AUDIO},
     "selection_chance": "object selection %, chance level",
+    **{f"{metric}_{variant}": f"{name}, {_HEARD[variant].removeprefix('with ')} as negatives"
+       for variant in NEGATIVE_AUDIO
+       for metric, name in (("ap50", "AP@0.5"), ("ap75", "AP@0.75"), ("max_f1_50", "max-F1@0.5"))},
+    **{f"{metric}_{size}": f"{name}, {size} boxes" for size in SIZE_SUBSETS
+       for metric, name in (("ciou", "CIoU"), ("auc", "AUC"))},
 }
 """Display names of the keys :func:`card_metrics` adds (model-index metric names of the model card)."""
 
 
 def card_metrics(listening: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
     """The listening figures as flat numbers per branch, for a model card's results: ``{"a" | "b" | "fused":
-    {"ciou_swapped", "auc_swapped", "ciou_silence", ..., "selection", "selection_swapped", ...}}``, plus
-    ``"selection_chance"`` under ``fused`` (selection keys only where scenes list their objects; ``{}`` when the
-    checks did not run)."""
+    {"ciou_swapped", "auc_swapped", "ciou_silence", ..., "selection", "selection_swapped", ..., "ap50_swapped",
+    "ap75_swapped", "max_f1_50_swapped", ..., "ciou_small", "auc_small", ...}}``, plus ``"selection_chance"`` under
+    ``fused`` (selection keys only where scenes list their objects; extended-protocol and box-size keys where the
+    entry holds ``extended`` / ``sizes``; ``{}`` when the checks did not run)."""
     if not listening:
         return {}
     out: dict[str, dict[str, float]] = {}
@@ -292,12 +300,20 @@ def card_metrics(listening: Mapping[str, Any] | None) -> dict[str, dict[str, flo
             for branch, values in per_branch.items():
                 out[branch][key] = values["accuracy"]
         out["fused"]["selection_chance"] = selection["chance"]
+    for variant, per_branch in (listening.get("extended") or {}).items():
+        for branch, values in per_branch.items():
+            out.setdefault(branch, {}).update({f"{m}_{variant}": values[m] for m in ("ap50", "ap75", "max_f1_50")})
+    for size, entry in (listening.get("sizes") or {}).items():
+        for branch in (b for b in ("a", "b", "fused") if b in entry):
+            out.setdefault(branch, {}).update({f"{m}_{size}": entry[branch][m] for m in ("ciou", "auc")})
     return out
 
 
 def format_listening_table(result: Mapping[str, Any], branch_names: Mapping[str, str] | None = None) -> str:
     """A markdown table of the listening checks: CIoU / AUC per branch and object-selection accuracy under the
-    true, swapped, silent and noise sounds, the drops versus the true sound, and the chance level.
+    true, swapped, silent and noise sounds, the drops versus the true sound, and the chance level; then, where the
+    entry holds them, the extended protocol (AP@0.5 / max-F1@0.5 / ROC AUC of the confidence with each kind of
+    negative: :mod:`xpl_hf.metrics.extended`) and CIoU / AUC per box size.
 
     Args:
         result: the ``listening`` entry of :func:`xpl_hf.evaluation.evaluate_model`'s result, or that result.
@@ -333,4 +349,31 @@ def format_listening_table(result: Mapping[str, Any], branch_names: Mapping[str,
                      f"{selection['chance']:.1f}% (a map that ignores the sound); ties count as a fraction.")
     else:
         notes.append("Object selection: no scene lists its objects (optional `objects` column).")
-    return "\n".join(lines + notes)
+    return "\n".join(lines + notes + _extended_lines(listening, names, branches))
+
+
+def _extended_lines(listening: Mapping[str, Any], names: Mapping[str, str], branches: Sequence[str]) -> list[str]:
+    """The extended protocol's table (AP@0.5 / max-F1@0.5, ROC AUC of the confidence) and the box-size table."""
+    lines = []
+    extended = listening.get("extended")
+    if extended:
+        header = ["negatives"] + [f"{names[b]} AP@0.5 / max-F1@0.5 / ROC AUC" for b in branches]
+        lines += ["", "Extended protocol (positives: each frame with its own sound; negatives: the same frames with "
+                  "the sound below; AP, F1 and ROC AUC in %):", "| " + " | ".join(header) + " |",
+                  "|" + " --- |" * len(header)]
+        for variant, per_branch in extended.items():
+            cells = [variant] + [f"{per_branch[b]['ap50']:.2f} / {per_branch[b]['max_f1_50']:.2f} / "
+                                 f"{per_branch[b].get('roc_auc', float('nan')):.2f}" for b in branches]
+            lines.append("| " + " | ".join(cells) + " |")
+    sizes = listening.get("sizes")
+    if sizes:
+        header = ["box size (224 px)", "scenes"] + [f"{names[b]} CIoU / AUC" for b in branches]
+        lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        for size, entry in sizes.items():
+            low, high = SIZE_SUBSETS[size]
+            bounds = f"< {math.isqrt(int(high))}²" if high != math.inf else f">= {math.isqrt(int(low))}²"
+            cells = [f"{size} ({bounds})", str(entry["num_samples"])]
+            cells += [f"{entry[b]['ciou']:.2f} / {entry[b]['auc']:.2f}" if entry["num_samples"] else "-"
+                      for b in branches]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
