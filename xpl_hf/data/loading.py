@@ -43,7 +43,7 @@ from datasets.distributed import split_dataset_by_node
 
 from ..paths import is_local
 from .schema import GT_RULES, DataValidationError, check_columns, check_unique_ids
-from .shards import DATA_DIR, list_splits, split_shard_paths
+from .shards import DATA_DIR, check_complete, list_splits, open_shard, split_shard_paths
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def local_split_files(root: str, split: str) -> list[str]:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"dataset folder {root!r} does not exist (nor is it a Hub dataset id 'org/name')")
     files = split_shard_paths(root, split)
-    if not files:
+    if files:
+        check_complete(root, split, files)
+    else:
         for pattern in (
             os.path.join(root, split, "*.parquet"),
             os.path.join(root, f"{split}-*.parquet"),
@@ -96,11 +98,8 @@ def load_split_features(
     """``(features as stored, local parquet files or None for a Hub id)`` of one split."""
     if is_local(path_or_id):
         files = local_split_files(path_or_id, split)
-        try:
-            schema = pq.read_schema(files[0])
-        except Exception as err:
-            raise DataValidationError(f"{files[0]} is not a readable parquet file: {err}") from err
-        return Features.from_arrow_schema(schema), files
+        schemas = [open_shard(path).schema_arrow for path in files]  # every footer: a bad shard is named
+        return Features.from_arrow_schema(schemas[0]), files
     from datasets import load_dataset_builder
 
     builder = load_dataset_builder(path_or_id, revision=revision, token=token)
@@ -113,11 +112,30 @@ def load_split_features(
     return builder.info.features, None
 
 
+def _first_unreadable(files: list[str]) -> str | None:
+    """The first of ``files`` whose rows cannot be read (None when all can)."""
+    for path in files:
+        try:
+            for _ in pq.ParquetFile(path).iter_batches(batch_size=256):
+                pass
+        except Exception:  # noqa: BLE001 - any failure names the shard
+            return path
+    return None
+
+
 def _load(path_or_id: str, split: str, features: Features, files: list[str] | None, streaming: bool, **kwargs):
     if files is not None:
-        return load_dataset(
-            "parquet", data_files={split: files}, split=split, features=features, streaming=streaming, **kwargs
-        )
+        try:
+            return load_dataset(
+                "parquet", data_files={split: files}, split=split, features=features, streaming=streaming, **kwargs
+            )
+        except Exception as err:
+            bad = _first_unreadable(files)
+            if bad is None:
+                raise
+            raise DataValidationError(f"parquet shard {bad} of split {split!r} cannot be read ({type(err).__name__}: "
+                                      f"{err}); delete it and convert again (the converter redoes only the missing "
+                                      "shards)") from err
     try:
         return load_dataset(path_or_id, split=split, features=features, streaming=streaming, **kwargs)
     except ValueError as err:
@@ -204,8 +222,10 @@ def load_labeled(
     Raises:
         FileNotFoundError: the local folder does not exist.
         ValueError: the split does not exist (the message lists the available ones).
-        DataValidationError: missing columns, a labeled split without boxes, unknown gt_rule, duplicated ids, a
-            box that is not finite or not in [0, 1] (:func:`check_boxes`; swapped corners are reordered).
+        DataValidationError: an incomplete set of shards (:func:`xpl_hf.data.shards.check_complete`, naming the
+            missing ones) or a shard whose rows cannot be read (naming it); missing columns, a labeled split without
+            boxes, unknown gt_rule, duplicated ids, a box that is not finite or not in [0, 1] (:func:`check_boxes`;
+            swapped corners are reordered).
     """
     features, files = load_split_features(path_or_id, split, revision=revision, token=token)
     where = f"split {split!r} of {path_or_id!r}"

@@ -41,6 +41,54 @@ def split_shard_paths(root: str, split: str) -> list[str]:
     return sorted(glob.glob(pattern))
 
 
+MAX_SHARDS_PER_SPLIT = 10_000
+"""Most parquet shards a converter writes for one split (``--shards_per_split``, ``--num_shards``)."""
+
+
+def _shard_numbers(path: str) -> tuple[int, int]:
+    """``(index, total)`` of a shard named ``<split>-<index>-of-<total>.parquet``."""
+    index, _, total = os.path.basename(path).removesuffix(".parquet").rsplit("-", 3)[1:]
+    return int(index), int(total)
+
+
+def missing_shards(root: str, split: str, files: list[str] | None = None) -> list[str]:
+    """Why the shards of ``split`` under ``root`` are not one complete set, as messages (empty when they are).
+
+    A split's shards are ``<split>-<j>-of-<T>.parquet`` for every ``j`` in ``0 .. T-1`` with one ``T``: a missing
+    ``j`` (a conversion split between machines with only some parts copied in) or two totals (shards of two
+    conversions) are named.
+    """
+    files = split_shard_paths(root, split) if files is None else files
+    if not files:
+        return []
+    numbers = [_shard_numbers(p) for p in files]
+    totals = sorted({total for _, total in numbers})
+    if len(totals) > 1:
+        return [f"it mixes shards of conversions into {' and '.join(map(str, totals))} shards ("
+                + ", ".join(os.path.basename(p) for p in files[:4]) + (" ..." if len(files) > 4 else "")
+                + "): remove the shards of the older conversion"]
+    present = {index for index, _ in numbers}
+    absent = [os.path.join(DATA_DIR, f"{split}-{j:05d}-of-{totals[0]:05d}.parquet")
+              for j in range(totals[0]) if j not in present]
+    if not absent:
+        return []
+    return [f"{len(absent)} of its {totals[0]} shards are missing (" + ", ".join(absent[:4])
+            + (" ..." if len(absent) > 4 else "") + ")"]
+
+
+def check_complete(root: str, split: str, files: list[str] | None = None) -> None:
+    """Raise :class:`~xpl_hf.data.schema.DataValidationError` when ``split`` is not one complete set of shards
+    (:func:`missing_shards`), naming what is missing."""
+    problems = missing_shards(root, split, files)
+    if problems:
+        from .schema import DataValidationError
+
+        raise DataValidationError(f"split {split!r} of {root!r} is incomplete: {'; '.join(problems)}. A conversion "
+                                  "split between machines (--num_shards / --shard_index) writes part of the shards "
+                                  f"on each: copy every machine's {DATA_DIR}/ folder in, then write the card with "
+                                  "`python -m xpl_hf.data.convert card --output DIR`")
+
+
 def list_splits(root: str) -> list[str]:
     """Names of the splits written under ``root``."""
     names = set()
@@ -297,6 +345,8 @@ def dataset_card_metadata(root: str, source: DatasetSource):
     splits = list_splits(root)
     if not splits:
         raise ValueError(f"{root!r} holds no split ({DATA_DIR}/<split>-xxxxx-of-xxxxx.parquet) to describe")
+    for split in splits:
+        check_complete(root, split)
     features = _split_features(root, splits)
     rows = {s: _split_rows(root, s) for s in splits}
     shared = all(f == features[splits[0]] for f in features.values())
@@ -343,7 +393,8 @@ def write_dataset_card(
         details: extra facts rendered as a table (e.g. the generator's parameters); no local paths, please.
 
     The card is rewritten from the folder's current content, so calling it again after adding a split is fine. A
-    folder without any split gets no card (``None`` is returned, with a warning).
+    folder without any split gets no card (``None`` is returned, with a warning); a split that is not one complete
+    set of shards (:func:`check_complete`) is refused, naming the missing shards.
     """
     from huggingface_hub import DatasetCard
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any
 
 from ..schema import DataValidationError
-from ..shards import DATASET_SOURCES, list_splits, split_shard_paths, write_dataset_card
+from ..shards import DATASET_SOURCES, MAX_SHARDS_PER_SPLIT, list_splits, split_shard_paths, write_dataset_card
 from . import flickr, folder, vggss
 from .report import ConversionReport, shown
-from .samples import ClipOptions
+from .samples import CLIP_OPTION_BOUNDS, ClipOptions, bound_problem
 from .writer import write_dataset
 
 PROG = "python -m xpl_hf.data.convert"
@@ -62,13 +63,32 @@ def push_to_hub(output: str, repo_id: str, *, private: bool = False, token: str 
     return dd.push_to_hub(repo_id, private=private, token=token, num_shards=shards)
 
 
-def _positive(kind):
+MAX_WORKERS = 256
+
+
+def _bounded(low: float, high: float, integer: bool):
+    """An argparse type: a number in ``[low, high]`` (an integer when ``integer``; ``2.205e4`` is read as 22050)."""
     def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        problem = bound_problem("", value, low, high, integer)
+        if problem:
+            raise argparse.ArgumentTypeError(problem.strip())
+        return int(value) if integer else value
     return parse
+
+
+def _option(name: str):
+    return _bounded(*CLIP_OPTION_BOUNDS[name])
+
+
+def _frame_time(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -85,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="kind", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--output", required=True, help="output folder (parquet shards under OUTPUT/data/)")
-    common.add_argument("--shards_per_split", type=_positive(int), default=None,
-                        help="parquet shards per split (default: one per 1000 rows)")
-    common.add_argument("--num_workers", type=_positive(int), default=min(8, os.cpu_count() or 1),
-                        help="processes reading and decoding media (default: the CPU count, at most 8)")
-    common.add_argument("--num_shards", type=_positive(int), default=1,
+    common.add_argument("--shards_per_split", type=_bounded(1, MAX_SHARDS_PER_SPLIT, True), default=None,
+                        help=f"parquet shards per split (default: one per 1000 rows; at most one per row and "
+                             f"{MAX_SHARDS_PER_SPLIT})")
+    common.add_argument("--num_workers", type=_bounded(1, MAX_WORKERS, True), default=min(8, os.cpu_count() or 1),
+                        help=f"processes reading and decoding media (default: the CPU count, at most 8; at most "
+                             f"{MAX_WORKERS})")
+    common.add_argument("--num_shards", type=_bounded(1, MAX_SHARDS_PER_SPLIT, True), default=1,
                         help="split the conversion between this many machines (run each with its --shard_index)")
     common.add_argument("--shard_index", type=int, default=0, help="this machine's part, 0 .. --num_shards - 1")
     common.add_argument("--strict", action="store_true",
@@ -97,14 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the result as this Hub dataset")
     common.add_argument("--private", action="store_true", help="create the Hub dataset as private")
     video = common.add_argument_group("videos")
-    video.add_argument("--frame_time", type=float, default=None,
+    video.add_argument("--frame_time", type=_frame_time, default=None,
                        help="seconds into each video of the stored frame (default: the middle frame, the protocol's)")
-    video.add_argument("--frames_per_clip", type=_positive(int), default=1,
-                       help="also store K frames spread over the audio window (training picks one per visit)")
-    video.add_argument("--clip_seconds", type=_positive(float), default=3.0,
-                       help="seconds of audio stored around the frame (the model's clip_seconds)")
-    video.add_argument("--sample_rate", type=_positive(int), default=22050,
-                       help="rate of the stored audio, mono, resampled once (22050: the higher of the model's rates)")
+    video.add_argument("--frames_per_clip", type=_option("frames_per_clip"), default=1,
+                       help="also store K frames spread over the audio window (training picks one per visit); 1-64")
+    video.add_argument("--clip_seconds", type=_option("clip_seconds"), default=3.0,
+                       help="seconds of audio stored around the frame (the model's clip_seconds); 0.01-60")
+    video.add_argument("--sample_rate", type=_option("sample_rate"), default=22050,
+                       help="rate of the stored audio, mono, resampled once (22050: the higher of the model's rates); "
+                            "8000-192000 Hz")
     video.add_argument("--audio_format", choices=("wav", "flac"), default="wav", help="stored audio format")
     p = sub.add_parser("folder", parents=[common], help="a folder (or .tar / .tar.gz) with annotations.json",
                        description=folder.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,7 +166,10 @@ def main(argv: list[str] | None = None) -> ConversionReport | None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.kind == "card":
-        print(write_dataset_card(args.output, args.source))
+        try:
+            print(write_dataset_card(args.output, args.source))
+        except ValueError as err:  # DataValidationError included: an incomplete split names its missing shards
+            parser.exit(2, f"{PROG} card: error: {shown(str(err))}\n")
         return None
     if not 0 <= args.shard_index < args.num_shards:
         parser.error(f"--shard_index {args.shard_index} must be in [0, --num_shards={args.num_shards})")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import random
 import re
@@ -97,6 +98,41 @@ class ClipOptions:
     sample_rate: int = 22050
     audio_format: str = "wav"
     jpeg_quality: int = 95
+
+    def __post_init__(self) -> None:
+        for problem in clip_option_problems(self):
+            raise ValueError(problem)
+
+
+CLIP_OPTION_BOUNDS = {  # option -> (low, high, integer): the converter's flags of the same names are checked alike
+    "frames_per_clip": (1, 64, True),
+    "clip_seconds": (0.01, 60.0, False),
+    "sample_rate": (8000, 192_000, True),
+    "jpeg_quality": (1, 100, True),
+}
+"""Accepted ranges of :class:`ClipOptions` (``frame_time``: None or a finite number >= 0)."""
+
+
+def bound_problem(flag: str, value: Any, low: float, high: float, integer: bool) -> str | None:
+    """Why ``value`` is not a number in ``[low, high]`` (an integer when ``integer``) for ``flag``; None when it is."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value <= high and (not integer or float(value).is_integer())
+    if ok:
+        return None
+    kind = "an integer" if integer else "a number"
+    return f"{flag} {value!r}: must be {kind} from {low:g} to {high:g}"
+
+
+def clip_option_problems(options: ClipOptions) -> list[str]:
+    """Every out-of-range value of ``options``, each naming its flag (``--sample_rate ...``)."""
+    problems = [p for name, (low, high, integer) in CLIP_OPTION_BOUNDS.items()
+                if (p := bound_problem(f"--{name}", getattr(options, name), low, high, integer))]
+    t = options.frame_time
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0):
+        problems.append(f"--frame_time {t!r}: must be a finite number of seconds >= 0")
+    if options.audio_format not in ("wav", "flac"):
+        problems.append(f"--audio_format {options.audio_format!r}: must be 'wav' or 'flac'")
+    return problems
 
 
 @dataclasses.dataclass

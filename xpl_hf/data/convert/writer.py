@@ -4,7 +4,13 @@ Shards. Each split's accepted candidates (in the converter's order; archive memb
 the archive) are cut into ``T`` contiguous blocks, one shard each: ``data/<split>-<j>-of-<T>.parquet``. With
 ``num_shards=N`` (machines) and ``shard_index=I``, ``T`` is a multiple of ``N`` and this machine writes blocks
 ``I*T/N`` to ``(I+1)*T/N - 1`` only: N machines given the same inputs split one conversion, and copying their
-``data/`` folders together gives the complete dataset.
+``data/`` folders together gives the complete dataset. A split never gets more shards than rows, nor more than
+:data:`~xpl_hf.data.shards.MAX_SHARDS_PER_SPLIT`.
+
+Parts. A shard's name says the set it belongs to (``-of-<T>``). The dataset card is written once the folder holds
+every shard of every split; until then a part says which shards are missing, and the loaders
+(:func:`xpl_hf.data.load_labeled`, ...) refuse an incomplete split naming them. When every part is in, ``python -m
+xpl_hf.data.convert card --output DIR`` writes the card.
 
 Copies. A candidate with ``copy_of`` (VGG-SS's heard/unheard splits repeat test rows) is not decoded again: its
 split is written after the others, one shard per machine, from the rows this machine wrote for the source split.
@@ -13,8 +19,10 @@ Resume. A shard is written to a temporary file, then moved into place (``os.repl
 holds, the problems of its samples, a fingerprint of its inputs and options) is written to
 ``.convert/<shard>.json`` the same way. A rerun skips every shard whose record matches and whose file is intact,
 and rewrites the others under the same names: a killed conversion resumes where it stopped, and a rerun never
-duplicates a row. Shards of an earlier conversion of the same splits that are no longer part of this one (another
-shard count) are removed; other splits in the folder are left as they are.
+duplicates a row. A complete conversion (``num_shards=1``) removes the shards of an earlier conversion of the same
+splits that are no longer part of this one (another shard count); a part (``num_shards > 1``) never removes a shard:
+it refuses to start when the folder holds shards of its splits from a conversion into another number of shards
+(another machine's part, or a stale one: the message names them). Other splits in the folder are left as they are.
 """
 
 from __future__ import annotations
@@ -37,7 +45,16 @@ from typing import Any
 from datasets import Features, Image, List
 
 from ..schema import DataValidationError, xpl_features
-from ..shards import DATA_DIR, open_shard, shard_path, write_dataset_card, write_shard
+from ..shards import (
+    DATA_DIR,
+    MAX_SHARDS_PER_SPLIT,
+    list_splits,
+    missing_shards,
+    open_shard,
+    shard_path,
+    write_dataset_card,
+    write_shard,
+)
 from .archive import MEMORY_BUDGET, SPOOL_BYTES, ArchiveMember, ArchiveReader, remove_tree
 from .report import REPORT_NAME, ConversionReport
 from .rows import build_row
@@ -151,7 +168,8 @@ class _Plan:
     """The shards of one split: blocks of candidates, the total ``T`` and the ones this machine writes."""
 
     def __init__(self, split: str, items: list[Candidate], per_split: int | None, num_shards: int, shard_index: int):
-        wanted = per_split or max(1, math.ceil(len(items) / ROWS_PER_SHARD))
+        wanted = min(per_split or math.ceil(len(items) / ROWS_PER_SHARD), len(items), MAX_SHARDS_PER_SPLIT)
+        wanted = max(1, wanted)  # at most one shard per row: more would be empty files
         self.per_part = max(1, math.ceil(wanted / num_shards))
         self.total = self.per_part * num_shards
         bounds = [round(i * len(items) / self.total) for i in range(self.total + 1)]
@@ -218,19 +236,22 @@ def _remove_leftovers(path: str) -> None:
             os.remove(os.path.join(folder, leftover))
 
 
-def _remove_stale(output: str, keep: set[str], splits_done: set[str]) -> None:
-    """Delete the shards (and records) of this conversion's splits that an earlier conversion left (other shard
-    counts); other splits are left alone, so two converters may write different splits into one folder."""
+def _stale_shards(output: str, keep: set[str], splits_done: set[str]) -> list[str]:
+    """Shard files of this conversion's splits that are not part of it (``keep``: its shard names)."""
     data = os.path.join(output, DATA_DIR)
-    for name in sorted(os.listdir(data)) if os.path.isdir(data) else []:
-        if not name.endswith(".parquet") or name in keep:
-            continue
-        if name.rsplit("-", 3)[0] in splits_done:
-            logger.warning("removing %s: a shard of an earlier conversion into %s", name, output)
-            os.remove(os.path.join(data, name))
-            record = _record_path(output, name)
-            if os.path.exists(record):
-                os.remove(record)
+    names = sorted(os.listdir(data)) if os.path.isdir(data) else []
+    return [n for n in names if n.endswith(".parquet") and n not in keep and n.rsplit("-", 3)[0] in splits_done]
+
+
+def _remove_stale(output: str, stale: list[str]) -> None:
+    """Delete the shards (and records) an earlier complete conversion of these splits left (other shard counts);
+    other splits are left alone, so two converters may write different splits into one folder."""
+    for name in stale:
+        logger.warning("removing %s: a shard of an earlier conversion into %s", name, output)
+        os.remove(os.path.join(output, DATA_DIR, name))
+        record = _record_path(output, name)
+        if os.path.exists(record):
+            os.remove(record)
 
 
 def write_dataset(
@@ -266,8 +287,12 @@ def write_dataset(
     """
     if os.path.exists(output) and not os.path.isdir(output):
         raise DataValidationError(f"--output {output!r} is a file; give a folder (it is created if missing)")
-    if not (isinstance(num_shards, int) and num_shards >= 1 and 0 <= shard_index < num_shards):
-        raise ValueError(f"--shard_index must be in [0, --num_shards); got {shard_index} of {num_shards}")
+    if not (isinstance(num_shards, int) and 1 <= num_shards <= MAX_SHARDS_PER_SPLIT and 0 <= shard_index < num_shards):
+        raise ValueError(f"--num_shards must be in [1, {MAX_SHARDS_PER_SPLIT}] and --shard_index in [0, --num_shards); "
+                         f"got {shard_index} of {num_shards}")
+    for value in (shards_per_split.values() if isinstance(shards_per_split, dict) else [shards_per_split]):
+        if value is not None and not (isinstance(value, int) and 1 <= value <= MAX_SHARDS_PER_SPLIT):
+            raise ValueError(f"--shards_per_split must be an integer in [1, {MAX_SHARDS_PER_SPLIT}], got {value!r}")
     report = report or ConversionReport(kind)
     options = options or ClipOptions()
     by_split = _accept(candidates, report, strict, num_shards, shard_index, unique_across_splits)
@@ -291,7 +316,15 @@ def write_dataset(
                 report.add_shard(record, plan.split)
     keep = {os.path.basename(shard_path(output, p.split, j, p.total)) for p in plans for j in range(p.total)}
     keep |= {os.path.basename(shard_path(output, split, j, num_shards)) for split in copies for j in range(num_shards)}
-    _remove_stale(output, keep, {p.split for p in plans} | set(copies))  # other machines' parts stay
+    stale = _stale_shards(output, keep, {p.split for p in plans} | set(copies))
+    if stale and num_shards > 1:  # another machine's part, or a stale one: a part never deletes a shard
+        shown = ", ".join(stale[:4]) + (" ..." if len(stale) > 4 else "")
+        raise DataValidationError(f"{os.path.join(output, DATA_DIR)} holds {len(stale)} shard(s) of these splits from "
+                                  f"a conversion into another number of shards ({shown}); this part (--shard_index "
+                                  f"{shard_index} of --num_shards {num_shards}) writes other ones. Every machine "
+                                  "must use the same --num_shards and --shards_per_split; if those shards are stale, "
+                                  "remove them first")
+    _remove_stale(output, stale)
     _write_shards(work, output, kind, options, report, num_workers, strict, progress,
                   total=sum(len(b) for p in plans for b in p.blocks.values()))
     for split, items in copies.items():
@@ -306,7 +339,14 @@ def write_dataset(
         reasons = ", ".join(f"{reason}: {len(ids)}" for reason, ids in report.skipped.items()) or "no sample"
         raise DataValidationError(f"{kind}: no row was written to {output}; skipped: {reasons} (every sample and "
                                   f"problem is in {os.path.join(output, name)})")
-    write_dataset_card(output, kind)
+    incomplete = {split: problems for split in list_splits(output) if (problems := missing_shards(output, split))}
+    if not incomplete:
+        write_dataset_card(output, kind)
+    else:  # other machines' parts are not in yet
+        logger.warning("wrote part %d of %d into %s; no dataset card yet: %s. When every part is in, run `python -m "
+                       "xpl_hf.data.convert card --output %s --source %s`", shard_index, num_shards, output,
+                       "; ".join(f"split {s!r}: {'; '.join(p)}" for s, p in incomplete.items()), output, kind)
+        report.extra["missing_shards"] = {s: p for s, p in incomplete.items()}
     return report
 
 
