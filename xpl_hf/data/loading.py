@@ -199,6 +199,18 @@ def check_boxes(ds: Dataset, where: str) -> Dataset:
                   input_columns=["boxes"], features=ds.features, keep_in_memory=True, load_from_cache_file=False)
 
 
+def check_rule_matches_boxes(ds: Dataset, where: str) -> None:
+    """Refuse a row with ``gt_rule == "none"`` ("not annotated") that carries boxes, naming it: its ground truth would
+    depend on which of the two the reader believes (the converters refuse such entries as ``bad gt_rule``)."""
+    boxed = pc.greater(pc.fill_null(pc.list_value_length(ds.data.column("boxes")), 0), 0)
+    contradictory = pc.and_(pc.equal(ds.data.column("gt_rule"), "none"), boxed)
+    if pc.any(contradictory).as_py():
+        row = pc.index(contradictory, True).as_py()
+        raise DataValidationError(f"{where}: row {row} (id {ds.data.column('id')[row].as_py()!r}) has gt_rule 'none' "
+                                  "('not annotated') but carries boxes; write its gt_rule ('union' or 'flickr') or "
+                                  "drop its boxes")
+
+
 def load_labeled(
     path_or_id: str,
     split: str,
@@ -224,8 +236,8 @@ def load_labeled(
         ValueError: the split does not exist (the message lists the available ones).
         DataValidationError: an incomplete set of shards (:func:`xpl_hf.data.shards.check_complete`, naming the
             missing ones) or a shard whose rows cannot be read (naming it); missing columns, a labeled split without
-            boxes, unknown gt_rule, duplicated ids, a box that is not finite or not in [0, 1] (:func:`check_boxes`;
-            swapped corners are reordered).
+            boxes, unknown gt_rule, gt_rule ``"none"`` on a row with boxes, duplicated ids, a box that is not finite
+            or not in [0, 1] (:func:`check_boxes`; swapped corners are reordered).
     """
     features, files = load_split_features(path_or_id, split, revision=revision, token=token)
     where = f"split {split!r} of {path_or_id!r}"
@@ -243,6 +255,8 @@ def load_labeled(
             raise DataValidationError(
                 f"{where} has unknown gt_rule value(s) {sorted(map(str, unknown))}; expected {GT_RULES}"
             )
+    if "boxes" in ds.column_names and "gt_rule" in ds.column_names:
+        check_rule_matches_boxes(ds, where)
     if "boxes" in ds.column_names:
         ds = check_boxes(ds, where)
     if require_boxes and len(ds) > 0:

@@ -15,7 +15,11 @@ key          value
              not annotated
 ``label``    optional class name
 ``split``    optional split name (letters, digits, ``_``); see the defaults below
-``gt_rule``  optional: ``"union"`` (default with boxes) or ``"flickr"`` (sum of annotators' boxes / 2)
+``gt_rule``  optional: ``"union"`` (default with boxes) or ``"flickr"`` (sum of annotators' boxes / 2); ``"none"``
+             only without boxes
+``objects``  optional: every visible object of the scene, a list of ``{"box": [x0, y0, x1, y1], "label": "dog",
+             "sounding": true}`` (boxes normalised, ``0 <= x0 < x1 <= 1``); written to the ``objects`` column, which
+             ``python -m xpl_hf.evaluate`` uses for its object-selection check
 ============ =========================================================================================================
 
 For example::
@@ -38,8 +42,13 @@ Rules: a sample is labeled exactly when it has a non-empty ``boxes`` list. ``"bo
 without boxes) is read as "not annotated": kept as unlabeled and reported. ``boxes`` of another type (``{}``, ``""``,
 ``0``, ``false``, a string) or a flat list of 4 numbers is refused (``bad boxes``): it would otherwise become a
 labeled row without a box, which trains "nothing sounds here". Unknown keys (the typo ``"bboxes"``) are reported
-with the closest known key. Every media path must resolve inside the folder (``../x.jpg``, absolute paths and links
-pointing out are refused: ``media outside input folder``); inside an archive, a path must name a regular member.
+with the closest known key. ``gt_rule: "none"`` on an entry with boxes is refused (``bad gt_rule``): ``none`` means
+"not annotated", so the entry contradicts itself (leave ``gt_rule`` out to read the boxes with ``union``).
+``objects`` that break the rules of :func:`xpl_hf.data.schema.check_objects` (not a list; an object without ``box``,
+``label`` or ``sounding``; a box outside [0, 1] or inverted) are refused (``bad objects``), naming the object; when
+any entry lists objects, every split gets the column (``null`` for the other rows). Every media path must resolve
+inside the folder (``../x.jpg``, absolute paths and links pointing out are refused: ``media outside input folder``);
+inside an archive, a path must name a regular member.
 """
 
 from __future__ import annotations
@@ -50,13 +59,13 @@ import os
 import posixpath
 from typing import Any
 
-from ..schema import DataValidationError, check_gt_rule
+from ..schema import DataValidationError, check_gt_rule, check_objects
 from .archive import ArchiveMember, is_archive
 from .report import ConversionReport, SampleProblem, shown
 from .samples import Candidate, carve
 from .sources import archive_index, check_json_size, load_json
 
-FOLDER_KEYS = ("id", "image", "audio", "video", "time", "boxes", "label", "split", "gt_rule")
+FOLDER_KEYS = ("id", "image", "audio", "video", "time", "boxes", "label", "split", "gt_rule", "objects")
 """The keys of one ``annotations.json`` entry."""
 ANNOTATIONS = "annotations.json"
 
@@ -190,6 +199,20 @@ def _candidate(e: Any, index: int, folder: _Folder) -> Candidate:
             check_gt_rule(rule, sample_id=c.id)
         except DataValidationError as err:
             c.problem = ("bad gt_rule", str(err))
+            return c
+        if rule == "none" and isinstance(boxes, list) and boxes:
+            c.problem = ("bad gt_rule", f"gt_rule 'none' means 'not annotated' but the entry has {len(boxes)} box(es):"
+                         " leave gt_rule out (the boxes are read with 'union') or drop the boxes")
+            return c
+    objects = e.get("objects")
+    if objects is not None:
+        try:
+            if not isinstance(objects, list):
+                raise DataValidationError(f"objects must be a list of {{box, label, sounding}} objects, got "
+                                          f"{type(objects).__name__} {objects!r}"[:200])
+            c.objects = check_objects(objects, sample_id=c.id)
+        except DataValidationError as err:
+            c.problem = ("bad objects", str(err)[:300])
             return c
     if isinstance(boxes, list) and not boxes:
         c.notes.append(("empty box list", "boxes is [], read as 'no annotation': kept as unlabeled (gt_rule 'none')"))

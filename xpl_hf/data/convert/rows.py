@@ -72,7 +72,7 @@ def _validate(c: Candidate, loaded: dict[str, bytes], options: ClipOptions) -> R
         media, notes, seconds = video_media(c, loaded, options)
     else:
         media, notes = _image_and_audio(c, loaded)
-    row = {"id": c.id, **media, "boxes": boxes, "gt_rule": c.gt_rule, "label": c.label or ""}
+    row = {"id": c.id, **media, "boxes": boxes, "gt_rule": c.gt_rule, "label": c.label or "", "objects": c.objects}
     if options.frames_per_clip > 1:
         row.setdefault("frames", None)
     return RowResult(row, box_report=box_report, notes=notes, seconds=seconds)

@@ -70,6 +70,7 @@ class Candidate:
     label: str = ""
     box_mode: str = "reorder"  # clean_boxes(inverted=...)
     require_box: bool = False  # skip the sample if it had boxes and none survives cleaning
+    objects: list[dict] | None = None  # every visible object (box, label, sounding), checked; None: unknown
     copy_of: str | None = None  # the row is that split's row of the same id, copied (media are not read again)
     problem: tuple[str, str] | None = None  # (reason, detail) known before reading media: the sample is skipped
     notes: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (reason, detail): reported, kept

@@ -69,9 +69,10 @@ SPOOL_DISK_BUDGET = 16 * 2**30
 """Most bytes of temporary copies of large archive members on disk at once (under ``OUT/.convert/``)."""
 
 
-def features_for(options: ClipOptions) -> Features:
-    """The schema of the rows written with ``options`` (adds ``frames`` when K > 1)."""
-    features = xpl_features()
+def features_for(options: ClipOptions, with_objects: bool = False) -> Features:
+    """The schema of the rows written with ``options`` (adds ``frames`` when K > 1) and, with ``with_objects``, the
+    optional ``objects`` column (every split of a conversion whose annotations list objects for some sample)."""
+    features = xpl_features(with_objects=with_objects)
     if options.frames_per_clip > 1:
         features["frames"] = List(Image())
     return features
@@ -88,11 +89,11 @@ def _sort_key(c: Candidate) -> tuple:
     return (ref.archive, ref.offset) if isinstance(ref, ArchiveMember) else ("", 0)
 
 
-def _fingerprint(kind: str, options: ClipOptions, block: Sequence[Candidate]) -> str:
-    h = hashlib.sha256(json.dumps([kind, repr(options)]).encode())
+def _fingerprint(kind: str, options: ClipOptions, features: Features, block: Sequence[Candidate]) -> str:
+    h = hashlib.sha256(json.dumps([kind, repr(options), sorted(features)]).encode())
     for c in block:
         h.update(json.dumps([c.id, c.split, [str(m) for m in c.media()], c.time, c.boxes, c.gt_rule, c.label,
-                             c.notes], default=str).encode())
+                             c.notes, c.objects], default=str).encode())
         for m in c.media():  # a file or archive replaced since is converted again
             path = m.archive if isinstance(m, ArchiveMember) else m
             if os.path.exists(path):
@@ -303,12 +304,13 @@ def write_dataset(
             continue
         per_split = shards_per_split.get(split) if isinstance(shards_per_split, dict) else shards_per_split
         plans.append(_Plan(split, sorted(items, key=_sort_key), per_split, num_shards, shard_index))
+    features = features_for(options, with_objects=any(c.objects is not None for c in candidates))
     os.makedirs(os.path.join(output, DATA_DIR), exist_ok=True)
     work = []  # (split, block, shard path, fingerprint) of the shards to (re)write
     for plan in plans:
         for j, block in plan.blocks.items():
             path = shard_path(output, plan.split, j, plan.total)
-            fingerprint = _fingerprint(kind, options, block)
+            fingerprint = _fingerprint(kind, options, features, block)
             record = _load_record(output, path, fingerprint)
             if record is None:
                 work.append((plan.split, block, path, fingerprint))
@@ -325,10 +327,10 @@ def write_dataset(
                                   "must use the same --num_shards and --shards_per_split; if those shards are stale, "
                                   "remove them first")
     _remove_stale(output, stale)
-    _write_shards(work, output, kind, options, report, num_workers, strict, progress,
+    _write_shards(work, output, kind, features, options, report, num_workers, strict, progress,
                   total=sum(len(b) for p in plans for b in p.blocks.values()))
     for split, items in copies.items():
-        _write_copies(output, split, items, {p.split: p for p in plans}, report, num_shards, shard_index, options)
+        _write_copies(output, split, items, {p.split: p for p in plans}, report, num_shards, shard_index, features)
     for plan in plans:  # splits whose every block is empty still get their counts
         report.written.setdefault(plan.split, 0)
         report.boxed.setdefault(plan.split, 0)
@@ -351,7 +353,7 @@ def write_dataset(
 
 
 def _write_copies(output: str, split: str, items: list[Candidate], plans: dict[str, _Plan], report: ConversionReport,
-                  num_shards: int, shard_index: int, options: ClipOptions) -> None:
+                  num_shards: int, shard_index: int, features: Features) -> None:
     """Write ``split`` (one shard per machine) from the rows of the splits its candidates copy (``copy_of``) that this
     machine wrote, reading one source shard at a time; an id whose source row was skipped is reported."""
     import pyarrow as pa
@@ -373,7 +375,7 @@ def _write_copies(output: str, split: str, items: list[Candidate], plans: dict[s
                 yield row
 
     path = shard_path(output, split, shard_index, num_shards)
-    write_shard(path, rows(), features_for(options))
+    write_shard(path, rows(), features)
     shard = ConversionReport(report.kind)
     for c in items:
         if c.id not in found and (num_shards == 1 or c.id in local):
@@ -404,10 +406,9 @@ def _accept(candidates: Sequence[Candidate], report: ConversionReport, strict: b
     return by_split
 
 
-def _write_shards(work: list[tuple], output: str, kind: str, options: ClipOptions, report: ConversionReport,
-                  num_workers: int, strict: bool, progress: bool, total: int) -> None:
+def _write_shards(work: list[tuple], output: str, kind: str, features: Features, options: ClipOptions,
+                  report: ConversionReport, num_workers: int, strict: bool, progress: bool, total: int) -> None:
     """Build the rows of every block in ``work`` (in parallel) and write each block's shard and record."""
-    features = features_for(options)
     todo = sum(len(block) for _, block, _, _ in work)
     workers = num_workers if todo >= 4 * num_workers else 1  # a pool costs more than a handful of clips
     seconds: dict[str, float] = collections.defaultdict(float)
