@@ -18,6 +18,7 @@ import torch
 from transformers import pipeline
 
 from xpl_hf import PIPELINE_TASK, XPLConfig, XPLModel, XPLProcessor, save_pretrained_with_pipeline
+from xpl_hf.maps import branch_confidences
 
 TINY = dict(image_size=64, embed_dim=32, vggish_fc_dim=64, clip_seconds=1.0)
 
@@ -85,7 +86,8 @@ def test_pipeline_offline_from_another_directory(saved, tmp_path):
     x0, y0, x1, y1 = out["box"]
     assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480
     assert -1.0 <= out["consensus"] <= 1.0
-    assert out["many"] == [["consensus", "map", "map_a", "map_b"]] * 2  # threshold=None: no box
+    assert out["many"] == [["confidence", "confidence_a", "confidence_b", "consensus", "map", "map_a", "map_b"]] * 2
+    # (threshold=None: no box)
     assert all(module.startswith("transformers_modules.") for module in out["modules"]), out["modules"]
     assert not out["xpl_hf_imported"]
 
@@ -110,6 +112,11 @@ def test_in_process_with_arrays(model_and_processor):
     expected = processor.post_process_localization(direct, target_sizes=[(30, 50)])[0]
     assert torch.allclose(result["map_b"], expected["map_b"]) and result["consensus"] == pytest.approx(
         expected["consensus"])
+    # the confidence: the mean of the top quarter of each branch's probability map, fused = their mean
+    confidences = branch_confidences(direct.maps_a, direct.maps_b)
+    for key, branch in (("confidence", "fused"), ("confidence_a", "a"), ("confidence_b", "b")):
+        assert result[key] == pytest.approx(float(confidences[branch][0]))
+    assert 0.0 < result["confidence"] < 1.0
 
 
 def test_bad_calls(model_and_processor, tmp_path):
@@ -152,6 +159,12 @@ def test_video_input(model_and_processor, tmp_path):
     video = make_video(tmp_path / "clip.mp4", seconds=3.0, size=(80, 48))
     result = localizer(video=str(video), time=1.0)
     assert result["map"].shape == (48, 80) and result["time"] == 1.0
+    for seconds in (np.float32(1.0), np.int64(1)):  # numpy scalars are times too
+        assert torch.equal(localizer(video=str(video), time=seconds)["map"], result["map"])
+    with pytest.raises(ValueError, match=r"time=True: expected a time in seconds .* not a bool"):
+        localizer(video=str(video), time=True)  # not read as 1 s
+    with pytest.raises(ValueError, match="not a str"):
+        localizer({"video": str(video), "time": "1.0"})
     assert localizer(video=video.read_bytes())["time"] == pytest.approx(1.5, abs=0.05)  # default: the middle
     clip = read_video_clip(video, time=1.0, clip_seconds=processor.clip_seconds + 0.1)
     same = localizer(image=clip.frames[0], audio=clip.audio, sampling_rate=clip.sampling_rate)
@@ -199,3 +212,41 @@ def test_a_processor_for_other_inputs_is_refused(saved):
     other = XPLProcessor.from_config(XPLConfig(**{**model.config.to_dict(), "image_size": 128}))
     with pytest.raises(ValueError, match="image_size"):
         pipeline(PIPELINE_TASK, model=model, processor=other, device="cpu")
+
+
+def test_float16_folder_runs_on_cpu(model_and_processor, tmp_path):
+    """The README's call on a folder saved in float16 (a GPU run): pipeline() loads it with dtype="auto", i.e. in
+    float16; on the CPU the pipeline runs it in float32 (float32 inputs met float16 weights and crashed). With an
+    explicit dtype=torch.float16 it keeps float16 and casts the inputs."""
+    model, processor = model_and_processor
+    folder = tmp_path / "fp16-output"
+    half = XPLModel(model.config)
+    half.load_state_dict(model.state_dict())
+    save_pretrained_with_pipeline(half.half(), processor, folder)
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "float16"
+    script = textwrap.dedent(f"""
+        import json
+        import numpy as np
+        import torch
+        from transformers import pipeline
+        rng = np.random.default_rng(0)
+        image = rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)
+        audio = (0.1 * rng.standard_normal(8000)).astype(np.float32)
+        out = {{}}
+        for name, kwargs in (("default", {{}}), ("float16", {{"dtype": torch.float16}})):
+            localizer = pipeline("audio-visual-source-localization", model={str(folder)!r}, trust_remote_code=True,
+                                 device="cpu", **kwargs)
+            result = localizer(image=image, audio=audio, sampling_rate=8000)
+            out[name] = [str(localizer.model.dtype), list(result["map"].shape), result["confidence"]]
+        print(json.dumps(out))
+    """)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["default"][:2] == ["torch.float32", [30, 50]]
+    assert out["float16"][:2] == ["torch.float16", [30, 50]]
+    assert out["float16"][2] == pytest.approx(out["default"][2], abs=2e-3)
+    assert "running it in float32" in done.stderr

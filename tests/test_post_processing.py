@@ -132,3 +132,15 @@ def test_overlay_rejects_a_map_of_another_size():
         overlay_heatmap(PIL.Image.new("RGB", (64, 48)), np.zeros((7, 7)))
     with pytest.raises(ValueError, match="colormap"):
         overlay_heatmap(PIL.Image.new("RGB", (8, 8)), np.zeros((8, 8)), colormap="no-such-map")
+
+
+def test_confidence_of_each_map(processor):
+    """The confidence: the mean of the top quarter (13 of 49 cells) of each branch's probability map, fused = mean."""
+    maps_a = torch.zeros(1, 7, 7)
+    maps_a[0, :2] = 0.9  # 14 cells at 0.9: the top 13 average 0.9
+    maps_b = torch.full((1, 7, 7), 0.2)
+    result = processor.post_process_localization(outputs_from(maps_a, maps_b))[0]
+    assert (result["confidence_a"], result["confidence_b"]) == pytest.approx((0.9, 0.2))
+    assert result["confidence"] == pytest.approx(0.55)
+    with pytest.raises(ValueError, match=r"probability maps, in \[0, 1\]"):
+        processor.post_process_localization(outputs_from(maps_a - 0.5, maps_b))  # e.g. a similarity map

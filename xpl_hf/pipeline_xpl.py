@@ -6,6 +6,7 @@
 >>> result = localizer(image="frame.jpg", audio="sound.wav", threshold=0.5)
 >>> result["map"].shape                 # (H, W): the fused heat map at the frame's own size, in [0, 1]
 >>> result["box"], result["consensus"]  # [x0, y0, x1, y1] around the map >= 0.5; the branches' agreement ρ
+>>> result["confidence"]                # in [0, 1]; below 0.5: no source of this sound found in the frame
 >>> localizer(video="clip.mp4", time=2.0)  # the frame at 2 s and the sound around it (default: the middle frame)
 ```
 
@@ -17,18 +18,25 @@ Inputs, per call: `image` (path, PIL image, array, bytes: `xpl_hf.image.load_ima
 input size exactly as training decodes it) and `audio` (WAV / FLAC / OGG path or bytes, an array with
 `sampling_rate=`, or a `{"array", "sampling_rate"}` dict as `datasets` gives it); or `video` (path, bytes or binary
 file object of an allow-listed container: `xpl_hf.media`, which refuses playlists and URLs) with an optional `time`
-in seconds (default: the middle frame), whose frame and surrounding sound are used (`audio=` replaces the sound). A
-list of such dicts returns a list of results. Output: the dict of [`XPLProcessor.post_process_localization`] for that
-image (`map`, `map_a`, `map_b`, `consensus`, and `box` unless `threshold=None`; `time` for a video), the maps at the
-frame's full size.
+in seconds (a number: int, float or numpy scalar; default: the middle frame), whose frame and surrounding sound are
+used (`audio=` replaces the sound). A list of such dicts returns a list of results. Output: the dict of
+[`XPLProcessor.post_process_localization`] for that image (`map`, `map_a`, `map_b`, `consensus`, `confidence`,
+`confidence_a`, `confidence_b`, and `box` unless `threshold=None`; `time` for a video), the maps at the frame's full
+size.
+
+Precision: a model folder saved in float16 / bfloat16 (a GPU run) is run in float32 on the CPU, where the half
+types are slow and the processor's inputs are float32; pass `dtype=torch.float16` to `pipeline()` to keep the saved
+type (inputs are then cast to it). On a GPU, `dtype="auto"` (the default) keeps the saved type.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from typing import Any
 
+import torch
 from transformers import Pipeline
 
 from .audio import WINDOW_MARGIN_SECONDS
@@ -67,7 +75,17 @@ class AudioVisualSourceLocalizationPipeline(Pipeline):
         if processor is None:
             processor = self._load_model_processor(model)
         check_processor_matches(model.config, processor)  # a processor for other inputs gives maps of the wrong size
+        dtype = kwargs.get("dtype")  # pipeline() passes its own, "auto" unless the caller names one
         super().__init__(model=model, processor=processor, **kwargs)
+        self._float32_on_cpu(dtype)
+
+    def _float32_on_cpu(self, dtype) -> None:
+        """Run a half-precision model in float32 on the CPU unless the caller asked for its type (`dtype=`)."""
+        half = (torch.float16, torch.bfloat16)
+        if self.device.type == "cpu" and self.model.dtype in half and dtype in (None, "auto"):
+            logger.warning("the model's weights are %s; running it in float32 on the CPU (pass dtype=%s to keep "
+                           "them)", self.model.dtype, self.model.dtype)
+            self.model.float()
 
     @staticmethod
     def _load_model_processor(model) -> XPLProcessor:
@@ -127,7 +145,7 @@ class AudioVisualSourceLocalizationPipeline(Pipeline):
         return self._features(image, inputs["audio"], inputs.get("sampling_rate", sampling_rate))
 
     def _preprocess_video(self, inputs: dict, sampling_rate: int | None) -> dict:
-        clip = read_video_clip(inputs["video"], time=inputs.get("time"),
+        clip = read_video_clip(inputs["video"], time=_seconds(inputs.get("time")),
                                clip_seconds=self.processor.clip_seconds + WINDOW_MARGIN_SECONDS)
         if inputs.get("audio") is not None:
             audio, rate = inputs["audio"], inputs.get("sampling_rate", sampling_rate)
@@ -152,6 +170,8 @@ class AudioVisualSourceLocalizationPipeline(Pipeline):
 
     def _forward(self, model_inputs: dict) -> dict:
         passed = {key: model_inputs.pop(key) for key in ("target_size", "time") if key in model_inputs}
+        dtype = self.model.dtype  # the processor gives float32; a model kept in another type gets its own
+        model_inputs = {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in model_inputs.items()}
         outputs = self.model(**model_inputs)
         return {"maps": outputs.maps, "maps_a": outputs.maps_a, "maps_b": outputs.maps_b, **passed}
 
@@ -173,16 +193,26 @@ class AudioVisualSourceLocalizationPipeline(Pipeline):
         self.processor.save_pretrained(save_directory)
 
 
+def _seconds(time: Any) -> float | None:
+    """`time=` of a video as a float: a real number (int, float, numpy scalar) or None; a bool is refused."""
+    if time is None:
+        return None
+    if isinstance(time, bool) or not isinstance(time, numbers.Real):
+        raise ValueError(f"time={time!r}: expected a time in seconds (an int, a float or a numpy scalar), not a "
+                         f"{type(time).__name__}.")
+    return float(time)
+
+
 def save_pretrained_with_pipeline(model, processor: XPLProcessor, save_directory: str | os.PathLike,
                                   **kwargs) -> None:
     """`model.save_pretrained` + `processor.save_pretrained` that also make the folder a pipeline.
 
     The folder then answers `pipeline("audio-visual-source-localization", model=folder, trust_remote_code=True)`
-    (see the module docstring). The model stays on its device. `kwargs` go to `model.save_pretrained`.
+    (see the module docstring). The model stays on its device, in its type. `kwargs` go to `model.save_pretrained`.
     """
-    device = next(model.parameters()).device
-    AudioVisualSourceLocalizationPipeline(model=model, processor=processor, device=device).save_pretrained(
-        save_directory, **kwargs)
+    parameter = next(model.parameters())  # the model keeps its device and its type (no float32 for saving)
+    AudioVisualSourceLocalizationPipeline(model=model, processor=processor, device=parameter.device,
+                                          dtype=parameter.dtype).save_pretrained(save_directory, **kwargs)
 
 
 __all__ = ["AudioVisualSourceLocalizationPipeline", "save_pretrained_with_pipeline", "TASK", "DEFAULT_THRESHOLD"]

@@ -254,13 +254,18 @@ class XPLProcessor(FeatureExtractionMixin):
             `list[dict]`, one per image:
             - `"map"`, `"map_a"`, `"map_b"`: float32 tensors `(height, width)` in [0, 1] (fused, branch A, branch B);
             - `"consensus"`: the branches' agreement ρ, Pearson correlation of the raw maps of A and B (`float`);
+            - `"confidence"`, `"confidence_a"`, `"confidence_b"`: how confident the model is that something in the
+              frame makes this sound (`float` in [0, 1]; `xpl_hf.maps.branch_confidences`: the mean of the top
+              quarter of each branch's probability map, fused = their mean; see docs/evaluation.md). Low values
+              (below 0.5) say that no source of this sound was found in the frame;
             - with `threshold`: `"box"`, `[x0, y0, x1, y1]` in pixels (ints, `x1`/`y1` exclusive, as in
               `PIL.Image.crop`): the smallest box holding every pixel of `"map"` `>= threshold`, or `None` if none is.
 
         Raises:
-            ValueError: the outputs lack a map, have another shape, or hold NaN / infinite values (naming the images).
+            ValueError: the outputs lack a map, have another shape, hold NaN / infinite values (naming the images),
+                or branch maps outside [0, 1] (not the model's probability maps).
         """
-        from .maps import pearson_consensus
+        from .maps import branch_confidences, pearson_consensus
 
         maps = {key: self._output_maps(outputs, name) for key, name in
                 (("map", "maps"), ("map_a", "maps_a"), ("map_b", "maps_b"))}
@@ -272,10 +277,17 @@ class XPLProcessor(FeatureExtractionMixin):
         if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
             raise ValueError(f"threshold={threshold!r}: expected a number in [0, 1] (maps are normalised to [0, 1]).")
         consensus = pearson_consensus(maps["map_a"], maps["map_b"])
+        try:
+            confidence = branch_confidences(maps["map_a"], maps["map_b"])
+        except ValueError as error:
+            raise ValueError(f"outputs.maps_a / maps_b must be the model's probability maps, in [0, 1]: {error}; pass "
+                             "the XPLModel's output unchanged.") from None
         results = []
         for i, size in enumerate(sizes):
             result = {key: self._upsample_normalize(m[i], size) for key, m in maps.items()}
             result["consensus"] = float(consensus[i])
+            result.update({f"confidence{suffix}": float(confidence[b][i])
+                           for b, suffix in (("fused", ""), ("a", "_a"), ("b", "_b"))})
             if threshold is not None:
                 result["box"] = self._box_above(result["map"], threshold)
             results.append(result)
