@@ -87,12 +87,17 @@ def test_several_frames_spread_around_the_time(clip):
     assert min(edge.frame_times) >= 0 and len(edge.frames) == 3
 
 
-def test_variable_frame_rate(tmp_path):
+def test_variable_frame_rate_stores_the_frame_on_screen_at_the_audio_centre(tmp_path):
+    """Frames at 0.75 s and 1.6 s: at 1.0 s (where the sound is centred) the 0.75 s frame is on screen, not the next
+    one 0.6 s later."""
     times = [0.0, 0.05, 0.1, 0.7, 0.75, 1.6, 1.9]
     path = make_video(tmp_path / "vfr.mp4", seconds=2.0, frame_times=times)
-    out = read_video_clip(path, time=1.0)  # the first frame at or after 1.0 s is the one shown at 1.6 s
-    assert out.frame_times[0] == pytest.approx(1.6, abs=0.01)
-    assert grey(out.frames[0]) == pytest.approx(frame_level(5, len(times)), abs=6)
+    out = read_video_clip(path, time=1.0, clip_seconds=1.0)
+    assert out.time == 1.0 and out.frame_times[0] == pytest.approx(0.75, abs=0.01)
+    assert grey(out.frames[0]) == pytest.approx(frame_level(4, len(times)), abs=6)
+    assert read_video_clip(path, time=1.6).frame_times[0] == pytest.approx(1.6, abs=0.01)  # a frame at the time
+    spread = read_video_clip(path, time=1.0, num_frames=3, frame_spacing=0.5)  # 0.5, 1.0, 1.5 s
+    assert spread.frame_times == pytest.approx([0.1, 0.75, 0.75], abs=0.01)
 
 
 def test_rotation_from_the_display_matrix_is_applied(tmp_path):

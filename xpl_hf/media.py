@@ -286,16 +286,17 @@ def _frames_from(container, stream, t: float, first_slack: float = 0.0) -> Itera
 
 
 def _decode_frames_at(container, stream, targets: list[float], label: str):
-    """The first frame at or after each target time (the last frame when a target is past the end)."""
+    """The frame on screen at each target time: the last one starting at or before it (with a variable frame rate the
+    next one may start much later), the first frame for a target before it, the last frame past the end."""
     rate = float(stream.average_rate or stream.guessed_rate or 30)
     budget = MAX_DECODE_FRAMES + math.ceil((targets[-1] - targets[0]) * min(rate, 1000))
     chosen, last = [], None
     try:
         for count, frame in enumerate(_frames_from(container, stream, targets[0]), start=1):
             _check_frame_size(frame.width, frame.height, label)  # the decoded size, whatever the header said
+            while len(chosen) < len(targets) and (frame.time is None or frame.time > targets[len(chosen)] + 1e-3):
+                chosen.append(frame if last is None or frame.time is None else last)  # `last` is on screen then
             last = frame
-            while len(chosen) < len(targets) and (frame.time is None or frame.time >= targets[len(chosen)] - 1e-3):
-                chosen.append(frame)
             if len(chosen) == len(targets):
                 break
             if count >= budget:
