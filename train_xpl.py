@@ -51,7 +51,6 @@ def train(args: XPLTrainingArguments) -> dict:
         TrainerState,
         atomic_save_pretrained,
         check_fingerprint,
-        data_fingerprint,
         list_checkpoints,
         load_checkpoint,
         recover_saved_model,
@@ -59,18 +58,14 @@ def train(args: XPLTrainingArguments) -> dict:
         save_checkpoint,
     )
     from xpl_hf.data import load_labeled, load_unlabeled_stream
+    from xpl_hf.data.checks import warn_on_split_overlap
+    from xpl_hf.data.source import DatasetSource
     from xpl_hf.data.streams import DropLabels, LabeledBatches, SeededCollate, UnlabeledStream, advance, sample_seed
     from xpl_hf.data.transforms import XPLCollator
     from xpl_hf.evaluation import evaluate_model
-    from xpl_hf.paths import is_local
+    from xpl_hf.model_selection import BestModelTracker, validation_line
     from xpl_hf.pretrained import load_pretrained_backbones
-    from xpl_hf.trainer import (
-        BestModelTracker,
-        NonFiniteLossError,
-        TrainingStep,
-        validation_line,
-        warn_on_split_overlap,
-    )
+    from xpl_hf.trainer import NonFiniteLossError, TrainingStep
 
     method = args.to_method()
     output_dir = Path(args.output_dir)
@@ -109,12 +104,12 @@ def train(args: XPLTrainingArguments) -> dict:
             generate_benchmark(args.dataset, seed=0, progress=accelerator.is_local_main_process,
                                **SIZES[args.synthetic_size])
         accelerator.wait_for_everyone()
-    elif is_local(args.dataset) and not Path(args.dataset).is_dir():
-        raise FileNotFoundError(f"--dataset {args.dataset!r} is neither a local folder nor a Hub dataset id.")
-    labeled = load_labeled(args.dataset, args.labeled_split, require_boxes=method.supervised)
-    validation = load_labeled(args.dataset, args.validation_split)
+    source = DatasetSource.resolve(args.dataset)  # local folder or Hub id, decided once
+    labeled = load_labeled(source.name, args.labeled_split, require_boxes=method.supervised)
+    validation = load_labeled(source.name, args.validation_split)
+    test = load_labeled(source.name, args.test_split)
     warn_on_split_overlap({"labeled": (args.labeled_split, labeled), "validation": (args.validation_split, validation),
-                           "test": (args.test_split, load_labeled(args.dataset, args.test_split))},
+                           "test": (args.test_split, test)},
                           args.unlabeled_split if method.uses_unlabeled else None, logger)
     labeled_batches = LabeledBatches(len(labeled), args.train_batch_size, args.seed,
                                      accelerator.process_index, accelerator.num_processes)
@@ -126,7 +121,7 @@ def train(args: XPLTrainingArguments) -> dict:
     drop_labels = DropLabels(logger)  # the unlabelled split is unlabelled, whatever boxes it carries
     unlabeled_stream = UnlabeledStream(
         make_stream=lambda epoch: load_unlabeled_stream(
-            args.dataset, args.unlabeled_split, rank=accelerator.process_index, world_size=accelerator.num_processes,
+            source.name, args.unlabeled_split, rank=accelerator.process_index, world_size=accelerator.num_processes,
             seed=args.seed, shuffle_buffer=args.shuffle_buffer, epoch=epoch).map(drop_labels),
         make_loader=lambda stream: DataLoader(
             stream, batch_size=args.unlabeled_batch_size, num_workers=args.dataloader_num_workers,
@@ -167,7 +162,7 @@ def train(args: XPLTrainingArguments) -> dict:
 
     # XPL's own state: the PL-EMA bank (eq. 5), the curriculum window (eq. 1-3), counters. All checkpointed.
     bank, selector = method.make_bank(config.map_size).to(accelerator.device), method.make_selector()
-    state = TrainerState(fingerprint={**args.fingerprint(), **data_fingerprint(args.dataset)})
+    state = TrainerState(fingerprint={**args.fingerprint(), **source.fingerprint()})
     checkpointed = dict(model=model, optimizer=optimizer, scheduler=scheduler, bank=bank, selector=selector,
                         state=state)
     weight_shapes = {k: tuple(v.shape) for k, v in accelerator.unwrap_model(model).state_dict().items()}
@@ -263,18 +258,19 @@ def train(args: XPLTrainingArguments) -> dict:
     progress.close()
 
     # --------------------------------------------------------------- final model, test, card, push
-    results = finish(args, method, output_dir, processor, state, weights_report) if accelerator.is_main_process \
-        else {}
+    results = finish(args, method, output_dir, processor, state, weights_report, test=test,
+                     dataset_name=source.public_name) if accelerator.is_main_process else {}
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
 
 
-def finish(args: XPLTrainingArguments, method, output_dir: Path, processor, state, weights_report: dict) -> dict:
-    """The kept model -> output_dir (loadable with from_pretrained; stored once), test split, curves, card, push."""
+def finish(args: XPLTrainingArguments, method, output_dir: Path, processor, state, weights_report: dict, *, test,
+           dataset_name: str) -> dict:
+    """The kept model -> output_dir (loadable with from_pretrained; stored once), the ``test`` split, curves, card,
+    push. ``dataset_name``: the dataset as results and the card may show it."""
     from xpl_hf import XPLModel
     from xpl_hf.checkpointing import recover_saved_model
-    from xpl_hf.data import load_labeled
     from xpl_hf.evaluation import evaluate_model, format_listening_table, save_per_scene_scores
     from xpl_hf.hub import push_model_folder, write_model_card
     from xpl_hf.visualization import plot_training_curves
@@ -289,13 +285,12 @@ def finish(args: XPLTrainingArguments, method, output_dir: Path, processor, stat
             os.replace(item, target)
         best.rmdir()
     model = XPLModel.from_pretrained(output_dir).eval()
-    test = load_labeled(args.dataset, args.test_split)
     # the listening checks (swapped sound, silence, noise; object selection where rows list their objects)
     result = evaluate_model(model, test, processor=processor, batch_size=args.eval_batch_size, progress=True,
                             listening=True)
     metrics = result["metrics"]
     public = args.public_dict()
-    results = {"dataset": public["dataset"], "split": args.test_split, "method": method.name,
+    results = {"dataset": dataset_name, "split": args.test_split, "method": method.name,
                "best_step": state.best_step, "model_selection": args.model_selection,
                **{k: metrics[k] for k in ("a", "b", "fused")},
                "listening": {k: v for k, v in result["listening"].items() if k != "per_scene"}}
@@ -308,11 +303,11 @@ def finish(args: XPLTrainingArguments, method, output_dir: Path, processor, stat
     write_model_card(output_dir, results=results, config=model.config, training_args=public,
                      method_settings=method.to_dict(), best_step=state.best_step,
                      pretrained_report=weights_report, model_name=method.name, repo_id=args.hub_model_id)
-    table = ["", f"Test split '{args.test_split}' of {public['dataset']} ({metrics['num_samples']} samples), model "
+    table = ["", f"Test split '{args.test_split}' of {dataset_name} ({metrics['num_samples']} samples), model "
              f"of step {state.best_step} (--model_selection {args.model_selection}):", "| branch | CIoU | AUC |",
              "| --- | --- | --- |"]
-    for key, label in (("a", "A (VGGish)"), ("b", "B (SoundNet-8)"), ("fused", "fused")):
-        table.append(f"| {label} | {metrics[key]['ciou']:.2f} | {metrics[key]['auc']:.2f} |")
+    for key in ("a", "b", "fused"):
+        table.append(f"| {model.config.branch_label(key)} | {metrics[key]['ciou']:.2f} | {metrics[key]['auc']:.2f} |")
     table += ["", format_listening_table(result)]
     table.append(f"\nModel, processor, card and curves: {output_dir}/  (XPLModel.from_pretrained({str(output_dir)!r}))")
     print("\n".join(table))

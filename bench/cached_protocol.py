@@ -2,7 +2,7 @@
 
 With frozen trunks only the heads learn (`AVSLBranch.forward_features`: 1x1 visual projection, audio projection,
 the map's scale and bias), so one cache serves thousands of head steps per run on 2 CPU cores. Every loss, the
-PL-EMA bank and the curriculum are the package's own (`xpl_hf.trainer.compute_losses`); only the data path differs
+PL-EMA bank and the curriculum are the package's own (`xpl_hf.objective.compute_losses`); only the data path differs
 from `train_xpl.py` (cached trunk outputs instead of decoded media; colour augmentation as 4 cached views per
 training scene, of which each branch draws its own per visit).
 
@@ -29,7 +29,7 @@ from xpl_hf.method import XPLMethod
 from xpl_hf.metrics.listening import select_objects
 from xpl_hf.metrics.protocol import binarize_maps, ciou_scores, normalize_maps, summarize_ciou, upsample_maps
 from xpl_hf.modeling_xpl import XPLModelOutput
-from xpl_hf.trainer import compute_losses
+from xpl_hf.objective import compute_losses
 
 BRANCHES = ("a", "b", "fused")
 

@@ -377,7 +377,8 @@ def two_runs(tmp):
 
 @case(6, "dataset content changed under the same path")
 def data_changed(tmp):
-    from xpl_hf.checkpointing import check_fingerprint, data_fingerprint
+    from xpl_hf.checkpointing import check_fingerprint
+    from xpl_hf.data.checks import data_fingerprint
 
     root = hand_made(tmp, [BOX])
     before = data_fingerprint(root + "/")
@@ -513,7 +514,7 @@ case(8, "--image_size 32 (1 x 1 maps)")(flag("--image_size", "32"))
 def test_split_labeled(tmp):
     from datasets import Dataset
 
-    from xpl_hf.trainer import warn_on_split_overlap
+    from xpl_hf.data.checks import warn_on_split_overlap
 
     rows, other = Dataset.from_dict({"id": ["a", "b"]}), Dataset.from_dict({"id": ["c"]})
     splits = {"labeled": ("labeled", rows), "validation": ("validation", other), "test": ("labeled", rows)}

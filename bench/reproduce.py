@@ -13,7 +13,7 @@ branch draws its own (`--clean_view`: the one clean view of version 0.3.0). Froz
 (EfficientNet-Lite0 images, SoundNet-8 for B, VGGish for A: random offline) run once per view
 (bench/feature_cache.py); the image features are reduced to their 256 principal directions (a linear map that folds
 into the 1x1 projection; see bench/cached_protocol.py). Each run trains the heads with the package's losses, PL-EMA
-bank and curriculum (`xpl_hf.trainer.compute_losses`); a seed fixes the labelled draw, the initialisation and the
+bank and curriculum (`xpl_hf.objective.compute_losses`); a seed fixes the labelled draw, the initialisation and the
 data order, and every row uses the same seeds, so differences are paired. Model selection: the last step, for every
 row.
 

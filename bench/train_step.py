@@ -24,8 +24,9 @@ import torch
 from xpl_hf import XPLConfig, XPLModel
 from xpl_hf.losses import pixel_bce
 from xpl_hf.method import XPLMethod
+from xpl_hf.objective import compute_losses
 from xpl_hf.pseudo_labels import PseudoLabelBank
-from xpl_hf.trainer import TrainingStep, compute_losses
+from xpl_hf.trainer import TrainingStep
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ from xpl_hf.checkpointing import (
     TrainerState,
     atomic_save_pretrained,
     check_fingerprint,
-    data_fingerprint,
     list_checkpoints,
     load_checkpoint,
     recover_saved_model,
@@ -30,6 +29,8 @@ from xpl_hf.checkpointing import (
     save_checkpoint,
     validate_checkpoint,
 )
+from xpl_hf.data.checks import data_fingerprint
+from xpl_hf.data.source import DatasetSource
 from xpl_hf.method import XPLMethod
 
 
@@ -277,3 +278,19 @@ def test_data_fingerprint_sees_content_not_paths(tmp_path):
 
     with_slash, without = XPLTrainingArguments(dataset=folder + "/"), XPLTrainingArguments(dataset=folder)
     assert with_slash.fingerprint() == without.fingerprint()
+
+
+def test_dataset_source_decides_local_or_hub_once(tmp_path):
+    folder = tmp_path / "my-data"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "labeled-00000-of-00001.parquet").write_bytes(b"PAR1" + bytes(range(50)) + b"PAR1")
+    local = DatasetSource.resolve(str(folder))
+    assert local.local and local.public_name == "my-data"  # never the full local path
+    assert local.fingerprint() == data_fingerprint(folder)
+    hub = DatasetSource.resolve("some-org/some-data")
+    assert not hub.local and hub.public_name == "some-org/some-data"
+    assert hub.fingerprint() == {"data_files": "hub:some-org/some-data"}
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a Hub dataset id"):
+        DatasetSource.resolve(str(tmp_path / "missing" / "deeper"))  # cannot be a Hub id, is no folder
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data_fingerprint(tmp_path / "missing")

@@ -416,7 +416,7 @@ def test_cross_normalization_over_all_unlabeled_samples():
 
 
 def test_term_grad_shares_sum_to_one_and_leave_grads_untouched():
-    from xpl_hf.trainer import term_grad_shares
+    from xpl_hf.objective import term_grad_shares
 
     w = torch.nn.Parameter(torch.ones(3))
     terms = {"sup": (w * 2).sum(), "avc": (w * 6).sum()}
@@ -459,7 +459,7 @@ def test_cross_loss_learns_from_the_other_branch(cross_refine):
     """L_cross^A = BCE(P_A, Y_B) and L_cross^B = BCE(P_B, Y_A) (eq. 6); each branch's own label only under the
     no_cross_refine ablation. Y is computed here from the maps, independently of the package."""
     from xpl_hf.method import XPLMethod
-    from xpl_hf.trainer import compute_losses
+    from xpl_hf.objective import compute_losses
 
     g = torch.Generator().manual_seed(3)
     maps_a, maps_b = torch.rand(4, 3, 3, generator=g) * 0.8 + 0.1, torch.rand(4, 3, 3, generator=g) * 0.8 + 0.1
@@ -482,7 +482,7 @@ def test_rejected_samples_contribute_nothing():
     """Samples below ρ_min (eq. 2) or below the admission quantile q(t) (eq. 3) get zero gradient from L_cross;
     admitted ones do not."""
     from xpl_hf.method import XPLMethod
-    from xpl_hf.trainer import compute_losses
+    from xpl_hf.objective import compute_losses
 
     g = torch.Generator().manual_seed(4)
     base = torch.rand(6, 3, 3, generator=g) * 0.8 + 0.1
@@ -529,7 +529,7 @@ def test_pseudo_label_dynamics_measure_what_pl_ema_and_cross_refinement_change()
     """pl_ema_shift = mean |Y_t - Ŷ_t|: 0 on a first visit, α·|Y_{t-1} - Ŷ_t| on a revisit (eq. 5);
     pl_teacher_gap = mean |Y_A - Y_B|. Computed here from the definitions, independently of the package."""
     from xpl_hf.method import XPLMethod
-    from xpl_hf.trainer import compute_losses
+    from xpl_hf.objective import compute_losses
 
     g = torch.Generator().manual_seed(6)
     first_a, first_b = torch.rand(4, 3, 3, generator=g) * 0.8 + 0.1, torch.rand(4, 3, 3, generator=g) * 0.8 + 0.1
@@ -549,7 +549,7 @@ def test_pseudo_label_dynamics_measure_what_pl_ema_and_cross_refinement_change()
         assert float(logs[f"pl_ema_shift_{m}"]) == pytest.approx(float(shift), abs=2e-3), m  # fp16 bank
     truth = torch.zeros(4, 224, 224)
     truth[:, :112, :112] = 1.0  # the top-left quarter: at 3 x 3, cell (0, 0) is full, (0, 1) and (1, 0) ~1/2 covered
-    from xpl_hf.trainer import pseudo_label_quality
+    from xpl_hf.objective import pseudo_label_quality
 
     y = {"a": torch.zeros(4, 3, 3)}
     error = pseudo_label_quality(y, truth, torch.ones(4, dtype=torch.bool))["pl_error_a"]

@@ -19,8 +19,10 @@ import train_xpl
 from xpl_hf import XPLConfig, XPLModel, XPLProcessor
 from xpl_hf.checkpointing import COMPLETE_MARKER, TrainerState, list_checkpoints
 from xpl_hf.data import load_labeled, load_unlabeled_stream
+from xpl_hf.data.checks import warn_on_split_overlap
 from xpl_hf.data.transforms import XPLCollator
-from xpl_hf.trainer import BestModelTracker, TrainingStep, warn_on_split_overlap
+from xpl_hf.model_selection import BestModelTracker
+from xpl_hf.trainer import TrainingStep
 from xpl_hf.training_args import XPLTrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]

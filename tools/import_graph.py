@@ -1,4 +1,4 @@
-"""The package's import graph, lazy imports included, and its Mermaid picture for the README.
+"""The package's import graph, lazy imports included, and its Mermaid picture (docs/import_graph.md).
 
 An import is any reference from one module of ``xpl_hf`` to another: ``import``/``from ... import`` statements at
 any depth (inside functions too), ``importlib.import_module("...")`` calls with a string argument, and the values

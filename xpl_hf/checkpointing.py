@@ -16,15 +16,15 @@ renamed when complete, so a run killed at any moment leaves either no new checkp
 while writing is one clear error and leaves the previous checkpoints as they were.
 ``resume_from_checkpoint="latest"`` takes the newest checkpoint that passes :func:`validate_checkpoint` (every file
 present and parseable, every weight the model expects, all finite) and says which ones it skipped and why.
-:class:`RunLock` keeps two runs out of one output folder, :func:`data_fingerprint` refuses a resume on data whose
-files changed, and :func:`recover_saved_model` finishes a best-model swap that a kill interrupted.
+:class:`RunLock` keeps two runs out of one output folder, :func:`check_fingerprint` refuses a resume with other
+settings or data (`xpl_hf.data.source.DatasetSource.fingerprint`), and :func:`recover_saved_model` finishes a
+best-model swap that a kill interrupted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TrainerState", "CheckpointError", "check_fingerprint", "list_checkpoints", "resolve_checkpoint",
            "validate_checkpoint", "save_checkpoint", "load_checkpoint", "atomic_save_pretrained",
-           "recover_saved_model", "data_fingerprint", "RunLock", "COMPLETE_MARKER"]
+           "recover_saved_model", "RunLock", "COMPLETE_MARKER"]
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
@@ -363,25 +363,7 @@ def recover_saved_model(folder: str | os.PathLike) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------------------- data and locks
-def data_fingerprint(dataset: str) -> dict:
-    """What identifies a dataset's content, cheaply: for a local folder, every parquet file's relative name, size
-    and a hash of its first and last 64 KiB (a parquet footer holds the schema, row counts and column statistics),
-    folded into one digest; for a Hub id, the id. Copies (new mtimes) keep the fingerprint; edited shards change it."""
-    root = Path(dataset)
-    if not root.is_dir():
-        return {"data_files": f"hub:{dataset}"}
-    digest = hashlib.blake2b(digest_size=16)
-    for file in sorted(root.rglob("*.parquet")):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(root).as_posix()}|{size}|".encode())
-        with open(file, "rb") as f:
-            digest.update(f.read(65536))
-            f.seek(max(size - 65536, 0))
-            digest.update(f.read(65536))
-    return {"data_files": digest.hexdigest()}
-
-
+# ------------------------------------------------------------------------------------------------ the lock
 class RunLock:
     """One run per output folder: ``OUTPUT_DIR/.run.lock`` holds the owner's host and pid while it trains.
 

@@ -18,7 +18,7 @@ hard-PL baseline.
 
 :class:`XPLMethod` is the single source of the method's settings (:meth:`XPLMethod.validate` checks them all, each
 rule in one place): the trainer builds the
-PL-EMA bank and the curriculum from it, `xpl_hf.trainer.compute_losses` reads it (which branch teaches which:
+PL-EMA bank and the curriculum from it, `xpl_hf.objective.compute_losses` reads it (which branch teaches which:
 :attr:`XPLMethod.teachers`), and the model card and ``eval_results.json`` report ``XPLMethod.to_dict()``, i.e.
 exactly what the run used. This module imports no torch, so that parsing the options (and ``--help``) is fast.
 """

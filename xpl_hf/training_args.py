@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from .method import METHODS, XPLMethod
+from .model_selection import BestModelTracker
 from .paths import is_local, public_path
 
 __all__ = ["XPLTrainingArguments", "parse_args", "DEFAULT_DATASET", "RUN_CONTROL_OPTIONS"]
@@ -200,8 +201,6 @@ class XPLTrainingArguments:
         if self.model_selection == "best_stage2" and self.warmup_stage_steps >= self.max_train_steps:
             raise ValueError(f"--model_selection best_stage2 with --warmup_stage_steps {self.warmup_stage_steps} >= "
                              f"--max_train_steps {self.max_train_steps}: no evaluation is after stage 1.")
-        from .trainer import BestModelTracker  # torch: imported after parsing, never for --help
-
         for owner in (lambda: self.to_method().validate(), lambda: BestModelTracker(rule=self.model_selection),
                       self._check_architecture):
             try:
@@ -241,7 +240,7 @@ class XPLTrainingArguments:
     def fingerprint(self) -> dict:
         """What must not change across a resume: every option outside :data:`RUN_CONTROL_OPTIONS` (local paths
         normalised: ``data/x/`` is ``data/x``). The data's content is fingerprinted separately
-        (`xpl_hf.checkpointing.data_fingerprint`)."""
+        (`xpl_hf.data.source.DatasetSource.fingerprint`)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_CONTROL_OPTIONS}
         for name in ("dataset", "model_name_or_path"):
             if isinstance(values[name], str) and is_local(values[name]):
