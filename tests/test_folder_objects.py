@@ -79,6 +79,21 @@ def test_evaluate_reports_object_selection_for_a_converted_folder(tmp_path, caps
     assert selection["num_scenes"] == 4 and selection["chance"] == pytest.approx(50.0)
 
 
+def test_scenes_whose_objects_do_not_sound_are_not_called_scenes_without_objects(tmp_path, capsys):
+    src = _media(tmp_path / "src")
+    (src / "annotations.json").write_text(json.dumps([_scene(i, sounding="none") for i in range(2)]))
+    cv.convert("folder", str(src), str(tmp_path / "data"), progress=False)
+    torch.manual_seed(0)
+    XPLModel(XPLConfig(image_size=64, embed_dim=16, vggish_fc_dim=16)).save_pretrained(tmp_path / "model")
+    XPLProcessor(image_size=64).save_pretrained(tmp_path / "model")
+    report = evaluate_main(["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"),
+                            "--split", "test", "--output_dir", str(tmp_path / "eval"), "--device", "cpu",
+                            "--overlays_per_group", "0"])
+    printed = capsys.readouterr().out
+    assert report["listening"]["selection"] is None
+    assert "no scene lists its objects" not in printed and "both a sounding and a silent object" in printed
+
+
 def test_gt_rule_none_with_boxes_is_refused_by_the_converter(tmp_path):
     src = _media(tmp_path / "src")
     (src / "annotations.json").write_text(json.dumps([

@@ -348,7 +348,8 @@ def format_listening_table(result: Mapping[str, Any], branch_names: Mapping[str,
         notes.append(f"Object selection over {selection['num_scenes']} scenes listing their objects: chance "
                      f"{selection['chance']:.1f}% (a map that ignores the sound); ties count as a fraction.")
     else:
-        notes.append("Object selection: no scene lists its objects (optional `objects` column).")
+        notes.append("Object selection: not scored; it needs scenes listing both a sounding and a silent object "
+                     "(optional `objects` column; scenes whose objects all sound or none sounds take no part).")
     return "\n".join(lines + notes + _extended_lines(listening, names, branches))
 
 
