@@ -70,6 +70,9 @@ def strip_paths(text: str) -> str:
 
 
 def _check_size(path: str, limit_mb: float, what: str) -> None:
+    if not os.path.isfile(path):  # the cache clean-up deletes uploads older than 15 minutes
+        raise InputError(f"The {what} file {_name(path)} is no longer on the server (uploads are deleted after 15 "
+                         f"minutes): please upload it again.")
     size = os.path.getsize(path)
     if size == 0:
         raise InputError(f"The {what} file is empty.")
