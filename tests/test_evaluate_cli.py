@@ -16,6 +16,7 @@ from xpl_hf import XPLConfig, XPLModel, XPLProcessor
 from xpl_hf.data import generate_benchmark, load_labeled
 from xpl_hf.data.decoding import decode_audio, decode_image
 from xpl_hf.evaluate import main
+from xpl_hf.evaluation import ListeningSettings
 from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.metrics.protocol import localization_metrics
 
@@ -49,6 +50,13 @@ def test_cli_reports_branches_labels_subsets_and_overlays(assets, capsys):
     assert "| fused |" in printed and "A (VGGish)" in printed and "B (SoundNet-8)" in printed
     for row in ("| true |", "| swapped |", "| silence |", "| noise |", "| true - swapped |", "selection"):
         assert row in printed.split("Listening checks:")[1]
+    # the extended protocol beside it: AP@0.5 / max-F1@0.5 per map and id list, per kind of negative, per box size
+    swapped = report["listening"]["extended"]["swapped"]
+    assert f"| {swapped['fused']['ap50']:.2f} | {swapped['fused']['max_f1_50']:.2f} |" in printed
+    heard = report["subsets"]["heard"]["extended"]["swapped"]["fused"]
+    assert "| fused, heard (3) |" in printed and f"| {heard['ap50']:.2f} | {heard['max_f1_50']:.2f} |" in printed
+    for text in ("AP@0.5 / max-F1@0.5 / ROC AUC", "| noise |", "| small (< 32²) |", "| huge (>= 144²) |"):
+        assert text in printed.split("Listening checks:")[1]
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["num_samples"] == report["num_samples"] == 7
@@ -93,6 +101,9 @@ def test_cli_reports_branches_labels_subsets_and_overlays(assets, capsys):
     assert all(r["swap_donor"] != r["id"] and labels[r["swap_donor"]] != r["label"] for r in rows
                for labels in [dict(zip(ids, test["label"]))])
     np.testing.assert_allclose([float(r["ciou_true_fused"]) for r in rows], saved["per_sample"]["ciou_fused"])
+    assert [float(r["confidence_true_fused"]) for r in rows] == saved["per_sample"]["confidence_fused"]
+    assert saved["listening"]["sizes"] == saved["sizes"] and sum(e["num_samples"] for e in saved["sizes"].values()) == 7
+    assert set(saved["listening"]["extended"]) == {"swapped", "silence", "noise"}
     assert all(0 <= int(r["selected_true_fused"]) < int(r["num_objects"]) for r in rows)
 
 
@@ -104,7 +115,8 @@ def test_cli_max_samples_and_bad_arguments(assets, tmp_path):
     quiet = main(["--model", str(assets / "model"), "--dataset", str(assets / "data"), "--max_samples", "3",
                   "--output_dir", str(tmp_path / "quiet"), "--overlays_per_group", "0", "--no_listening"])
     assert "listening" not in quiet and "listening/swapped/fused/ciou" not in quiet["summary"]
-    assert (tmp_path / "quiet" / "per_scene.csv").read_text().splitlines()[0] == "id,label,ciou_a,ciou_b,ciou_fused"
+    assert (tmp_path / "quiet" / "per_scene.csv").read_text().splitlines()[0] == (
+        "id,label,gt_area,ciou_a,ciou_b,ciou_fused,confidence_a,confidence_b,confidence_fused")
     single = main(["--model", str(assets / "model"), "--dataset", str(assets / "data"), "--max_samples", "1",
                    "--output_dir", str(tmp_path / "single"), "--overlays_per_group", "0"])  # no other clip to swap in
     assert list(single["listening"]["metrics"]) == ["true", "silence", "noise"]
@@ -115,6 +127,21 @@ def test_cli_max_samples_and_bad_arguments(assets, tmp_path):
         main(["--model", str(assets / "model"), "--dataset", str(assets / "data"), "--batch_size", "0"])
     with pytest.raises(SystemExit):
         main(["--model", str(assets / "model"), "--dataset", str(assets / "data"), "--noise_rms", "0"])
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--noise_rms", "inf", "--noise_rms must be a positive finite number, got inf"),
+    ("--noise_rms", "nan", "--noise_rms must be a positive finite number, got nan"),
+    ("--listening_seed", "-1", "--listening_seed must be non-negative"),
+])
+def test_bad_listening_flags_are_refused_before_any_work(flag, value, message, tmp_path, capsys, monkeypatch):
+    """Refused by the parser, naming the flag, before the model or the dataset is read (neither exists here)."""
+    monkeypatch.setattr("xpl_hf.evaluate.load_model_and_processor", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "no-model"), "--dataset", str(tmp_path / "no-data"), flag, value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="noise_rms must be a positive finite number|seed must be non-negative"):
+        ListeningSettings(**({"noise_rms": float(value)} if flag == "--noise_rms" else {"seed": int(value)}))
 
 
 def test_module_entry_point_help():

@@ -5,12 +5,14 @@
         [--heard_list vggss_heard_test.csv --unheard_list vggss_unheard_test.csv] [--subset NAME=IDS_FILE ...] \\
         [--no_listening] [--listening_seed 0] [--noise_color pink] [--noise_rms 0.1]
 
-Reports CIoU / AUC for branch A (VGGish), branch B (SoundNet-8) and the fused map, per class (``label`` column) and
-per named id list (e.g. the heard / unheard open-set split), and the listening checks of
+Reports CIoU / AUC for branch A, branch B and the fused map (named by their audio backbones), per class (``label``
+column), per box size and per named id list (e.g. the heard / unheard open-set split), and the listening checks of
 :mod:`xpl_hf.metrics.listening`: the same scores with each clip's sound swapped for another clip's, silenced and
-replaced by noise, and object-selection accuracy (with its chance level) where rows list their ``objects``. Writes
-``results.json``, ``per_scene.csv`` (one row per scene: every cIoU, the selected object) and ``overlays.png``: the
-fused heat maps of the best, median and worst samples (by fused cIoU) over their frames, ground truth outlined.
+replaced by noise, and object-selection accuracy (with its chance level) where rows list their ``objects``; with them
+the extended protocol of :mod:`xpl_hf.metrics.extended` (AP@0.5 / AP@0.75 / max-F1@0.5 with each kind of negative,
+also per id list). Writes ``results.json``, ``per_scene.csv`` (one row per scene: every cIoU and confidence, the
+selected object) and ``overlays.png``: the fused heat maps of the best, median and worst samples (by fused cIoU)
+over their frames, ground truth outlined.
 The protocol lives in :mod:`xpl_hf.metrics.protocol` and the model loop in :mod:`xpl_hf.evaluation`; this module only
 loads, runs and reports.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -31,12 +34,16 @@ from xpl_hf.data.annotations import read_id_list
 from xpl_hf.evaluation import BRANCHES, ListeningSettings, evaluate_model, format_listening_table, save_per_scene_scores
 from xpl_hf.loading import load_model_and_processor
 from xpl_hf.metrics.ground_truth import ground_truth_map
-from xpl_hf.metrics.listening import NOISE_COLORS
+from xpl_hf.metrics.listening import NOISE_COLORS, format_size_table
 from xpl_hf.visualization import pick_best_median_worst, save_overlay_grid
 
 logger = logging.getLogger("xpl_hf.evaluate")
 
-BRANCH_NAMES = {"a": "A (VGGish)", "b": "B (SoundNet-8)", "fused": "fused"}
+
+
+def branch_names(config) -> dict[str, str]:
+    """``{"a" | "b" | "fused": display name}`` from the model's config (:meth:`xpl_hf.XPLConfig.branch_label`)."""
+    return {branch: config.branch_label(branch) for branch in BRANCHES}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,8 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch_size must be positive")
     if args.max_samples is not None and args.max_samples <= 0:
         parser.error("--max_samples must be positive")
-    if not args.noise_rms > 0:
-        parser.error("--noise_rms must be positive")
+    if not 0 < args.noise_rms < math.inf:
+        parser.error(f"--noise_rms must be a positive finite number, got {args.noise_rms}")
+    if args.listening_seed < 0:
+        parser.error(f"--listening_seed must be non-negative (a numpy seed), got {args.listening_seed}")
     return args
 
 
@@ -97,16 +106,30 @@ def load_subsets(args: argparse.Namespace) -> dict[str, list[str]]:
     return subsets
 
 
-def format_table(result: dict[str, Any], title: str) -> str:
-    lines = [title, "| branch | CIoU | AUC | mean cIoU |", "| --- | --- | --- | --- |"]
+def _extended_cells(extended: dict[str, Any] | None, branch: str) -> str:
+    """AP@0.5 and max-F1@0.5 with swapped-sound negatives (the extended protocol's headline), or dashes."""
+    row = ((extended or {}).get("swapped") or {}).get(branch)
+    return f"{row['ap50']:.2f} | {row['max_f1_50']:.2f}" if row else "- | -"
+
+
+def format_table(result: dict[str, Any], title: str, names: dict[str, str] | None = None) -> str:
+    """The main table: CIoU / AUC / mean cIoU per map and per id list, with AP@0.5 and max-F1@0.5 (swapped-sound
+    negatives) where the listening checks ran; without them also the box-size table (else the listening table holds
+    it)."""
+    names = names or {b: b for b in BRANCHES}
+    lines = [title, "| branch | CIoU | AUC | mean cIoU | AP@0.5 | max-F1@0.5 |", "|" + " --- |" * 6]
+    extended = (result.get("listening") or {}).get("extended")
     for branch in BRANCHES:
         m = result["metrics"][branch]
-        lines.append(f"| {BRANCH_NAMES[branch]} | {m['ciou']:.2f} | {m['auc']:.2f} | {m['mean_ciou']:.4f} |")
+        lines.append(f"| {names[branch]} | {m['ciou']:.2f} | {m['auc']:.2f} | {m['mean_ciou']:.4f} | "
+                     f"{_extended_cells(extended, branch)} |")
     for name, entry in result["subsets"].items():
         if entry["num_samples"]:
             f = entry["fused"]
             lines.append(f"| fused, {name} ({entry['num_samples']}) | {f['ciou']:.2f} | {f['auc']:.2f} "
-                         f"| {f['mean_ciou']:.4f} |")
+                         f"| {f['mean_ciou']:.4f} | {_extended_cells(entry.get('extended'), 'fused')} |")
+    if "listening" not in result and result.get("sizes"):
+        lines += ["", format_size_table(result["sizes"], names)]
     return "\n".join(lines)
 
 
@@ -162,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "num_unlabeled_skipped": result["num_unlabeled_skipped"],
         "device": str(device),
         "seconds": round(seconds, 2),
-        **{key: result[key] for key in ("metrics", "summary", "subsets", "per_label", "protocol", "per_sample")},
+        **{key: result[key] for key in ("metrics", "summary", "subsets", "sizes", "per_label", "protocol",
+                                        "per_sample")},
     }
     if "listening" in result:
         report["listening"] = {k: v for k, v in result["listening"].items() if k != "per_scene"}
@@ -173,9 +197,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (output_dir / "results.json").write_text(json.dumps(report, indent=2))
     title = (f"{args.model} on split {args.split!r} of {args.dataset} "
              f"({report['num_samples']} samples, {seconds:.1f} s):")
-    print(format_table(result, title))
+    names = branch_names(model.config)
+    print(format_table(result, title, names))
     if "listening" in result:
-        print(f"\nListening checks:\n{format_listening_table(result, BRANCH_NAMES)}")
+        print(f"\nListening checks:\n{format_listening_table(result, names)}")
     print(f"results: {output_dir / 'results.json'}; per-scene scores: {output_dir / report['per_scene']}")
     if "overlays" in report:
         print(f"overlays (best, median, worst): {output_dir / report['overlays']}")

@@ -79,8 +79,10 @@ class ListeningSettings:
     def __post_init__(self):
         if self.noise_color not in NOISE_COLORS:
             raise ValueError(f"noise_color must be one of {NOISE_COLORS}, got {self.noise_color!r}")
-        if not self.noise_rms > 0:
-            raise ValueError(f"noise_rms must be positive, got {self.noise_rms}")
+        if not 0 < self.noise_rms < math.inf:
+            raise ValueError(f"noise_rms must be a positive finite number, got {self.noise_rms}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be non-negative (a numpy seed), got {self.seed}")
         if self.noise_clips < 1:
             raise ValueError(f"noise_clips must be at least 1, got {self.noise_clips}")
 
@@ -366,15 +368,21 @@ def _extended_lines(listening: Mapping[str, Any], names: Mapping[str, str], bran
             cells = [variant] + [f"{per_branch[b]['ap50']:.2f} / {per_branch[b]['max_f1_50']:.2f} / "
                                  f"{per_branch[b].get('roc_auc', float('nan')):.2f}" for b in branches]
             lines.append("| " + " | ".join(cells) + " |")
-    sizes = listening.get("sizes")
-    if sizes:
-        header = ["box size (224 px)", "scenes"] + [f"{names[b]} CIoU / AUC" for b in branches]
-        lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-        for size, entry in sizes.items():
-            low, high = SIZE_SUBSETS[size]
-            bounds = f"< {math.isqrt(int(high))}²" if high != math.inf else f">= {math.isqrt(int(low))}²"
-            cells = [f"{size} ({bounds})", str(entry["num_samples"])]
-            cells += [f"{entry[b]['ciou']:.2f} / {entry[b]['auc']:.2f}" if entry["num_samples"] else "-"
-                      for b in branches]
-            lines.append("| " + " | ".join(cells) + " |")
+    if listening.get("sizes"):
+        lines += ["", format_size_table(listening["sizes"], names)]
     return lines
+
+
+def format_size_table(sizes: Mapping[str, Mapping[str, Any]], branch_names: Mapping[str, str] | None = None) -> str:
+    """A markdown table of CIoU / AUC per box-size subset (``evaluate_model(...)["sizes"]``), one column per map."""
+    names = {"a": "A", "b": "B", "fused": "fused", **(branch_names or {})}
+    branches = [b for b in ("a", "b", "fused") if any(b in entry for entry in sizes.values())]
+    header = ["box size (224 px)", "scenes"] + [f"{names[b]} CIoU / AUC" for b in branches]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for size, entry in sizes.items():
+        low, high = SIZE_SUBSETS[size]
+        bounds = f"< {math.isqrt(int(high))}²" if high != math.inf else f">= {math.isqrt(int(low))}²"
+        cells = [f"{size} ({bounds})", str(entry["num_samples"])]
+        cells += [f"{entry[b]['ciou']:.2f} / {entry[b]['auc']:.2f}" if entry["num_samples"] else "-" for b in branches]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
