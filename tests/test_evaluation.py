@@ -18,6 +18,7 @@ from xpl_hf import METRIC_PATH
 from xpl_hf.data.annotations import flickr_boxes_from_xml, read_id_list
 from xpl_hf.evaluation import evaluate_model, save_per_scene_scores
 from xpl_hf.metrics import protocol as ev
+from xpl_hf.metrics.extended import extended_protocol, ground_truth_areas, size_subsets
 from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.metrics.protocol import localization_metrics, summarize_ciou
 from xpl_hf.visualization import pick_best_median_worst, save_overlay_grid
@@ -314,6 +315,23 @@ def test_evaluate_module_agrees_with_function(tmp_path):
     assert results["per_sample_ciou"][0] == localization_metrics(
         predictions[:1], [flickr_ground_truth_from_xml(path)]
     )["per_sample_ciou"][0]
+
+
+def test_evaluate_module_reports_box_sizes_and_the_extended_protocol():
+    rng = np.random.default_rng(4)
+    boxes = [[[0.0, 0.0, 0.1, 0.1]], [[0.1, 0.2, 0.6, 0.7]], [[0.0, 0.0, 1.0, 1.0]], [[0.2, 0.2, 0.5, 0.5]]]
+    predictions = [rng.random((7, 7)).astype(np.float32) for _ in boxes]
+    confidences, negatives = rng.random(4).tolist(), rng.random(6).tolist()
+    metric = evaluate.load(METRIC_PATH, "union")
+    out = metric.compute(predictions=predictions, references=boxes, confidences=confidences,
+                         negative_confidences=negatives)
+    gts = np.stack([ground_truth_map(b, "union") for b in boxes])
+    assert out["sizes"] == size_subsets(out["per_sample_ciou"], ground_truth_areas(gts))
+    assert [out["sizes"][s]["num_samples"] for s in ("small", "medium", "large", "huge")] == [1, 1, 1, 1]
+    assert out["extended"] == extended_protocol(confidences, out["per_sample_ciou"], negatives)
+    assert "extended" not in metric.compute(predictions=predictions, references=boxes)
+    with pytest.raises(ValueError, match="pass both `confidences`"):
+        metric.compute(predictions=predictions, references=boxes, confidences=confidences)
 
 
 def test_evaluate_module_rejects_unknown_configuration():
