@@ -272,3 +272,28 @@ def test_staged_space_imports_bundled_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=staged, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).resolve().is_relative_to(staged.resolve())
+
+
+def test_model_card_carries_the_extended_protocol_and_box_sizes(tiny_config):
+    from xpl_hf.metrics.extended import extended_protocol, size_subsets
+
+    figures = {"ciou": 40.0, "auc": 41.0, "mean_ciou": 0.4}
+    row = extended_protocol([0.9, 0.7, 0.4], [0.8, 0.3, 0.6], [0.8, 0.2, 0.4])  # AP@0.5 = 60 (hand-computed)
+    sizes = {name: {"num_samples": entry["num_samples"], **({b: entry for b in ("a", "b", "fused")}
+                                                            if entry["num_samples"] else {})}
+             for name, entry in size_subsets([0.8, 0.3, 0.6], [500.0, 5000.0, 30000.0]).items()}
+    per_branch = {b: figures for b in ("a", "b", "fused")}
+    listening = {"num_scenes": 3, "metrics": {"true": per_branch, "swapped": per_branch},
+                 "drops": {"swapped": {b: {"ciou": 0.0, "auc": 0.0} for b in ("a", "b", "fused")}},
+                 "swap": {"rule": "another clip", "seed": 0},
+                 "noise": {"color": "pink", "rms": 0.1, "clips": 32, "seed": 0}, "selection": None,
+                 "extended": {"swapped": {b: row for b in ("a", "b", "fused")}}, "sizes": sizes}
+    card = hub.build_model_card(tiny_config, {"dataset": "VGG-SS", "fused": figures, "listening": listening})
+    by_type = {r.metric_type: r for r in card.data.eval_results}
+    assert by_type["ap50_swapped"].metric_value == pytest.approx(60.0)
+    assert by_type["ap50_swapped"].metric_name == "AP@0.5, a swapped sound as negatives (fused (A+B))"
+    assert by_type["max_f1_50_swapped_b"].metric_value == pytest.approx(round(100 * 4 / 7, 4))
+    assert by_type["ciou_huge_a"].metric_value == 100.0 and by_type["ciou_medium"].metric_value == 0.0
+    assert "ciou_large" not in by_type  # an empty subset has no figure
+    assert "AP@0.5 / max-F1@0.5 / ROC AUC" in card.text and "| huge (>= 144²) | 1 |" in card.text
+    assert "Extended protocol (SLAVC)" in card.text

@@ -16,7 +16,8 @@ or a list of dicts (one per evaluation set)::
 
 Every (model in fused/a/b) x (metric in ciou/auc, plus any other numeric key) becomes one model-index entry, so the
 Hub renders the numbers on the model page. The listening checks (``listening``) add their figures per branch (CIoU / AUC
-with a swapped sound, silence and noise; object selection and its chance level) and a table to the card.
+with a swapped sound, silence and noise; object selection and its chance level; the extended protocol's AP@0.5,
+AP@0.75 and max-F1@0.5 with each kind of negative; CIoU / AUC per box size) and their tables to the card.
 """
 
 from __future__ import annotations
@@ -48,7 +49,12 @@ EVAL_PROTOCOL = (
     "unchanged) and binarised by keeping the pixels >= the 25,088-th smallest value (the top half). "
     "Per-sample cIoU = sum(B*G) / (sum(G) + sum(B*[G == 0])); CIoU = 100 x fraction of samples with cIoU >= 0.5; "
     "AUC = 100 x trapezoid area of the success rate over thresholds 0, 0.05, ..., 1. Ground truth: VGG-SS = union "
-    "of the boxes; Flickr-SoundNet = sum of the annotators' boxes / 2, clipped to 1."
+    "of the boxes; Flickr-SoundNet = sum of the annotators' boxes / 2, clipped to 1. Extended protocol (SLAVC): "
+    "positives = test frames with their own sound, negatives = the same frames with another clip's sound (or "
+    "silence, or noise); a map's confidence = the mean of the top quarter of each branch's probability map (fused: "
+    "the mean of the branches'); AP = area under the monotone precision envelope over every confidence threshold, "
+    "a detected positive counting as a true positive when its cIoU >= 0.5 (AP@0.5) or 0.75 (AP@0.75); box sizes by "
+    "ground-truth area at 224 px: small < 32², medium < 96², large < 144², huge >= 144²."
 )
 
 
@@ -278,7 +284,8 @@ def build_model_card(
         "- The model localizes *where* a sound comes from in one frame; it does not separate or classify sounds.\n"
         f"- Maps are coarse ({cells} x {cells} cells for {image_size} px frames) and upsampled for display.\n"
         "- Off-screen sounds, silence and several simultaneous sources give diffuse or misleading maps; the "
-        "branches' consensus (Pearson ρ between the A and B maps) is a rough indicator of reliability.\n"
+        "branches' consensus (Pearson ρ between the A and B maps) and the map's confidence (`confidence` of the "
+        "post-processing and the pipeline) are rough indicators of reliability.\n"
         "- Results depend on the data the checkpoint was trained on (see the recipe above); a model trained on the "
         "synthetic benchmark of xpl-hf does not transfer to real videos.",
     ]
