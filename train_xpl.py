@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ FROZEN_SUFFIXES = {"none": (), "image": ("image_encoder",), "all": ("image_encod
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    from xpl_hf.checkpointing import RunLock
+    from xpl_hf.run_folder import RunLock
 
     # one run per output folder; the launcher's global rank 0 holds the lock (RANK is set by torchrun/accelerate)
     with RunLock(args.output_dir, enabled=os.environ.get("RANK", "0") == "0"):
@@ -49,11 +48,9 @@ def train(args: XPLTrainingArguments) -> dict:
     from xpl_hf import XPLConfig, XPLModel, XPLProcessor
     from xpl_hf.checkpointing import (
         TrainerState,
-        atomic_save_pretrained,
         check_fingerprint,
         list_checkpoints,
         load_checkpoint,
-        recover_saved_model,
         resolve_checkpoint,
         save_checkpoint,
     )
@@ -65,6 +62,7 @@ def train(args: XPLTrainingArguments) -> dict:
     from xpl_hf.evaluation import evaluate_model
     from xpl_hf.model_selection import BestModelTracker, validation_line
     from xpl_hf.pretrained import load_pretrained_backbones
+    from xpl_hf.run_folder import atomic_save_pretrained, recover_saved_model
     from xpl_hf.trainer import NonFiniteLossError, TrainingStep
 
     method = args.to_method()
@@ -270,20 +268,12 @@ def finish(args: XPLTrainingArguments, method, output_dir: Path, processor, stat
     """The kept model -> output_dir (loadable with from_pretrained; stored once), the ``test`` split, curves, card,
     push. ``dataset_name``: the dataset as results and the card may show it."""
     from xpl_hf import XPLModel
-    from xpl_hf.checkpointing import recover_saved_model
     from xpl_hf.evaluation import evaluate_model, format_listening_table, save_per_scene_scores
     from xpl_hf.hub import push_model_folder, write_model_card
+    from xpl_hf.run_folder import promote_best_model
     from xpl_hf.visualization import plot_training_curves
 
-    best = output_dir / "best"
-    recover_saved_model(best)
-    if best.is_dir():  # absent when a finished run is resumed: its kept model is already at the root
-        for item in best.iterdir():  # move, not copy: the weights are stored once
-            target = output_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-        best.rmdir()
+    promote_best_model(output_dir)  # best/ -> output_dir
     model = XPLModel.from_pretrained(output_dir).eval()
     # the listening checks (swapped sound, silence, noise; object selection where rows list their objects)
     result = evaluate_model(model, test, processor=processor, batch_size=args.eval_batch_size, progress=True,

@@ -353,7 +353,7 @@ case(6, "latest checkpoint: a tensor missing from the weights")(
 
 @case(6, "kill inside atomic_save_pretrained (best model parked)")
 def parked_best(tmp):
-    from xpl_hf.checkpointing import recover_saved_model
+    from xpl_hf.run_folder import recover_saved_model
 
     best = model_folder(tmp)
     os.replace(best, best.with_name(f".old-{best.name}"))
@@ -366,7 +366,7 @@ def parked_best(tmp):
 
 @case(6, "two runs on one --output_dir")
 def two_runs(tmp):
-    from xpl_hf.checkpointing import RunLock
+    from xpl_hf.run_folder import RunLock
 
     def second_run():
         with RunLock(tmp / "run"):
@@ -569,6 +569,404 @@ def nan_time(tmp):
     return outcome(lambda: read_video_clip(str(video), time=math.nan, clip_seconds=1.0), "time")
 
 
+# ------------------------------------------------------------ 10. archives: one memory budget, integrity, names
+def stream_member(tar, name: str, size: int, byte: bytes = b"\0") -> None:
+    """Add a member of ``size`` copies of ``byte`` to an open tar writer without holding it in memory."""
+    import tarfile
+
+    class Repeated(io.RawIOBase):
+        def __init__(self):
+            self.left = size
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            n = min(len(buffer), self.left)
+            buffer[:n] = byte * n
+            self.left -= n
+            return n
+
+    info = tarfile.TarInfo(name)
+    info.size = size
+    tar.addfile(info, io.BufferedReader(Repeated(), 1 << 20))
+
+
+def folder_archive(path: Path, entries: list[dict], members: dict[str, bytes],
+                   big: tuple[tuple[str, int], ...] = (), annotations_size: int = 0) -> Path:
+    """A .tar.gz of a folder dataset: annotations.json (padded with spaces to ``annotations_size``), ``members`` and
+    ``big`` members of zeros streamed in."""
+    import tarfile
+
+    text = json.dumps(entries).encode()
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        if annotations_size > len(text):
+            info = tarfile.TarInfo("ds/annotations.json")
+            info.size = annotations_size
+            tar.addfile(info, io.BufferedReader(_Concat(text, annotations_size - len(text)), 1 << 20))
+        else:
+            stream_member_bytes(tar, "ds/annotations.json", text)
+        for name, data in members.items():
+            stream_member_bytes(tar, f"ds/{name}", data)
+        for name, size in big:
+            stream_member(tar, f"ds/{name}", size)
+    return path
+
+
+class _Concat(io.RawIOBase):
+    """``head`` then ``pad`` spaces, read in chunks."""
+
+    def __init__(self, head: bytes, pad: int):
+        self.head, self.pad = head, pad
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        n = min(len(buffer), self.pad)
+        buffer[:n] = b" " * n
+        self.pad -= n
+        return n
+
+
+def stream_member_bytes(tar, name: str, data: bytes) -> None:
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def pax_bomb(path: Path, header_bytes: int) -> Path:
+    """A .tar.gz whose first member carries a real PAX header of ``header_bytes`` (a comment of spaces)."""
+    import gzip
+    import tarfile
+
+    value = header_bytes - 32
+    record_len = len(" comment=\n") + value
+    record_len += len(str(record_len + len(str(record_len))))
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        head = tarfile.TarInfo("././@PaxHeader")
+        head.size, head.type = record_len, tarfile.XHDTYPE
+        f.write(head.tobuf(tarfile.USTAR_FORMAT))
+        f.write(f"{record_len} comment=".encode())
+        for start in range(0, value, 1 << 20):
+            f.write(b" " * min(1 << 20, value - start))
+        f.write(b"\n" + b"\0" * (-record_len % 512))
+        info = tarfile.TarInfo("ds/annotations.json")
+        info.size = 2
+        f.write(info.tobuf(tarfile.USTAR_FORMAT) + b"[]" + b"\0" * 510 + b"\0" * 1024)
+    return path
+
+
+def pair_members(tmp: Path) -> dict[str, bytes]:
+    return {"f.png": png(), "a.wav": wav(tmp / "a.wav").read_bytes()}
+
+
+@case(10, "tar.gz: PAX header claiming 1 GiB (64 kB present)")
+def pax_claim(tmp):
+    import gzip
+    import tarfile
+
+    path = tmp / "claim.tar.gz"
+    head = tarfile.TarInfo("././@PaxHeader")
+    head.size, head.type = 1 << 30, tarfile.XHDTYPE
+    with gzip.open(path, "wb") as f:
+        f.write(head.tobuf(tarfile.USTAR_FORMAT) + b" " * 65536)
+    return outcome(lambda: convert(path, tmp / "out"), "claim.tar.gz", "extended header", "budget")
+
+
+@case(10, "tar.gz: annotations.json of 100 MiB of spaces")
+def annotations_padding(tmp):
+    path = folder_archive(tmp / "ws.tar.gz", [{"id": "a", "image": "f.png", "audio": "a.wav", "boxes": BOX}],
+                          pair_members(tmp), annotations_size=100 << 20)
+    return outcome(lambda: convert(path, tmp / "out"), "annotations.json", "limit")
+
+
+@case(10, "tar.gz: one flipped byte inside a WAV member")
+def flipped_byte(tmp):
+    noise = tmp / "noise.wav"
+    sf.write(str(noise), np.random.default_rng(0).uniform(-0.5, 0.5, 32000), 16000, subtype="PCM_16")
+    path = folder_archive(tmp / "good.tar.gz", [{"id": "a", "image": "f.png", "audio": "n.wav", "boxes": BOX}],
+                          {"f.png": png(), "n.wav": noise.read_bytes()})
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    bad = tmp / "bad.tar.gz"
+    bad.write_bytes(bytes(raw))
+    return outcome(lambda: convert(bad, tmp / "out"), "corrupt archive", "bad.tar.gz")
+
+
+@case(10, "tar.gz: two members named ds/a.wav")
+def duplicate_members(tmp):
+    import tarfile
+
+    path = tmp / "dup.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        stream_member_bytes(tar, "ds/annotations.json", json.dumps([{"id": "a", "image": "f.png", "audio": "a.wav",
+                                                                     "boxes": BOX}]).encode())
+        for name, data in pair_members(tmp).items():
+            stream_member_bytes(tar, f"ds/{name}", data)
+        stream_member_bytes(tar, "ds/./a.wav", wav(tmp / "b.wav", rate=8000).read_bytes())
+    return outcome(lambda: convert(path, tmp / "out"), "dup.tar.gz", "more than once")
+
+
+@case(10, "tar.gz: gzip bomb, 1 GiB of zeros as a video")
+def bomb_member(tmp):
+    entries = [{"id": "bomb", "video": "v.mp4", "boxes": BOX}, {"id": "ok", "image": "f.png", "audio": "a.wav",
+                                                                "boxes": BOX}]
+    path = folder_archive(tmp / "bomb.tar.gz", entries, pair_members(tmp), big=(("v.mp4", 1 << 30),))
+
+    def judge(report):
+        text = report_text(report)
+        return (CLEAR, f"{path.stat().st_size >> 10} kB archive; the member skipped and reported, streamed not held "
+                "(memory below)") if "bomb" in text else (SILENT, "not reported")
+    return outcome(lambda: convert(path, tmp / "out"), "bomb", judge=judge)
+
+
+# ------------------------------------------------------ 11. sharded conversions know their shard set; bounds
+def pair_folder(tmp: Path, n: int) -> Path:
+    return folder(tmp, [{"id": f"s{i}", "image": "f.png", "audio": "a.wav", "boxes": BOX} for i in range(n)])
+
+
+def part(root: Path, out: Path, num_shards: int, index: int):
+    from xpl_hf.data.convert import convert as run
+
+    return run("folder", str(root), str(out), progress=False, num_shards=num_shards, shard_index=index)
+
+
+@case(11, "one machine's part alone: load_labeled")
+def lone_part(tmp):
+    from xpl_hf.data.loading import load_labeled
+
+    part(pair_folder(tmp, 12), tmp / "out", 2, 0)
+    card = (tmp / "out" / "README.md").exists()
+    verdict = outcome(lambda: load_labeled(str(tmp / "out"), "labeled"), "incomplete", "labeled-00001-of-00002",
+                      judge=lambda ds: (SILENT, f"returned {len(ds)} of 12 rows"))
+    return (SILENT, "a dataset card was written for half a dataset") if card else verdict
+
+
+@case(11, "a part written with another --num_shards")
+def other_part(tmp):
+    root, out = pair_folder(tmp, 12), tmp / "out"
+    part(root, out, 2, 0)
+    before = sorted(p.name for p in (out / "data").iterdir())
+
+    def judge(_):
+        after = sorted(p.name for p in (out / "data").iterdir())
+        lost = sorted(set(before) - set(after))
+        return (SILENT, f"deleted {lost}") if lost else (SILENT, "mixed shard sets written")
+    result = outcome(lambda: part(root, out, 3, 1), "--num_shards", "labeled-00000-of-00002", judge=judge)
+    after = sorted(p.name for p in (out / "data").iterdir())
+    return (SILENT, f"refused but deleted {sorted(set(before) - set(after))}") if set(before) - set(after) else result
+
+
+@case(11, "--shards_per_split 1000000 on 3 rows")
+def many_shards(tmp):
+    from xpl_hf.data.convert import main as convert_main
+
+    argv = ["folder", "--input", str(pair_folder(tmp, 3)), "--output", str(tmp / "out"), "--shards_per_split",
+            "1000000"]
+    return last_line(outcome(command_line(lambda: convert_main(argv)), "--shards_per_split"))
+
+
+@case(11, "shards_per_split=50 on 3 rows (Python)")
+def more_shards_than_rows(tmp):
+    from xpl_hf.data.convert import convert as run
+    from xpl_hf.data.shards import split_shard_paths
+
+    def judge(_):
+        n = len(split_shard_paths(str(tmp / "out"), "labeled"))
+        return (REPAIRED, f"{n} shards: at most one per row") if n <= 3 else (SILENT, f"{n} shards for 3 rows")
+    return outcome(lambda: run("folder", str(pair_folder(tmp, 3)), str(tmp / "out"), progress=False,
+                               shards_per_split=50), judge=judge)
+
+
+@case(11, "corrupt second shard of a split")
+def corrupt_second_shard(tmp):
+    from xpl_hf.data.convert import convert as run
+    from xpl_hf.data.loading import load_labeled
+
+    run("folder", str(pair_folder(tmp, 4)), str(tmp / "out"), progress=False, shards_per_split=2)
+    second = tmp / "out" / "data" / "labeled-00001-of-00002.parquet"
+    second.write_bytes(b"PAR1 this is not parquet PAR1")
+    return outcome(lambda: load_labeled(str(tmp / "out"), "labeled"), second.name)
+
+
+def last_line(result: tuple[str, str]) -> tuple[str, str]:
+    """A command line's verdict with its message's last line only (the usage text before it says nothing)."""
+    return result[0], result[1].strip().splitlines()[-1]
+
+
+# -------------------------------------------------------------------- 12. converter flags checked before work
+def convert_flag(flag_name: str, value: str) -> Callable[[Path], tuple[str, str]]:
+    def run(tmp):
+        from xpl_hf.data.convert import main as convert_main
+
+        argv = ["folder", "--input", str(pair_folder(tmp, 1)), "--output", str(tmp / "out"), flag_name, value]
+        return last_line(outcome(command_line(lambda: convert_main(argv)), f"argument {flag_name}"))
+    return run
+
+
+for _flag, _value in (("--sample_rate", "1e9"), ("--clip_seconds", "1e6"), ("--frames_per_clip", "1000"),
+                      ("--frame_time", "nan"), ("--num_workers", "100000")):
+    case(12, f"convert {_flag} {_value}")(convert_flag(_flag, _value))
+
+
+# ------------------------------------------------------------------------- 13. smaller ones; 14. objects column
+@case(13, "Space: upload deleted by the 15-minute clean-up")
+def upload_gone(tmp):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space"))
+    from uploads import read_audio
+
+    gone = tmp / "gradio" / "abc" / "sound.wav"
+    verdict = outcome(lambda: read_audio({"path": str(gone)}), "no longer on the server", "sound.wav")
+    return (CRASH, f"server path shown: {verdict[1]}") if str(tmp) in verdict[1] else verdict
+
+
+@case(13, "variable frame rate: frame vs audio centre")
+def vfr_frame(tmp):
+    from fractions import Fraction
+
+    import av
+
+    from xpl_hf.media import read_video_clip
+
+    path = tmp / "vfr.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt, stream.time_base = "yuv420p", Fraction(1, 1000)
+        audio = container.add_stream("aac", rate=16000)
+        for t in (0, 100, 200, 1900):  # a 1.7 s gap
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40, np.uint8), "rgb24")
+            frame.pts, frame.time_base = t, stream.time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+        samples = (0.3 * np.sin(np.arange(32000) / 5.0)).astype(np.float32)[None]
+        for start in range(0, samples.shape[1], 1024):
+            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + 1024]), "fltp", "mono")
+            chunk.sample_rate = 16000
+            container.mux(audio.encode(chunk))
+        container.mux(audio.encode())
+
+    def judge(clip):
+        gap = abs(clip.frame_times[0] - clip.time)
+        on_screen = clip.frame_times[0] <= clip.time + 1e-3
+        return (REPAIRED, f"frame {clip.frame_times[0]:.2f} s on screen at {clip.time:.2f} s") if on_screen else \
+            (SILENT, f"frame {gap:.2f} s after the time the sound is centred on")
+    return outcome(lambda: read_video_clip(str(path), time=1.0), judge=judge)
+
+
+@case(13, 'folder: gt_rule "none" with boxes')
+def rule_none_with_boxes(tmp):
+    root = folder(tmp, [{"id": "x", "image": "f.png", "audio": "a.wav", "boxes": BOX, "gt_rule": "none"},
+                        {"id": "ok", "image": "f.png", "audio": "a.wav", "boxes": BOX}])
+    return outcome(lambda: convert(root, tmp / "out"), judge=lambda r: (CLEAR, "skipped as bad gt_rule")
+                   if "bad gt_rule" in report_text(r) else (SILENT, "written"))
+
+
+def objects_entries(sounding: Callable[[int], str]) -> list[dict]:
+    dog, car = [0.05, 0.1, 0.45, 0.6], [0.55, 0.4, 0.95, 0.9]
+    return [{"id": f"t{i}", "image": "f.png", "audio": "a.wav", "split": "test", "boxes": [dog],
+             "objects": [{"box": dog, "label": "dog", "sounding": sounding(i) == "dog"},
+                         {"box": car, "label": "car", "sounding": sounding(i) == "car"}]} for i in range(4)]
+
+
+def evaluate_folder(tmp: Path, entries: list[dict]) -> str:
+    from xpl_hf.evaluate import main as evaluate_main
+
+    root = folder(tmp, entries)
+    convert(root, tmp / "data")
+    model_folder(tmp)
+    out = io.StringIO()
+    stdout, sys.stdout = sys.stdout, out
+    try:
+        evaluate_main(["--model", str(tmp / "model"), "--dataset", str(tmp / "data"), "--split", "test",
+                       "--output_dir", str(tmp / "eval"), "--device", "cpu", "--overlays_per_group", "0"])
+    finally:
+        sys.stdout = stdout
+    return out.getvalue()
+
+
+@case(13, "evaluate: scenes whose objects all stay silent")
+def silent_objects(tmp):
+    def judge(text):
+        return (SILENT, "reported as 'no scene lists its objects'") if "no scene lists its objects" in text else \
+            (CLEAR, "note: needs a sounding and a silent object")
+    return outcome(lambda: evaluate_folder(tmp, objects_entries(lambda i: "none")), judge=judge)
+
+
+@case(14, "objects through convert folder + evaluate")
+def objects_column(tmp):
+    def judge(text):
+        return (REPAIRED, "object selection reported") if "Object selection over 4 scenes" in text else \
+            (SILENT, "no object selection")
+    return outcome(lambda: evaluate_folder(tmp, objects_entries(lambda i: "dog" if i % 2 else "car")), judge=judge)
+
+
+# ----------------------------------------------------------------------- peak memory of hostile archive reading
+MEMORY_SCRIPT = """
+import json, resource, sys
+from xpl_hf.data.convert import convert
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    convert("folder", sys.argv[1], sys.argv[2], progress=False, num_workers=int(sys.argv[3]))
+    result = "converted"
+except Exception as err:
+    result = f"{type(err).__name__}: {err}"
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"base": base, "peak": peak, "children": children, "result": result}))
+"""
+
+
+def memory_table(root: Path) -> None:
+    """Peak memory of converting hostile archives, each in a fresh process, against the stated budget."""
+    import subprocess
+
+    from xpl_hf.data.convert.archive import MAX_HEADER_BYTES, MEMORY_BUDGET
+
+    root.mkdir(parents=True, exist_ok=True)
+    pair = pair_members(root)
+    entry = {"image": "f.png", "audio": "a.wav", "boxes": BOX}
+    builds = {
+        "PAX header of 1 GiB (real bytes)": (lambda p: pax_bomb(p, 1 << 30), 1),
+        "annotations.json of 1 GiB of spaces": (lambda p: folder_archive(
+            p, [{"id": "a", **entry}], pair, annotations_size=1 << 30), 1),
+        "gzip bomb: 3 GiB of zeros as one video": (lambda p: folder_archive(
+            p, [{"id": "bomb", "video": "v.mp4", "boxes": BOX}, {"id": "ok", **entry}], pair,
+            big=(("v.mp4", 3 << 30),)), 1),
+        "8 x 256 MiB audio members, 2 workers": (lambda p: folder_archive(
+            p, [{"id": f"a{i}", "image": "f.png", "audio": f"z{i}.wav", "boxes": BOX} for i in range(8)]
+            + [{"id": "ok", **entry}], pair, big=tuple((f"z{i}.wav", 256 << 20) for i in range(8))), 2),
+    }
+    print(f"\nPeak memory of converting hostile archives (fresh process each; budget: {MEMORY_BUDGET >> 20} MiB of "
+          f"members in flight, {MAX_HEADER_BYTES >> 20} MiB per extended header; growth = peak RSS - RSS after "
+          "imports)")
+    print(f"{'archive':<42} {'size':>8} {'growth MiB':>10} {'worker MiB':>10} {'s':>5}  outcome")
+    for index, (name, (build, workers)) in enumerate(builds.items()):
+        path = build(root / f"hostile{index}.tar.gz")
+        began = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(path), str(root / f"out{index}"),
+                               str(workers)], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        seconds = time.perf_counter() - began
+        try:
+            m = json.loads(done.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            print(f"{name:<42} {'':>8} {'':>10} {'':>10} {seconds:5.0f}  crashed: {done.stderr.strip()[-200:]}")
+            continue
+        growth, worker = (m["peak"] - m["base"]) / 1024, m["children"] / 1024
+        verdict = "within budget" if growth <= MEMORY_BUDGET >> 20 else "OVER BUDGET"
+        print(f"{name:<42} {path.stat().st_size >> 10:>6}kB {growth:>10.0f} {worker:>10.0f} {seconds:5.0f}  "
+              f"{verdict}; {' '.join(m['result'].split())[:90]}", flush=True)
+        path.unlink()
+        shutil.rmtree(root / f"out{index}", ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 def quiet() -> None:
     import datasets
@@ -584,6 +982,8 @@ def quiet() -> None:
 def main(argv: list[str] | None = None) -> Counter:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", help="keep every case's inputs under this folder")
+    parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory table of hostile archives "
+                        "(builds and converts archives claiming several GiB: about a minute, 4 GiB of disk)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet()
@@ -604,6 +1004,8 @@ def main(argv: list[str] | None = None) -> Counter:
         print(f"{klass:>5}  {name:<54} {verdict:<13} {time.perf_counter() - began:5.1f}  {detail}", flush=True)
     print(f"\n{len(CASES)} cases in {time.perf_counter() - start:.0f} s: "
           + ", ".join(f"{counts[o]} {o}" for o in (CLEAR, REPAIRED, CRASH, SILENT, HOLE)))
+    if not args.no_memory:
+        memory_table(root / "memory")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return counts

@@ -1,5 +1,6 @@
 """Checkpoints (xpl_hf.checkpointing): atomic, validated, no pickled code, corrupt ones skipped by 'latest', a full disk
-is one clear error, a killed best-model swap is recovered, one run per folder, data changes refuse a resume."""
+or a file-size limit is one clear error, data changes refuse a resume. The run folder (xpl_hf.run_folder): a killed
+best-model swap is recovered, the kept model moves to the root, one run per folder."""
 
 import errno
 import json
@@ -14,17 +15,14 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file, save_file
 
-from xpl_hf import checkpointing
+from xpl_hf import checkpointing, run_folder
 from xpl_hf.checkpointing import (
     COMPLETE_MARKER,
     CheckpointError,
-    RunLock,
     TrainerState,
-    atomic_save_pretrained,
     check_fingerprint,
     list_checkpoints,
     load_checkpoint,
-    recover_saved_model,
     resolve_checkpoint,
     save_checkpoint,
     validate_checkpoint,
@@ -32,6 +30,7 @@ from xpl_hf.checkpointing import (
 from xpl_hf.data.checks import data_fingerprint
 from xpl_hf.data.source import DatasetSource
 from xpl_hf.method import XPLMethod
+from xpl_hf.run_folder import RunLock, atomic_save_pretrained, promote_best_model, recover_saved_model
 
 
 class _Boom:
@@ -178,18 +177,53 @@ def test_checkpoint_without_optimizer_state_loads(parts, tmp_path, caplog):
         validate_checkpoint(path)
 
 
-def test_a_full_disk_is_one_clear_error_and_keeps_the_previous_checkpoint(parts, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, message", [
+    (OSError(errno.ENOSPC, "No space left on device"), "no space left on the device while writing checkpoint-4"),
+    (OSError(errno.EFBIG, "File too large"), "the file-size limit .* while writing checkpoint-4"),
+    # safetensors' own error type, with only the OS's text
+    (RuntimeError("Error while serializing: I/O error: File too large (os error 27)"), "the file-size limit"),
+], ids=["ENOSPC", "EFBIG", "EFBIG-as-text"])
+def test_a_full_disk_is_one_clear_error_and_keeps_the_previous_checkpoint(parts, tmp_path, monkeypatch, error,
+                                                                          message):
     accelerator, objects = parts
     _save(accelerator, objects, tmp_path, 2)
 
     def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error
 
     monkeypatch.setattr(checkpointing, "save_file", disk_full)
-    with pytest.raises(CheckpointError, match="no space left on the device while writing checkpoint-4"):
+    with pytest.raises(CheckpointError, match=message):
         _save(accelerator, objects, tmp_path, 4)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
     assert not (tmp_path / "checkpoints" / ".tmp-checkpoint-4").exists()  # no half-written folder left
+    assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint-2"
+
+
+def test_a_real_file_size_limit_is_the_same_clear_error(tmp_path):
+    """`ulimit -f` below a checkpoint's size: the write fails with EFBIG (Python ignores SIGXFSZ), reported like a full
+    disk, and the previous checkpoint stays the newest valid one."""
+    script = f"""
+import resource, torch
+from accelerate import Accelerator
+from xpl_hf.checkpointing import CheckpointError, TrainerState, save_checkpoint
+from xpl_hf.method import XPLMethod
+model = torch.nn.Linear(64, 64)  # 16 KiB of weights
+optimizer = torch.optim.AdamW(model.parameters())
+parts = dict(model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+             bank=XPLMethod().make_bank(2), selector=XPLMethod().make_selector())
+accelerator = Accelerator(cpu=True)
+save_checkpoint(accelerator, {str(tmp_path)!r}, state=TrainerState(step=2), total_limit=None, **parts)
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    save_checkpoint(accelerator, {str(tmp_path)!r}, state=TrainerState(step=4), total_limit=None, **parts)
+except CheckpointError as err:
+    print(err)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "a file reached the file-size limit (`ulimit -f`) while writing checkpoint-4" in done.stdout
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    assert not (tmp_path / "checkpoints" / ".tmp-checkpoint-4").exists()
     assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint-2"
 
 
@@ -215,7 +249,7 @@ def test_a_kill_inside_the_best_model_swap_is_recovered(tiny_model, tmp_path, mo
         if str(dst).endswith(".old-best"):
             raise SystemExit("killed")  # the process dies here
 
-    monkeypatch.setattr(checkpointing.os, "replace", killed_after_parking)
+    monkeypatch.setattr(run_folder.os, "replace", killed_after_parking)
     with pytest.raises(SystemExit):
         atomic_save_pretrained(model, processor, best)
     monkeypatch.undo()
@@ -233,10 +267,27 @@ def test_a_full_disk_while_saving_the_best_model_keeps_the_old_one(tiny_model, t
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpointing, "save_pretrained_with_pipeline", disk_full)
+    monkeypatch.setattr(run_folder, "save_pretrained_with_pipeline", disk_full)
     with pytest.raises(CheckpointError, match="no space left"):
         atomic_save_pretrained(model, processor, best)
     assert (best / "model.safetensors").is_file() and not (tmp_path / ".tmp-best").exists()
+
+
+def test_the_kept_model_moves_to_the_root(tiny_model, tmp_path):
+    """promote_best_model: best/ -> OUTPUT_DIR, moved (stored once), replacing an older model there; a swap that a
+    kill interrupted is finished first; nothing to do when best/ is gone (a finished run resumed)."""
+    from xpl_hf import XPLModel
+
+    model, processor = tiny_model
+    atomic_save_pretrained(model, processor, tmp_path / "best")
+    (tmp_path / "model.safetensors").mkdir()  # an older root entry of the same name is replaced
+    os.replace(tmp_path / "best", tmp_path / ".old-best")  # killed inside the last swap: best/ parked
+    promote_best_model(tmp_path)
+    assert not (tmp_path / "best").exists() and not (tmp_path / ".old-best").exists()
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
+    assert XPLModel.from_pretrained(tmp_path).config.embed_dim == model.config.embed_dim
+    promote_best_model(tmp_path)  # again: best/ is absent, the root model stays
+    assert (tmp_path / "model.safetensors").is_file()
 
 
 def test_one_run_per_output_folder(tmp_path, caplog):

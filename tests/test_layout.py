@@ -14,14 +14,14 @@ import import_graph  # noqa: E402  (tools/import_graph.py: the one parser of the
 # a lower one, never of a higher one.
 LAYERS = {
     "inputs": {"paths", "image", "audio", "media", "maps", "distributed"},
-    "protocol": {"metrics", "metrics.protocol", "metrics.ground_truth", "metrics.listening"},
+    "protocol": {"metrics", "metrics.protocol", "metrics.ground_truth", "metrics.listening", "metrics.extended"},
     "model": {"configuration_xpl", "backbones", "pretrained", "modeling_xpl", "processing_xpl", "pipeline_xpl",
               "loading", "__init__"},
     "data": {"data", "data.schema", "data.annotations", "data.shards", "data.decoding", "data.augment",
              "data.transforms", "data.loading", "data.streams", "data.synthetic", "data.arrow_exit", "data.prepare",
              "data.checks", "data.source", "data.convert", "data.convert.*"},
     "method": {"losses", "pseudo_labels", "curriculum", "method", "objective", "trainer", "model_selection",
-               "training_args", "checkpointing"},
+               "training_args", "checkpointing", "run_folder", "trunk_features"},
     "outputs": {"evaluation", "visualization", "evaluate", "hub", "hub.*"},
 }
 

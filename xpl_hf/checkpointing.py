@@ -13,12 +13,11 @@ A checkpoint ``OUTPUT_DIR/checkpoints/checkpoint-<step>/`` holds
 Nothing is unpickled with ``weights_only=False``, so a checkpoint folder whose files were replaced by hostile
 pickles executes nothing: the load fails with a message. A checkpoint is written into a temporary folder and
 renamed when complete, so a run killed at any moment leaves either no new checkpoint or a complete one; a full disk
-while writing is one clear error and leaves the previous checkpoints as they were.
+(or a file-size limit) while writing is one clear error and leaves the previous checkpoints as they were.
 ``resume_from_checkpoint="latest"`` takes the newest checkpoint that passes :func:`validate_checkpoint` (every file
-present and parseable, every weight the model expects, all finite) and says which ones it skipped and why.
-:class:`RunLock` keeps two runs out of one output folder, :func:`check_fingerprint` refuses a resume with other
-settings or data (`xpl_hf.data.source.DatasetSource.fingerprint`), and :func:`recover_saved_model` finishes a
-best-model swap that a kill interrupted.
+present and parseable, every weight the model expects, all finite) and says which ones it skipped and why;
+:func:`check_fingerprint` refuses a resume with other settings or data (`xpl_hf.data.source.DatasetSource
+.fingerprint`). The rest of the output folder (its lock, the kept model) is :mod:`xpl_hf.run_folder`'s.
 """
 
 from __future__ import annotations
@@ -31,8 +30,6 @@ import os
 import random
 import re
 import shutil
-import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,19 +39,23 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .modeling_xpl import WeightsError, check_finite_weights
-from .pipeline_xpl import save_pretrained_with_pipeline
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainerState", "CheckpointError", "check_fingerprint", "list_checkpoints", "resolve_checkpoint",
-           "validate_checkpoint", "save_checkpoint", "load_checkpoint", "atomic_save_pretrained",
-           "recover_saved_model", "RunLock", "COMPLETE_MARKER"]
+           "validate_checkpoint", "save_checkpoint", "load_checkpoint", "raise_if_out_of_space", "COMPLETE_MARKER"]
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
 REQUIRED_FILES = ("model.safetensors", "scheduler.pt", "xpl_state.safetensors", "xpl_state.json", COMPLETE_MARKER)
 XPL_TENSORS = ("bank_keys", "bank_labels", "bank_seen", "window_scores")
-LOCK_FILE = ".run.lock"
+# errno -> (what ran out, the OS's text for it): a writer such as safetensors may raise its own error type with only
+# that text in its message
+OUT_OF_SPACE = {
+    errno.ENOSPC: ("no space left on the device", "No space left"),
+    errno.EDQUOT: ("no space left on the device (disk quota exceeded)", "Disk quota exceeded"),
+    errno.EFBIG: ("a file reached the file-size limit (`ulimit -f`)", "File too large"),
+}
 
 
 class CheckpointError(ValueError):
@@ -237,12 +238,16 @@ def _write_json(path: Path, value) -> None:
         os.fsync(f.fileno())
 
 
-def _raise_if_disk_full(err: BaseException, what: str, folder: Path) -> None:
-    """A full disk (ENOSPC / EDQUOT, also when a writer such as safetensors reports it as its own error type) as one
-    clear error; the caller has removed its partial folder, and re-raises any other error as it was."""
-    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err):
-        raise CheckpointError(f"no space left on the device while writing {what} in {folder.parent}; the previous "
-                              "checkpoints are intact. Free some space (or lower --checkpoints_total_limit, or pass "
+def raise_if_out_of_space(err: BaseException, what: str, folder: Path) -> None:
+    """A full disk, a full quota or a file-size limit (ENOSPC, EDQUOT, EFBIG: :data:`OUT_OF_SPACE`) while writing
+    ``what`` into ``folder`` as one clear :class:`CheckpointError`; any other error returns, for the caller (which has
+    removed its partial folder) to re-raise as it was."""
+    code = getattr(err, "errno", None)
+    reason = next((reason for number, (reason, text) in OUT_OF_SPACE.items() if code == number or text in str(err)),
+                  None)
+    if reason is not None:
+        raise CheckpointError(f"{reason} while writing {what} in {folder.parent}; the previous checkpoints are "
+                              "intact. Free some space (or lower --checkpoints_total_limit, or pass "
                               "--save_optimizer_state false) and resume with --resume_from_checkpoint latest.") from err
 
 
@@ -254,8 +259,8 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, *, model, optimi
     leaves out the optimiser and scheduler states (a resume then restarts AdamW's moments).
 
     Raises:
-        CheckpointError: the disk is full; the temporary folder is removed and the previous checkpoints are
-            untouched (so with any other failed write, re-raised as it was).
+        CheckpointError: the disk is full or a file reached the size limit; the temporary folder is removed and
+            the previous checkpoints are untouched (so with any other failed write, re-raised as it was).
     """
     root = checkpoint_root(output_dir)
     final = root / f"checkpoint-{state.step}"
@@ -288,7 +293,7 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, *, model, optimi
             _write_json(tmp / COMPLETE_MARKER, state.state_dict())
     except Exception as err:  # noqa: BLE001 - OSError or safetensors' own error type
         shutil.rmtree(tmp, ignore_errors=True)
-        _raise_if_disk_full(err, final.name, final)
+        raise_if_out_of_space(err, final.name, final)
         raise
     if accelerator.is_main_process:
         if final.exists():
@@ -325,108 +330,3 @@ def load_checkpoint(accelerator, path: str | os.PathLike, *, model, optimizer, s
     else:
         logger.warning(f"{path} has no RNG state for process {accelerator.process_index}; RNG streams restart")
     state.load_state_dict(json.loads((path / COMPLETE_MARKER).read_text()))
-
-
-def atomic_save_pretrained(model, processor, folder: str | os.PathLike) -> None:
-    """`save_pretrained` of model + processor (+ the pipeline's code) into a temporary sibling, then swap it in place
-    of `folder` (the old one is parked in ``.old-<name>`` for the instant of the swap: :func:`recover_saved_model`
-    puts it back if a kill falls there).
-
-    Raises:
-        CheckpointError: the disk is full (the temporary folder is removed, `folder` is untouched).
-    """
-    folder = Path(folder)
-    tmp = folder.with_name(f".tmp-{folder.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        save_pretrained_with_pipeline(model, processor, tmp, safe_serialization=True)  # carries the pipeline code
-    except Exception as err:  # noqa: BLE001 - OSError or safetensors' own error type
-        shutil.rmtree(tmp, ignore_errors=True)
-        _raise_if_disk_full(err, f"the model {folder.name}/", folder)
-        raise
-    old = folder.with_name(f".old-{folder.name}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_saved_model(folder: str | os.PathLike) -> None:
-    """Finish an :func:`atomic_save_pretrained` that a kill interrupted: a model parked in ``.old-<name>`` with no
-    ``<name>`` goes back; leftovers (``.tmp-<name>``, a parked copy next to a complete one) are removed."""
-    folder = Path(folder)
-    old, tmp = folder.with_name(f".old-{folder.name}"), folder.with_name(f".tmp-{folder.name}")
-    if old.is_dir() and not folder.exists():
-        os.replace(old, folder)
-        logger.warning(f"recovered the saved model {folder} from {old.name} (a run was killed while replacing it)")
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------------ the lock
-class RunLock:
-    """One run per output folder: ``OUTPUT_DIR/.run.lock`` holds the owner's host and pid while it trains.
-
-    A second run on the same folder is refused with a message naming the owner; a lock left by a process that no
-    longer exists (a killed run, on this host) is taken over with a warning. Use as a context manager; only the
-    main process should hold it (``enabled``).
-    """
-
-    def __init__(self, output_dir: str | os.PathLike, enabled: bool = True):
-        self.path, self.enabled, self.held = Path(output_dir) / LOCK_FILE, enabled, False
-
-    def __enter__(self) -> RunLock:
-        if not self.enabled:
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        owner = {"host": socket.gethostname(), "pid": os.getpid()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and self._alive(holder) or holder is None and self._young():
-                    holder = holder or {"pid": "?", "host": "?"}
-                    raise CheckpointError(
-                        f"{self.path.parent} is in use by another run (pid {holder['pid']} on {holder['host']}): two "
-                        f"runs would interleave their checkpoints. Choose another --output_dir, or stop that run. "
-                        f"(If it is gone, delete {self.path}.)") from None
-                logger.warning(f"taking over the stale lock {self.path} (its run, pid "
-                               f"{(holder or {}).get('pid')}, no longer exists)")
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(owner, f)
-            self.held = True
-            return self
-        raise CheckpointError(f"could not take the lock {self.path}: another run is starting on the same folder.")
-
-    def __exit__(self, *exc) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def _young(self) -> bool:  # a lock still being written by a run that is starting right now
-        try:
-            return time.time() - self.path.stat().st_mtime < 10
-        except OSError:
-            return False
-
-    def _holder(self) -> dict | None:
-        try:
-            holder = json.loads(self.path.read_text())
-            return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
-        except (OSError, ValueError):
-            return None  # unreadable or half-written: treated as stale
-
-    @staticmethod
-    def _alive(holder: dict) -> bool:
-        if holder.get("host") != socket.gethostname():
-            return True  # another machine's run: cannot check, assume it runs
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
