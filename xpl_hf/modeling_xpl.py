@@ -259,6 +259,11 @@ class XPLModel(XPLPreTrainedModel):
             pixel_values_b = pixel_values
         out_a = self.branch_a(pixel_values, self._audio_input(self.branch_a, audio_log_mel, audio_waveform))
         out_b = self.branch_b(pixel_values_b, self._audio_input(self.branch_b, audio_log_mel, audio_waveform))
+        return self.fuse(out_a, out_b)
+
+    @staticmethod
+    def fuse(out_a: AVSLBranchOutput, out_b: AVSLBranchOutput) -> XPLModelOutput:
+        """Both branches' outputs and the fused map, the mean of their per-sample min-max-normalised maps."""
         fused = 0.5 * (minmax_normalize(out_a.maps) + minmax_normalize(out_b.maps))
         return XPLModelOutput(
             maps=fused,
@@ -273,5 +278,78 @@ class XPLModel(XPLPreTrainedModel):
         )
 
 
-__all__ = ["XPLModel", "XPLPreTrainedModel", "XPLModelOutput", "AVSLBranch", "AVSLBranchOutput", "WeightsError",
+@dataclass(frozen=True)
+class TopStages:
+    """How many top stages of each trunk train while the rest stays frozen (`xpl_hf.backbones.Trunk`).
+
+    The stages below are computed once per clip and view and cached (`xpl_hf.trunk_features`); 0 caches a trunk's
+    whole output (only the projections and the map heads learn).
+
+    Args:
+        image: top stages of both branches' image trunks (EfficientNet-Lite0 has 18: stem, 16 blocks, head).
+        audio_a, audio_b: top stages of branch A's and B's audio trunks (VGGish has 4, SoundNet-8 has 7).
+    """
+
+    image: int = 0
+    audio_a: int = 0
+    audio_b: int = 0
+
+    def check(self, model: XPLModel) -> TopStages:
+        """Raise a ValueError naming the setting when a count does not fit its trunk; returns self."""
+        for name, trunk in (("image", model.branch_a.image_encoder), ("image", model.branch_b.image_encoder),
+                            ("audio_a", model.branch_a.audio_encoder), ("audio_b", model.branch_b.audio_encoder)):
+            try:
+                trunk.check_top(getattr(self, name))
+            except ValueError as err:
+                raise ValueError(f"{name}_top_stages: {err}") from None
+        return self
+
+    def trainable(self, model: XPLModel) -> list[nn.Module]:
+        """The trunks' stages that train (parameters to unfreeze and optimise)."""
+        return [stage for branch, audio in ((model.branch_a, self.audio_a), (model.branch_b, self.audio_b))
+                for stage in (*branch.image_encoder.top_stages(self.image), *branch.audio_encoder.top_stages(audio))]
+
+
+class XPLFromTrunkFeatures(nn.Module):
+    """An [`XPLModel`] run on cached trunk stems: the top stages of each trunk, the heads and the fusion.
+
+    The module the training step calls when the lower trunk stages are frozen and cached; it owns no weights of its
+    own (the parameters are ``model``'s, so the trained ``model`` is saved as usual), and ``model(**batch)`` works on
+    the batches of `xpl_hf.trunk_features.FeatureBatches`.
+
+    Args:
+        model: the `XPLModel` being trained.
+        top: its `TopStages` (the cache was computed with the same).
+    """
+
+    def __init__(self, model: XPLModel, top: TopStages):
+        super().__init__()
+        self.model = model
+        self.top = top.check(model)
+
+    def forward(self, image_features: torch.Tensor, audio_features_a: torch.Tensor, audio_features_b: torch.Tensor,
+                image_features_b: torch.Tensor | None = None, **kwargs) -> XPLModelOutput:
+        r"""
+        Args:
+            image_features (`torch.Tensor` of shape `(batch, C, h, w)`): branch A's image stem output (its view).
+            audio_features_a, audio_features_b (`torch.Tensor`): the audio stems of branch A and B, e.g.
+                `(batch, N, 4096)` for VGGish below its last stage or `(batch, 512, T)` for SoundNet-8 below conv7.
+            image_features_b (`torch.Tensor` of shape `(batch, C, h, w)`, *optional*): branch B's image stem output
+                (its own view, or its own trunk's); defaults to ``image_features``.
+            kwargs: other keys of the batch (`ids`, `gt_maps`, ...), ignored.
+        """
+        if image_features_b is None:
+            image_features_b = image_features
+        outs = []
+        for branch, image, audio, audio_top in ((self.model.branch_a, image_features, audio_features_a,
+                                                 self.top.audio_a),
+                                                (self.model.branch_b, image_features_b, audio_features_b,
+                                                 self.top.audio_b)):
+            visual = branch.image_encoder.forward_top(image.float(), self.top.image)
+            outs.append(branch.forward_features(visual, branch.audio_encoder.forward_top(audio.float(), audio_top)))
+        return self.model.fuse(*outs)
+
+
+__all__ = ["XPLModel", "XPLPreTrainedModel", "XPLModelOutput", "AVSLBranch", "AVSLBranchOutput", "TopStages",
+           "XPLFromTrunkFeatures", "WeightsError",
            "check_finite_weights", "weights_file", "WEIGHT_FILES"]
