@@ -61,9 +61,11 @@ def train(args: XPLTrainingArguments) -> dict:
     from xpl_hf.data.transforms import XPLCollator
     from xpl_hf.evaluation import evaluate_model
     from xpl_hf.model_selection import BestModelTracker, validation_line
+    from xpl_hf.modeling_xpl import TopStages, XPLFromTrunkFeatures
     from xpl_hf.pretrained import load_pretrained_backbones
     from xpl_hf.run_folder import atomic_save_pretrained, recover_saved_model
     from xpl_hf.trainer import NonFiniteLossError, TrainingStep
+    from xpl_hf.trunk_features import FeatureBatches, compute_trunk_features, evaluate_features
 
     method = args.to_method()
     output_dir = Path(args.output_dir)
@@ -109,22 +111,6 @@ def train(args: XPLTrainingArguments) -> dict:
     warn_on_split_overlap({"labeled": (args.labeled_split, labeled), "validation": (args.validation_split, validation),
                            "test": (args.test_split, test)},
                           args.unlabeled_split if method.uses_unlabeled else None, logger)
-    labeled_batches = LabeledBatches(len(labeled), args.train_batch_size, args.seed,
-                                     accelerator.process_index, accelerator.num_processes)
-    pin_memory = accelerator.device.type == "cuda"
-    torch.backends.cudnn.benchmark = pin_memory  # fixed input sizes: let cuDNN pick its fastest kernels
-    labeled_loader = DataLoader(labeled, batch_sampler=labeled_batches, num_workers=args.dataloader_num_workers,
-                                collate_fn=SeededCollate(train_collate, sample_seed(args.seed, "labeled")),
-                                pin_memory=pin_memory, persistent_workers=args.dataloader_num_workers > 0)
-    drop_labels = DropLabels(logger)  # the unlabelled split is unlabelled, whatever boxes it carries
-    unlabeled_stream = UnlabeledStream(
-        make_stream=lambda epoch: load_unlabeled_stream(
-            source.name, args.unlabeled_split, rank=accelerator.process_index, world_size=accelerator.num_processes,
-            seed=args.seed, shuffle_buffer=args.shuffle_buffer, epoch=epoch).map(drop_labels),
-        make_loader=lambda stream: DataLoader(
-            stream, batch_size=args.unlabeled_batch_size, num_workers=args.dataloader_num_workers,
-            collate_fn=SeededCollate(train_collate, sample_seed(args.seed, "unlabeled")), pin_memory=pin_memory),
-    ) if method.uses_unlabeled else None
 
     # -------------------------------------------------------------------------------------- models
     if args.model_name_or_path:
@@ -132,13 +118,66 @@ def train(args: XPLTrainingArguments) -> dict:
         weights_report = {"all": f"from {args.model_name_or_path}"}
     else:
         model = XPLModel(config)
-        weights_report = load_pretrained_backbones(model) if args.pretrained_backbones else {}
+        with accelerator.main_process_first():  # one download per machine; the others read the cached file
+            weights_report = load_pretrained_backbones(model, allow_random=args.random_backbones_allowed()) \
+                if args.pretrained_backbones else {}
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    top = TopStages(image=args.image_top_stages, audio_a=args.audio_a_top_stages, audio_b=args.audio_b_top_stages)
     frozen = [m for name, m in model.named_modules() if name.endswith(FROZEN_SUFFIXES[args.freeze_backbones])]
-    for module in frozen:  # a fast proxy: frozen pretrained trunks, trainable projections and map heads
+    for module in frozen:  # frozen trunks (eval-mode BatchNorm) ...
         module.requires_grad_(False)
+    if args.freeze_backbones != "none":
+        for stage in top.check(model).trainable(model):  # ... but for their top stages, which train
+            stage.requires_grad_(True)
     logger.info(f"Backbones: {json.dumps(weights_report, indent=1)}")
+
+    # ---------------------------------------------------------------------------- training batches
+    # Frozen trunks (the default): each clip's stems computed once per view and cached; else decoded every step.
+    cached = args.freeze_backbones == "all" and args.cache_trunk_features
+    rank, world = accelerator.process_index, accelerator.num_processes
+    labeled_batches = LabeledBatches(len(labeled), args.train_batch_size, args.seed, rank, world)
+    if cached:
+        def features(split, role: str, views: int = 0):
+            with accelerator.main_process_first():  # computed once (main process), read by the others
+                return compute_trunk_features(model, processor, split, top=top, role=role, views=views,
+                                              seed=args.seed, cache_dir=args.feature_cache_dir,
+                                              on_bad_sample=args.on_bad_sample)
+
+        labeled_features = FeatureBatches(features(labeled, "labeled", args.feature_views), args.seed)
+        labeled_iter = (labeled_features(rows, key=("labeled", labeled_batches.epoch, labeled_batches.batch))
+                        for rows in labeled_batches)
+        validation_features = features(validation if args.eval_max_samples is None else
+                                       validation.select(range(min(args.eval_max_samples, len(validation)))),
+                                       "evaluation")
+        unlabeled_stream = None
+        if method.uses_unlabeled:
+            unlabeled = load_labeled(source.name, args.unlabeled_split, require_boxes=False)
+            unlabeled_features = FeatureBatches(features(unlabeled, "unlabeled", args.feature_views), args.seed)
+            unlabeled_stream = LabeledBatches(len(unlabeled_features.features), args.unlabeled_batch_size,
+                                              sample_seed(args.seed, "unlabeled"), rank, world)
+            unlabeled_iter = (unlabeled_features(rows, key=("unlabeled", unlabeled_stream.epoch,
+                                                            unlabeled_stream.batch)) for rows in unlabeled_stream)
+        train_model = XPLFromTrunkFeatures(model, top)
+    else:
+        pin_memory = accelerator.device.type == "cuda"
+        torch.backends.cudnn.benchmark = pin_memory  # fixed input sizes: let cuDNN pick its fastest kernels
+        train_collate = XPLCollator(processor, train=True, on_bad_sample=args.on_bad_sample)
+        labeled_loader = DataLoader(labeled, batch_sampler=labeled_batches, num_workers=args.dataloader_num_workers,
+                                    collate_fn=SeededCollate(train_collate, sample_seed(args.seed, "labeled")),
+                                    pin_memory=pin_memory, persistent_workers=args.dataloader_num_workers > 0)
+        labeled_iter = iter(labeled_loader)
+        drop_labels = DropLabels(logger)  # the unlabelled split is unlabelled, whatever boxes it carries
+        unlabeled_stream = UnlabeledStream(
+            make_stream=lambda epoch: load_unlabeled_stream(
+                source.name, args.unlabeled_split, rank=rank, world_size=world, seed=args.seed,
+                shuffle_buffer=args.shuffle_buffer, epoch=epoch).map(drop_labels),
+            make_loader=lambda stream: DataLoader(
+                stream, batch_size=args.unlabeled_batch_size, num_workers=args.dataloader_num_workers,
+                collate_fn=SeededCollate(train_collate, sample_seed(args.seed, "unlabeled")), pin_memory=pin_memory),
+        ) if method.uses_unlabeled else None
+        unlabeled_iter = iter(unlabeled_stream) if unlabeled_stream is not None else None
+        train_model = model
 
     # ------------------------------------------------------------------------------------ optimiser
     pretrained_parts = {k for k, v in weights_report.items() if not v.startswith("random")}
@@ -156,38 +195,40 @@ def train(args: XPLTrainingArguments) -> dict:
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=args.weight_decay)
     scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                            num_training_steps=args.max_train_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    train_model, optimizer, scheduler = accelerator.prepare(train_model, optimizer, scheduler)
+
+    def trained_model() -> XPLModel:  # the XPLModel inside what the accelerator wraps
+        unwrapped = accelerator.unwrap_model(train_model)
+        return unwrapped.model if cached else unwrapped
 
     # XPL's own state: the PL-EMA bank (eq. 5), the curriculum window (eq. 1-3), counters. All checkpointed.
     bank, selector = method.make_bank(config.map_size).to(accelerator.device), method.make_selector()
     state = TrainerState(fingerprint={**args.fingerprint(), **source.fingerprint()})
-    checkpointed = dict(model=model, optimizer=optimizer, scheduler=scheduler, bank=bank, selector=selector,
+    checkpointed = dict(model=train_model, optimizer=optimizer, scheduler=scheduler, bank=bank, selector=selector,
                         state=state)
-    weight_shapes = {k: tuple(v.shape) for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    weight_shapes = {k: tuple(v.shape) for k, v in accelerator.unwrap_model(train_model).state_dict().items()}
     checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint, weight_shapes)
     if checkpoint is not None:
         saved = json.loads((checkpoint / "trainer_state.json").read_text())
         check_fingerprint(saved.get("fingerprint", {}), state.fingerprint, checkpoint)
         load_checkpoint(accelerator, checkpoint, **checkpointed)
         logger.info(f"Resumed from {checkpoint} at step {state.step}")
-    # Stream positions are per process (each reads its own shard); the checkpoint holds all of them.
-    rank = accelerator.process_index
-    labeled_batches.load_state_dict(state.labeled[rank] if isinstance(state.labeled, list) else state.labeled)
-    if unlabeled_stream is not None:
-        unlabeled_stream.load_state_dict(state.unlabeled[rank] if isinstance(state.unlabeled, list)
-                                         else state.unlabeled)
+        # Stream positions are per process (each reads its own shard); the checkpoint holds all of them.
+        labeled_batches.load_state_dict(state.labeled[rank] if isinstance(state.labeled, list) else state.labeled)
+        if unlabeled_stream is not None:
+            unlabeled_stream.load_state_dict(state.unlabeled[rank] if isinstance(state.unlabeled, list)
+                                             else state.unlabeled)
     if accelerator.is_main_process:  # never the token, never local paths
         tracked = {**args.public_dict(), **{f"method/{k}": v for k, v in method.to_dict().items()}}
         accelerator.init_trackers(method.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                        for k, v in tracked.items()})
 
     # -------------------------------------------------------------------------------------- the loop
-    train_step = TrainingStep(model, optimizer, method, bank=bank, selector=selector, scheduler=scheduler,
+    train_step = TrainingStep(train_model, optimizer, method, bank=bank, selector=selector, scheduler=scheduler,
                               warmup_stage_steps=args.warmup_stage_steps, accelerator=accelerator,
                               max_grad_norm=args.max_grad_norm, grad_share_steps=args.grad_share_steps, frozen=frozen)
     tracker = BestModelTracker(args.model_selection, stage2_start=args.warmup_stage_steps)
-    labeled_iter, labeled_start, labeled_used = iter(labeled_loader), labeled_batches.state_dict(), 0
-    unlabeled_iter = iter(unlabeled_stream) if unlabeled_stream is not None else None
+    labeled_start, labeled_used = labeled_batches.state_dict(), 0
 
     def checkpoint_now() -> Path:  # consumed positions (not the loaders' prefetch positions), from all processes
         state.labeled = gather_object([advance(labeled_start, labeled_used, labeled_batches.batches_per_epoch)])
@@ -236,15 +277,18 @@ def train(args: XPLTrainingArguments) -> dict:
             side_work = time.perf_counter()  # validation and checkpoints below do not count as step time
             if state.step % args.eval_steps == 0 or state.step == args.max_train_steps:
                 if accelerator.is_main_process:
-                    result = evaluate_model(accelerator.unwrap_model(model), validation, processor=processor,
-                                            batch_size=args.eval_batch_size, max_samples=args.eval_max_samples,
-                                            per_label=False)
-                    accelerator.log({f"val/{k}": v for k, v in result["summary"].items()}, step=state.step)
-                    state.log_history.append({"step": state.step,
-                                              **{f"val/{k}": v for k, v in result["summary"].items()}})
-                    if tracker.consider(state, state.step, result["summary"]):
-                        atomic_save_pretrained(accelerator.unwrap_model(model), processor, output_dir / "best")
-                    progress.write(validation_line(state.step, result["summary"]))
+                    if cached:  # the cached clean stems of the validation clips
+                        summary = evaluate_features(accelerator.unwrap_model(train_model), validation_features,
+                                                    batch_size=args.eval_batch_size)
+                    else:
+                        summary = evaluate_model(trained_model(), validation, processor=processor,
+                                                 batch_size=args.eval_batch_size, max_samples=args.eval_max_samples,
+                                                 per_label=False)["summary"]
+                    accelerator.log({f"val/{k}": v for k, v in summary.items()}, step=state.step)
+                    state.log_history.append({"step": state.step, **{f"val/{k}": v for k, v in summary.items()}})
+                    if tracker.consider(state, state.step, summary):
+                        atomic_save_pretrained(trained_model(), processor, output_dir / "best")
+                    progress.write(validation_line(state.step, summary))
                 best = [state.best_metric, state.best_step]
                 broadcast_object_list(best)
                 state.best_metric, state.best_step = best

@@ -113,7 +113,7 @@ def test_training_batches_draw_views_per_branch_and_step(tiny, tmp_path):
     features = compute_trunk_features(model, processor, labeled, top=TopStages(), role="labeled", views=4,
                                       cache_dir=tmp_path)
     batches = FeatureBatches(features, seed=0)
-    first, same, other = batches(range(8), step=3), batches(range(8), step=3), batches(range(8), step=4)
+    first, same, other = batches(range(8), key=3), batches(range(8), key=3), batches(range(8), key=4)
     assert torch.equal(first["image_features"], same["image_features"])  # a resumed run draws the same views
     assert not torch.equal(first["image_features"], first["image_features_b"])  # each branch its own view
     assert not torch.equal(first["image_features"], other["image_features"])

