@@ -2,6 +2,7 @@
 
 Upload a frame and its sound (file or microphone), or a video and a time, and see where the sound comes from:
 the heat maps of branch A (image encoder + VGGish), branch B (image encoder + SoundNet-8) and the fused map,
+the model's confidence that something in the frame makes this sound (with a plain-language line when it is low),
 the two branches' consensus (Pearson ρ) and the inference time.
 
 Start it locally (after training, which writes `xpl-output/`):
@@ -70,6 +71,7 @@ from uploads import (  # noqa: E402
 
 from xpl_hf import XPLModel, XPLProcessor  # noqa: E402
 from xpl_hf.loading import load_model_and_processor  # noqa: E402
+from xpl_hf.metrics.extended import DEFAULT_CONFIDENCE_THRESHOLD  # noqa: E402
 from xpl_hf.paths import looks_like_hub_id  # noqa: E402
 from xpl_hf.visualization import overlay_heatmap  # noqa: E402
 
@@ -186,7 +188,8 @@ def find_model(model: str | None = None) -> tuple[LoadedModel | None, str]:
 # --------------------------------------------------------------------------------------------------------- inference
 @dataclass
 class Localization:
-    """One result: overlays of A, B and fused maps, the maps at the overlays' size, consensus and timings."""
+    """One result: overlays of A, B and fused maps, the maps at the overlays' size, consensus, confidences (fused, A,
+    B: `XPLProcessor.post_process_localization`'s) and timings."""
 
     overlay_a: PIL.Image.Image
     overlay_b: PIL.Image.Image
@@ -197,6 +200,9 @@ class Localization:
     rho: float
     inference_ms: float
     preprocess_ms: float
+    confidence: float
+    confidence_a: float
+    confidence_b: float
 
 
 def _display_image(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -235,7 +241,8 @@ def localize(loaded: LoadedModel, image: PIL.Image.Image, waveform: np.ndarray, 
     maps = [result[key].cpu().numpy() for key in ("map_a", "map_b", "map")]
     overlays = [overlay_heatmap(frame, m, alpha=OVERLAY_ALPHA) for m in maps]
     return Localization(*overlays, *maps, rho=result["consensus"], inference_ms=(t2 - t1) * 1000,
-                        preprocess_ms=(t1 - t0) * 1000)
+                        preprocess_ms=(t1 - t0) * 1000, confidence=result["confidence"],
+                        confidence_a=result["confidence_a"], confidence_b=result["confidence_b"])
 
 
 def _consensus_words(rho: float) -> str:
@@ -248,8 +255,24 @@ def _consensus_words(rho: float) -> str:
     return "the branches disagree"
 
 
+NO_SOURCE = "No source of this sound found in the frame"
+"""The page's words for a low confidence (below `DEFAULT_CONFIDENCE_THRESHOLD`)."""
+
+
+def confidence_markdown(result: Localization) -> str:
+    """The confidence line: the fused confidence, each branch's, and in plain words whether a source was found."""
+    text = (f"**Confidence {result.confidence:.2f}** (A {result.confidence_a:.2f}, B {result.confidence_b:.2f}; the "
+            "mean of the top quarter of each branch's probability map, 0-1)")
+    if result.confidence < DEFAULT_CONFIDENCE_THRESHOLD:
+        return (f"### {NO_SOURCE}.\n{text}: below {DEFAULT_CONFIDENCE_THRESHOLD:g}, so the maps only show where the "
+                "model would look; nothing visible seems to make this sound (off-screen, silence, or a sound the "
+                "model does not know).")
+    return f"{text}: something in the frame seems to make this sound."
+
+
 def summary_markdown(result: Localization, extra: str = "") -> str:
-    return (f"**Consensus ρ = {result.rho:+.3f}** ({_consensus_words(result.rho)}) · model forward "
+    return (f"{confidence_markdown(result)}\n\n"
+            f"**Consensus ρ = {result.rho:+.3f}** ({_consensus_words(result.rho)}) · model forward "
             f"**{result.inference_ms:.0f} ms** (+ {result.preprocess_ms:.0f} ms preprocessing){extra}. "
             "Each map is min-max normalised for display: red = where that branch hears the sound.")
 
@@ -308,6 +331,10 @@ def build_demo(model: str | LoadedModel | None = None, examples_dir: str | Path 
         loaded, model_text = find_model(model)
     ready = loaded is not None
 
+    def label(branch: str) -> str:
+        """A branch's name from the loaded model's config (its audio backbone); the bare letter without a model."""
+        return loaded.model.config.branch_label(branch) if ready else branch.upper()
+
     def run_pair(image_value, audio_value):
         if not ready:
             raise gr.Error("No trained model is loaded; see the notice at the top of the page.", duration=None)
@@ -318,8 +345,8 @@ def build_demo(model: str | LoadedModel | None = None, examples_dir: str | Path 
             result = localize(loaded, image, waveform, rate, model_image)
         except InputError as err:
             raise _error(err) from None
-        return (result.overlay_a, result.overlay_b, result.overlay_fused, round(result.rho, 4),
-                round(result.inference_ms, 1), summary_markdown(result))
+        return (result.overlay_a, result.overlay_b, result.overlay_fused, round(result.confidence, 4),
+                round(result.rho, 4), round(result.inference_ms, 1), summary_markdown(result))
 
     def run_video(video_value, time_s):
         if not ready:
@@ -329,8 +356,9 @@ def build_demo(model: str | LoadedModel | None = None, examples_dir: str | Path 
             result = localize(loaded, image, waveform, rate)
         except InputError as err:
             raise _error(err) from None
-        return (result.overlay_a, result.overlay_b, result.overlay_fused, round(result.rho, 4),
-                round(result.inference_ms, 1), summary_markdown(result, f" · frame at {used:.2f} s"))
+        return (result.overlay_a, result.overlay_b, result.overlay_fused, round(result.confidence, 4),
+                round(result.rho, 4), round(result.inference_ms, 1),
+                summary_markdown(result, f" · frame at {used:.2f} s"))
 
     def on_video(video_value):
         duration = video_duration(video_value)
@@ -366,15 +394,17 @@ def build_demo(model: str | LoadedModel | None = None, examples_dir: str | Path 
                                      "Nothing to run without a trained model.", label="Summary", show_label=False,
                                      elem_id="result-status")
                 with gr.Row():
-                    out_a = gr.Image(label="Branch A (VGGish)", type="pil", elem_id="map-a", interactive=False)
-                    out_b = gr.Image(label="Branch B (SoundNet-8)", type="pil", elem_id="map-b", interactive=False)
+                    out_a = gr.Image(label=f"Branch {label('a')}", type="pil", elem_id="map-a", interactive=False)
+                    out_b = gr.Image(label=f"Branch {label('b')}", type="pil", elem_id="map-b", interactive=False)
                     out_f = gr.Image(label="Fused (A + B)", type="pil", elem_id="map-fused", interactive=False)
                 with gr.Row():
+                    confidence_out = gr.Number(label="Confidence (0-1; below 0.5: no source of this sound found)",
+                                               precision=2, elem_id="confidence", interactive=False)
                     rho_out = gr.Number(label="Consensus ρ (Pearson, A vs B)", precision=3, elem_id="rho",
                                         interactive=False)
                     ms_out = gr.Number(label="Inference time (ms, model forward)", precision=1, elem_id="ms",
                                        interactive=False)
-        outputs = [out_a, out_b, out_f, rho_out, ms_out, status]
+        outputs = [out_a, out_b, out_f, confidence_out, rho_out, ms_out, status]
         # preprocess=False: the functions get the uploaded files' paths and decode them themselves, so unreadable
         # files produce the page's own messages instead of a decoding error inside Gradio.
         pair_btn.click(run_pair, [image_in, audio_in], outputs, api_name="localize", preprocess=False)

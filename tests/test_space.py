@@ -12,6 +12,7 @@ import os
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
+import dataclasses  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -211,8 +212,9 @@ def client(server):
 def test_client_gets_three_overlays_rho_and_time(client, examples):
     jpg, wav, _ = examples[0]
     out = client.predict(handle_file(jpg), handle_file(wav), api_name="/localize")
-    assert len(out) == 6
-    overlays, rho, ms, status = out[:3], out[3], out[4], out[5]
+    assert len(out) == 7
+    overlays, confidence, rho, ms, status = out[:3], out[3], out[4], out[5], out[6]
+    assert isinstance(confidence, float) and 0.0 < confidence < 1.0 and "**Confidence " in status
     for path in overlays:
         with PIL.Image.open(path) as im:
             assert im.size == (224, 224) and im.mode == "RGB"  # drawn on the frame at its own size
@@ -240,7 +242,7 @@ def test_client_bad_inputs_get_clear_messages(client, examples, tmp_path):
         with pytest.raises(AppError, match=message):
             client.predict(*args, api_name="/localize")
     # the server is still up and answers a good pair after all that
-    assert len(client.predict(handle_file(jpg), handle_file(wav), api_name="/localize")) == 6
+    assert len(client.predict(handle_file(jpg), handle_file(wav), api_name="/localize")) == 7
 
 
 def test_client_video(app, client, examples, tmp_path):
@@ -248,8 +250,8 @@ def test_client_video(app, client, examples, tmp_path):
         pytest.fail("PyAV (`av`) is not installed: the Space's video input needs it (pip install av).")
     video = write_video(tmp_path / "clip.mp4", PIL.Image.open(examples[0][0]))
     out = client.predict(handle_file(str(video)), 1.5, api_name="/localize_video")
-    assert len(out) == 6 and -1.0 <= out[3] <= 1.0
-    assert "frame at 1.50 s" in out[5]
+    assert len(out) == 7 and 0.0 < out[3] < 1.0 and -1.0 <= out[4] <= 1.0
+    assert "frame at 1.50 s" in out[6]
     with pytest.raises(AppError, match="Could not read the video"):
         client.predict(handle_file(examples[0][1]), 0.0, api_name="/localize_video")
 
@@ -312,6 +314,28 @@ def test_localize_and_overlay(app, model_dir, examples):
     cold = np.unravel_index(result.map_fused.argmin(), result.map_fused.shape)
     assert overlay[hot][0] > overlay[hot][2] and overlay[cold][2] > overlay[cold][0]
     assert not hasattr(app, "heatmap_overlay")  # one overlay rule: xpl_hf.visualization.overlay_heatmap
+
+
+def test_confidence_beside_the_maps_and_plain_words_when_low(app, model_dir, examples):
+    """The page shows post-processing's confidence; below 0.5 it says in words that no source was found."""
+    loaded = app.load_model(str(model_dir))
+    image = app.read_image(examples[0][0])
+    waveform, rate = app.read_audio(examples[0][1], loaded.processor.clip_seconds)
+    result = app.localize(loaded, image, waveform, rate)
+    batch = loaded.processor(images=image, audio=waveform, sampling_rate=rate, return_tensors="pt")
+    with torch.no_grad():
+        expected = loaded.processor.post_process_localization(loaded.model(**batch))[0]
+    assert (result.confidence, result.confidence_a, result.confidence_b) == pytest.approx(
+        (expected["confidence"], expected["confidence_a"], expected["confidence_b"]), abs=1e-6)
+    low = dataclasses.replace(result, confidence=0.2, confidence_a=0.1, confidence_b=0.3)
+    high = dataclasses.replace(result, confidence=0.8, confidence_a=0.7, confidence_b=0.9)
+    assert "No source of this sound found in the frame" in app.summary_markdown(low)
+    assert "**Confidence 0.20** (A 0.10, B 0.30" in app.summary_markdown(low)
+    assert "No source" not in app.summary_markdown(high) and "**Confidence 0.80**" in app.summary_markdown(high)
+    demo = app.build_demo(loaded)
+    labels = {c.elem_id: c.label for c in demo.blocks.values() if getattr(c, "elem_id", None)}
+    assert labels["map-a"] == f"Branch {loaded.model.config.branch_label('a')}" == "Branch A (VGGish)"
+    assert labels["confidence"].startswith("Confidence")
 
 
 def test_input_limits(app, tmp_path):
@@ -397,7 +421,7 @@ def test_api_outputs_are_named(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     for name in ("/localize", "/localize_video"):
         labels = [item["label"] for item in endpoints[name]["returns"]]
-        assert len(labels) == 6 and not any(str(label).startswith("value_") for label in labels), labels
+        assert len(labels) == 7 and not any(str(label).startswith("value_") for label in labels), labels
         assert "Summary" in labels
 
 
