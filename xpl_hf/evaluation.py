@@ -314,8 +314,9 @@ def evaluate_model(
     """Run an :class:`xpl_hf.XPLModel` over an evaluation set and compute cIoU / AUC for branch A, B and fused.
 
     Args:
-        model: an ``XPLModel`` (anything returning ``maps_a``, ``maps_b``, ``maps`` of shape (B, h, w)). It is put in
-            eval mode for the run and its training mode is restored afterwards.
+        model: an ``XPLModel`` (anything returning ``maps_a``, ``maps_b``, ``maps`` of shape (B, h, w), the branch
+            maps in [0, 1] as the confidences need). It is put in eval mode for the run and its training mode is
+            restored afterwards.
         data: either an iterable of collated batches (``xpl_hf.data.XPLCollator(processor, train=False)``: keys
             ``ids``, ``pixel_values``, ``pixel_values_b``, ``audio_log_mel``, ``audio_waveform``, ``gt_maps``
             (B, 224, 224), ``is_labeled``, ``labels``), or a ``datasets.Dataset`` of the xpl-hf schema (then
