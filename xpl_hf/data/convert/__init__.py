@@ -25,7 +25,9 @@ videos without a video or an audio stream; bad annotations (``bad boxes``, ``bad
 entry, a missing or duplicated id, a bad split name, a non-UTF-8 id or label). Kept and reported: silent audio, an
 empty box list, an unknown key. A file that cannot be read at all (an annotation file that is not UTF-8 JSON or nests
 too deep, a non-UTF-8 id list, a missing input, an ``--output`` that is a file) is an error naming it; so is a
-conversion that writes no row at all.
+conversion that writes no row at all. Archives are refused whole (:class:`~.archive.ArchiveError`, naming the
+archive, the member and the bound) when over the memory budget of :mod:`.archive`, corrupt (``corrupt archive
+<path>: ...``: gzip's CRC is checked before converting) or holding two members of one name.
 
 Boxes are repaired by :func:`xpl_hf.data.schema.clean_boxes` and counted: ``folder`` reorders inverted corners;
 ``flickr`` and ``vggss`` follow the community protocol (clip to [0, 1], then drop boxes left inverted or empty). A
