@@ -1,4 +1,4 @@
-"""Converters (xpl_hf.data.prepare): folder round-trip with bad inputs, VGG-SS json, Flickr XML, push_to_hub."""
+"""Converters (xpl_hf.data.convert): folder round-trip with bad inputs, VGG-SS json, Flickr XML, push_to_hub."""
 
 import io
 import json
@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from conftest import make_benchmark
 
-from xpl_hf.data import prepare
+from xpl_hf.data import convert as prepare
 from xpl_hf.data.loading import load_labeled, load_unlabeled_stream
 from xpl_hf.data.schema import DataValidationError
 from xpl_hf.metrics.ground_truth import ground_truth_map

@@ -1,4 +1,4 @@
-"""Converters (xpl_hf.data.prepare) on hostile or careless input: paths leaving the input folder, typos in the
+"""Converters (xpl_hf.data.convert) on hostile or careless input: paths leaving the input folder, typos in the
 annotation keys, empty box lists, too-short audio, non-UTF-8 file names, broken JSON, bad split names, write failures.
 
 Each bad sample must be skipped and reported by id (``--strict``: stop at the first one, naming it), and the rest
@@ -18,7 +18,7 @@ from PIL import Image
 
 from xpl_hf import AudioError, XPLProcessor
 from xpl_hf.audio import MIN_SECONDS, check_waveform
-from xpl_hf.data import prepare
+from xpl_hf.data import convert as prepare
 from xpl_hf.data.loading import load_labeled
 from xpl_hf.data.schema import DataValidationError
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import make_benchmark
 from huggingface_hub import DatasetCard
 
-from xpl_hf.data import prepare
+from xpl_hf.data import convert as prepare
 from xpl_hf.data.loading import load_labeled
 from xpl_hf.data.schema import SYNTHETIC_FEATURES, XPL_FEATURES
 from xpl_hf.data.shards import DATASET_SOURCES, ShardWriter, write_dataset_card
