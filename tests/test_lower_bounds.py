@@ -132,18 +132,39 @@ def test_model_processor_round_trip(tiny, tmp_path):
 
 
 def test_accelerate_training_step(tiny, tmp_path):
+    """A prepared model and optimiser take a step that moves the weights, and save_state / load_state bring back
+    the saved weights and optimiser state: the step after a restore repeats the step after the save exactly."""
+    import copy
+
     import torch
     from accelerate import Accelerator
 
     model, processor = tiny
+    model = copy.deepcopy(model).train()  # the module's fixture stays as it was
     accelerator = Accelerator(cpu=True)
-    train_model, optimizer = accelerator.prepare(model.train(), torch.optim.SGD(model.parameters(), lr=0.1))
-    loss = train_model(**_inputs(processor)).maps.mean()
-    accelerator.backward(loss)
-    optimizer.step()
+    train_model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=0.01))
+    inputs = _inputs(processor)
+
+    def step() -> dict[str, torch.Tensor]:
+        accelerator.backward(train_model(**inputs).maps.mean())
+        optimizer.step()
+        optimizer.zero_grad()
+        return {k: v.detach().clone() for k, v in accelerator.unwrap_model(train_model).state_dict().items()}
+
+    def same(x: dict, y: dict) -> bool:
+        return all(torch.equal(x[k], y[k]) for k in x)
+
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    saved = step()
+    assert not same(initial, saved)  # the step reached the weights
     accelerator.save_state(str(tmp_path / "state"))
+    after_save = step()  # AdamW's second step: it reads the moments of the first
+    assert not same(saved, after_save)
+    step()
     accelerator.load_state(str(tmp_path / "state"))
-    model.eval()
+    restored = {k: v.detach().clone() for k, v in accelerator.unwrap_model(train_model).state_dict().items()}
+    assert same(saved, restored)
+    assert same(after_save, step())  # weights, optimiser moments and RNG all restored
 
 
 def test_dataset_folder_and_streaming(tmp_path):

@@ -400,19 +400,32 @@ def test_two_process_bank_and_window_consistency():
 
 
 # ---------------------------------------------------------------- method settings, instrumentation
-def test_cross_normalization_over_all_unlabeled_samples():
-    """'unlabeled': Σ over admitted / all unlabelled (the term grows with r(t)); 'admitted': mean over admitted."""
+@pytest.mark.parametrize("normalization", ["unlabeled", "admitted"])
+def test_cross_normalization_over_all_unlabeled_samples(normalization):
+    """L_cross through compute_losses: 'unlabeled' is the sum over admitted samples / all unlabelled samples of the
+    batch (the term grows with the admitted fraction r(t)); 'admitted' is the mean over admitted samples. The
+    expected values are computed here from the definitions (eq. 4, 6), independently of the package."""
     from xpl_hf.method import XPLMethod
+    from xpl_hf.objective import compute_losses
 
     assert XPLMethod().cross_normalization == "unlabeled"
     with pytest.raises(ValueError, match="cross_normalization"):
         XPLMethod(cross_normalization="batch")
-    maps, targets = torch.rand(4, 3, 3), torch.rand(4, 3, 3)
-    admitted = torch.tensor([True, False, False, False])
-    per_admitted = cross_bce(maps, targets, admitted)
-    torch.testing.assert_close(per_admitted, supervised_bce(maps[:1], targets[:1]))
-    # what compute_losses does for "unlabeled": the admitted mean times the admitted fraction
-    torch.testing.assert_close(per_admitted * admitted.float().mean(), per_admitted / 4)
+    g = torch.Generator().manual_seed(4)
+    maps_a, maps_b = torch.rand(6, 3, 3, generator=g) * 0.8 + 0.1, torch.rand(6, 3, 3, generator=g) * 0.8 + 0.1
+    method = XPLMethod(curriculum_r0=0.5, curriculum_rampup_steps=100, consensus_min=-1.0,
+                       cross_normalization=normalization)
+    out, batch = _unlabeled_outputs(maps_a, maps_b)
+    _, logs = compute_losses(out, batch, method, bank=method.make_bank(3), selector=method.make_selector(),
+                             pl_step=0)
+    consensus = pearson_consensus(maps_a, maps_b)
+    admitted = consensus >= torch.quantile(consensus, 0.5)  # r(0) = 0.5 of the 6 scores in the window
+    assert int(admitted.sum()) == 3 and float(logs["admitted_fraction"]) == pytest.approx(0.5)
+    per_row = {"a": torch.stack([_bce(p, y) for p, y in zip(maps_a, _soft_label(maps_b))]),  # A learns from Y_B
+               "b": torch.stack([_bce(p, y) for p, y in zip(maps_b, _soft_label(maps_a))])}
+    for m, losses in per_row.items():
+        expected = losses[admitted].sum() / (6 if normalization == "unlabeled" else 3)
+        assert float(logs[f"loss_cross_{m}"]) == pytest.approx(float(expected), rel=1e-4), m
 
 
 def test_term_grad_shares_sum_to_one_and_leave_grads_untouched():
