@@ -6,7 +6,7 @@ import pytest
 from datasets import Audio, Image
 
 from xpl_hf.data.schema import (
-    SYNTHETIC_UNLABELED_FEATURES,
+    SYNTHETIC_FEATURES,
     XPL_FEATURES,
     DataValidationError,
     check_columns,
@@ -20,7 +20,7 @@ def test_features_follow_design():
     assert list(XPL_FEATURES) == ["id", "image", "audio", "boxes", "gt_rule", "label"]
     assert isinstance(XPL_FEATURES["image"], Image)
     assert isinstance(XPL_FEATURES["audio"], Audio) and XPL_FEATURES["audio"].decode is False
-    assert "true_boxes" in SYNTHETIC_UNLABELED_FEATURES
+    assert "true_boxes" in SYNTHETIC_FEATURES
     # the parquet metadata round-trips the features
     from datasets import Features
 

@@ -18,10 +18,11 @@ LAYERS = {
     "model": {"configuration_xpl", "backbones", "pretrained", "modeling_xpl", "processing_xpl", "pipeline_xpl",
               "loading", "__init__"},
     "data": {"data", "data.schema", "data.annotations", "data.shards", "data.decoding", "data.augment",
-             "data.transforms", "data.loading", "data.streams", "data.synthetic", "data.arrow_exit", "data.prepare",
-             "data.checks", "data.source", "data.convert", "data.convert.*"},
+             "data.transforms", "data.loading", "data.streams", "data.synthetic", "data.arrow_exit", "data.checks",
+             "data.source", "data.convert", "data.convert.*"},
     "method": {"losses", "pseudo_labels", "curriculum", "method", "objective", "trainer", "model_selection",
-               "training_args", "checkpointing", "run_folder", "trunk_features"},
+               "training_args", "checkpointing", "run_folder", "trunk_features",
+               "optimization"},
     "outputs": {"evaluation", "visualization", "evaluate", "hub", "hub.*"},
 }
 
@@ -108,3 +109,21 @@ def test_committed_import_graph_is_the_generated_one():
     expected = import_graph.graph_document()
     committed = import_graph.GRAPH_FILE.read_text() if import_graph.GRAPH_FILE.is_file() else ""
     assert committed == expected, "docs/import_graph.md is stale: run `python tools/import_graph.py --write`"
+
+
+def test_the_version_is_written_once():
+    """pyproject.toml reads the version from ``xpl_hf.__version__`` (no second copy), and the installed distribution
+    carries it."""
+    import importlib.metadata
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pytest depends on tomli there
+        import tomli as tomllib
+
+    import xpl_hf
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "xpl_hf.__version__"}
+    assert importlib.metadata.version("xpl-hf") == xpl_hf.__version__, "reinstall: pip install -e ."

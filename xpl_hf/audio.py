@@ -10,7 +10,7 @@ Rules applied to every clip (also documented in the README, "Input rules"):
   columns, else as (samples, channels);
 - empty clips, clips shorter than `MIN_SECONDS`, clips holding NaN or infinite values, and sample rates outside
   [`MIN_SAMPLE_RATE`, `MAX_SAMPLE_RATE`] are rejected. `check_waveform` holds these rules; the processor (through
-  `prepare_clip`) and the dataset converters (`xpl_hf.data.prepare`) both call it, so a clip a converter accepts is
+  `prepare_clip`) and the dataset converters (`xpl_hf.data.convert`) both call it, so a clip a converter accepts is
   a clip training and inference accept;
 - silent clips are accepted (they are valid, if uninformative, input);
 - a clip is cut to `clip_seconds` around its centre, or tiled (repeated) to that length when shorter.

@@ -8,7 +8,7 @@ before its end from aborting the interpreter at exit.
 from . import arrow_exit
 from .schema import (
     GT_RULES,
-    SYNTHETIC_UNLABELED_FEATURES,
+    SYNTHETIC_FEATURES,
     XPL_FEATURES,
     BoxReport,
     DataValidationError,
@@ -34,7 +34,7 @@ _LAZY = {
 
 __all__ = [
     "GT_RULES",
-    "SYNTHETIC_UNLABELED_FEATURES",
+    "SYNTHETIC_FEATURES",
     "XPL_FEATURES",
     "BoxReport",
     "DataValidationError",

@@ -2,7 +2,7 @@
 
 A dataset is either a local folder in the layout of :mod:`xpl_hf.data.shards` (``DIR/data/<split>-xxxxx-of-xxxxx
 .parquet``; ``DIR/<split>/*.parquet`` and ``DIR/<split>-*.parquet`` are accepted too) or a Hub dataset id in the
-same schema (e.g. one written by ``python -m xpl_hf.data.prepare ... --push_to_hub``).
+same schema (e.g. one written by ``python -m xpl_hf.data.convert ... --push_to_hub``).
 
 Audio is always exposed undecoded (``Audio(decode=False)``: ``{"bytes", "path"}``) because ``datasets`` 5 decodes
 audio only through torchcodec + system FFmpeg; decode it with :func:`xpl_hf.data.decoding.decode_audio` (soundfile),

@@ -94,9 +94,6 @@ SYNTHETIC_FEATURES = xpl_features(with_true_boxes=True, with_objects=True)
 """The schema of every split of the synthetic benchmark (adds ``true_boxes``, ``None`` outside the unlabeled split, and
 ``objects``, every object of every scene)."""
 
-SYNTHETIC_UNLABELED_FEATURES = SYNTHETIC_FEATURES
-"""Former name of :data:`SYNTHETIC_FEATURES` (the unlabeled split used to be the only one with ``true_boxes``)."""
-
 COLUMN_DESCRIPTIONS = {
     "id": "unique sample id (keys the pseudo-label bank)",
     "image": "the video frame, encoded image bytes (JPEG/PNG), decoded by PIL",
