@@ -23,7 +23,6 @@ from pathlib import Path
 from xpl_hf.training_args import DEFAULT_DATASET, XPLTrainingArguments, parse_args  # no torch: --help is fast
 
 logger = logging.getLogger("train_xpl")
-FROZEN_SUFFIXES = {"none": (), "image": ("image_encoder",), "all": ("image_encoder", "audio_encoder")}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,6 +61,7 @@ def train(args: XPLTrainingArguments) -> dict:
     from xpl_hf.evaluation import evaluate_model
     from xpl_hf.model_selection import BestModelTracker, validation_line
     from xpl_hf.modeling_xpl import TopStages, XPLFromTrunkFeatures
+    from xpl_hf.optimization import freeze_backbones, parameter_groups
     from xpl_hf.pretrained import load_pretrained_backbones
     from xpl_hf.run_folder import atomic_save_pretrained, recover_saved_model
     from xpl_hf.trainer import NonFiniteLossError, TrainingStep
@@ -124,12 +124,7 @@ def train(args: XPLTrainingArguments) -> dict:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     top = TopStages(image=args.image_top_stages, audio_a=args.audio_a_top_stages, audio_b=args.audio_b_top_stages)
-    frozen = [m for name, m in model.named_modules() if name.endswith(FROZEN_SUFFIXES[args.freeze_backbones])]
-    for module in frozen:  # frozen trunks (eval-mode BatchNorm) ...
-        module.requires_grad_(False)
-    if args.freeze_backbones != "none":
-        for stage in top.check(model).trainable(model):  # ... but for their top stages, which train
-            stage.requires_grad_(True)
+    frozen = freeze_backbones(model, args.freeze_backbones, top)  # eval-mode BatchNorm; their top stages train
     logger.info(f"Backbones: {json.dumps(weights_report, indent=1)}")
 
     # ---------------------------------------------------------------------------- training batches
@@ -180,19 +175,8 @@ def train(args: XPLTrainingArguments) -> dict:
         train_model = model
 
     # ------------------------------------------------------------------------------------ optimiser
-    pretrained_parts = {k for k, v in weights_report.items() if not v.startswith("random")}
-
-    def is_pretrained_backbone(name: str) -> bool:  # trains at --backbone_learning_rate_scale
-        part = ".".join(name.split(".")[:2])  # e.g. "branch_a.image_encoder"
-        return (args.model_name_or_path is not None and part.endswith("_encoder")) or part in pretrained_parts
-
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in params if not is_pretrained_backbone(n)], "lr": args.learning_rate},
-        {"params": [p for n, p in params if is_pretrained_backbone(n)],
-         "lr": args.learning_rate * args.backbone_learning_rate_scale},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=args.weight_decay)
+    groups = parameter_groups(model, args.learning_rate, args.backbone_learning_rate_scale, weights_report)
+    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                            num_training_steps=args.max_train_steps)
     train_model, optimizer, scheduler = accelerator.prepare(train_model, optimizer, scheduler)
