@@ -1,6 +1,6 @@
 """Pseudo-label bank memory and per-step cost (quality bars: bank for 144k samples <= 64 MB; XPL overhead <= 10%).
 
-    python bench/bank_memory.py [--samples 144000] [--batch 128] [--map 7] [--capacity 144000]
+    python -m bench.bank_memory [--samples 144000] [--batch 128] [--map 7] [--capacity 144000]
 
 Fills a PseudoLabelBank with string ids (one visit each, in batches), then times steady-state steps of the
 method's per-batch machinery on revisited ids: soft pseudo-labels, id hashing, bank update, Pearson consensus,
@@ -14,13 +14,10 @@ import ctypes
 import gc
 import json
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from xpl_hf.curriculum import CurriculumSelector
 from xpl_hf.maps import pearson_consensus
 from xpl_hf.pseudo_labels import PseudoLabelBank, soft_pseudo_labels

@@ -8,7 +8,7 @@ Quality bar: >= 500 samples per CPU-second for the training transform. CPU time 
 distorted by other processes than the wall clock, but on a shared machine it still varies by 20-30% between runs
 (caches, frequency): compare versions by interleaving runs of both on the same machine and quote the ratio.
 
-    python bench/data_throughput.py [--num_samples 512] [--batch_size 32] [--image_size 224] [--repeats 3]
+    python -m bench.data_throughput [--num_samples 512] [--batch_size 32] [--image_size 224] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from xpl_hf.data.synthetic import SyntheticConfig, generate_sample
 from xpl_hf.data.transforms import XPLCollator
 from xpl_hf.processing_xpl import XPLProcessor

@@ -10,7 +10,7 @@ benchmark generator, processor and trunks:
     branch B audio trunk (SoundNet-8, pretrained)  -> (N, 1024)
     ground truth (224 x 224 bool, the protocol's rule), every object's box, class and sounding flag
 
-    python bench/feature_cache.py --out /tmp/xpl-study/cache.pt --num_pool 300 --num_unlabeled 3000 \
+    python -m bench.feature_cache --out /tmp/xpl-study/cache.pt --num_pool 300 --num_unlabeled 3000 \
         --num_validation 500 --num_test 2000
 
 What differs from end-to-end training: the trunks never update, and colour augmentation is a fixed set of views:

@@ -3,23 +3,25 @@ r"""The GPU protocol: XPL's method rows end to end (trainable trunks at 224 px, 
 The CPU decision protocol (bench/reproduce.py + bench/cached_protocol.py) trains heads on frozen-trunk features; this
 is the same protocol with everything trainable, for one lent GPU:
 
-    python bench/gpu_protocol.py                     # sup_only, hard_pl, xpl, full_supervision x 4 seeds, test split
-    python bench/gpu_protocol.py --rows xpl,sup_only --seeds 2 --steps 200 --split validation   # exploring
-    python bench/gpu_protocol.py --rows sup_contrastive,xpl,xpl-no_pl_ema --seeds 3   # what the CPU proxy cannot
+    python -m bench.gpu_protocol                     # sup_only, hard_pl, xpl, full_supervision x 4 seeds, test split
+    python -m bench.gpu_protocol --rows xpl,sup_only --seeds 2 --steps 200 --split validation   # exploring
+    python -m bench.gpu_protocol --rows sup_contrastive,xpl,xpl-no_pl_ema --seeds 3   # what the CPU proxy cannot
                                                      # decide (docs/method.md): XPL vs its contrastive control, PL-EMA
-    python bench/gpu_protocol.py --rehearse          # the whole path on CPU, tiny (64 px, 6 steps), < 1 min
-    python bench/gpu_protocol.py --report_only --out results/gpu_protocol
+    python -m bench.gpu_protocol --rehearse          # the whole path on CPU, tiny (64 px, 6 steps), < 1 min
+    python -m bench.gpu_protocol --report_only --out results/gpu_protocol
 
 Data: the package's synthetic benchmark (seed 0) generated on the machine itself and decoded ONCE by a process pool
 into tensors on the GPU (`decode_benchmark`): a labelled pool of 300 scenes (each seed draws 30, 3 per class, as the
-paper's fraction: `cached_protocol.draw_labeled`), 3,000 unlabelled (100x the labels) and the scored split, 2,000 test
+paper's fraction: `protocol.draw_labeled`), 3,000 unlabelled (100x the labels) and the scored split, 2,000 test
 scenes (or 500 validation scenes with `--split validation`; test is then not decoded). Model: `XPLModel`, every part
 trainable (ResNet-18 image trunks as configs/paper.yaml when their ImageNet weights load, else EfficientNet-Lite0 from
-its pip package; each record says what loaded), bf16 autocast on CUDA, AdamW (pretrained trunks at lr x 0.1), the
-package's `TrainingStep`, `XPLMethod.from_name`, PL-EMA bank and curriculum; stage 1 = the first quarter of the steps;
+its pip package; each record says what loaded), bf16 autocast on CUDA, AdamW with the recipe's parameter groups
+(`xpl_hf.optimization.parameter_groups`: pretrained trunks at lr x 0.1), the package's `TrainingStep` (clipping at
+1.0), `XPLMethod.from_name`, PL-EMA bank and curriculum; stage 1 = the first quarter of the steps;
 colour-only RandAugment on the GPU per sample and per branch (`GpuColorAugment`). A seed fixes the labelled draw, the
 init, the data order and the views, the same for every row. Model selection: the last step, for every row. Scores:
-`cached_protocol.score` (protocol cIoU and object selection per scene), with the true and a swapped sound.
+`protocol.score` (protocol cIoU and object selection per scene), with the true and a swapped sound
+(`xpl_hf.metrics.listening.swap_permutation`, the package's rule).
 
 Writes <out>/raw/<row>/seed<k>.json after each run (atomic: summaries, per-scene scores, training log, wall time) and
 tables.md / summary.json (`reproduce.write_report`). Runs go seed-major (a grid stopped early has every row for its
@@ -43,7 +45,7 @@ $OUT's first two levels come back, so the results travel as one archive):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export XPL_HF_CACHE=$PWD/.xplcache HF_HUB_OFFLINE=1 \
-        PIP_NO_INDEX=1 PYTHONUNBUFFERED=1; python3 bench/gpu_protocol.py --out /tmp/gp --budget_s 500 \
+        PIP_NO_INDEX=1 PYTHONUNBUFFERED=1; python3 -m bench.gpu_protocol --out /tmp/gp --budget_s 500 \
         --time_limit_s 150 2>&1 | tee $OUT/log; tar czf $OUT/gpu_protocol.tgz -C /tmp gp; cp /tmp/gp/tables.md $OUT/
 
 HF_HUB_OFFLINE and PIP_NO_INDEX make the weight loaders give up at once instead of waiting on the network (ResNet-18
@@ -55,7 +57,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -65,17 +66,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BENCH = Path(__file__).resolve().parent
-for path in (BENCH, BENCH.parent):  # cached_protocol / reproduce, and xpl_hf from this checkout
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from xpl_hf import XPLConfig, XPLModel, XPLProcessor
+from xpl_hf.data.streams import LabeledBatches, sample_seed
+from xpl_hf.optimization import parameter_groups
+from xpl_hf.trainer import TrainingStep
 
-from cached_protocol import BRANCHES, _epochs, draw_labeled, score, summarize, swap_order  # noqa: E402
-from reproduce import ROWS, raw_path, write_report  # noqa: E402
-
-from xpl_hf import XPLConfig, XPLModel, XPLProcessor  # noqa: E402
-from xpl_hf.method import XPLMethod  # noqa: E402
-from xpl_hf.trainer import TrainingStep  # noqa: E402
+from .protocol import (
+    BRANCHES,
+    ROWS,
+    chance_select,
+    draw_labeled,
+    lr_warmup_steps,
+    raw_path,
+    row_method,
+    score,
+    summarize,
+    swapped_sound_order,
+    write_record,
+)
+from .reproduce import write_report
 
 DEFAULT_ROWS = ["sup_only", "hard_pl", "xpl", "full_supervision"]
 TENSORS = ("image", "audio_log_mel", "audio_waveform", "gt")  # a decoded split's tensors (on the device)
@@ -274,17 +283,13 @@ def build_model(config: XPLConfig, seed: int, device: torch.device) -> tuple[XPL
 
 
 def make_optimizer(model: XPLModel, report: dict[str, str], settings: Settings):
-    """AdamW with train_xpl.py's groups (pretrained trunks at lr x backbone_lr_scale) and its cosine schedule."""
+    """AdamW with train_xpl.py's groups (`xpl_hf.optimization.parameter_groups`: pretrained trunks at lr x
+    backbone_lr_scale) and its cosine schedule."""
     import transformers
 
-    pretrained = {k for k, v in report.items() if not v.startswith("random")}
-    params = list(model.named_parameters())
-    slow = [p for n, p in params if ".".join(n.split(".")[:2]) in pretrained]
-    fast = [p for n, p in params if ".".join(n.split(".")[:2]) not in pretrained]
-    groups = [{"params": fast, "lr": settings.learning_rate},
-              {"params": slow, "lr": settings.learning_rate * settings.backbone_lr_scale}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=settings.weight_decay)
-    scheduler = transformers.get_scheduler("cosine", optimizer, num_warmup_steps=max(1, settings.steps // 15),
+    groups = parameter_groups(model, settings.learning_rate, settings.backbone_lr_scale, report)
+    optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
+    scheduler = transformers.get_scheduler("cosine", optimizer, num_warmup_steps=lr_warmup_steps(settings.steps),
                                            num_training_steps=settings.steps)
     return optimizer, scheduler
 
@@ -333,14 +338,14 @@ def predict(model: torch.nn.Module, split: dict, processor: XPLProcessor, chunk:
 
 def evaluate(model: torch.nn.Module, split: dict, processor: XPLProcessor, chunk: int) -> dict:
     """Summaries and per-scene scores (cIoU, object selection) of each branch, true and swapped sound."""
-    swapped, gt = swap_order(split["labels"].cpu(), 0), split["gt"].cpu()
+    swapped, gt = swapped_sound_order(split["labels"].cpu()), split["gt"].cpu()
     per = {v: {b: score(m, gt, split["objects"]) for b, m in
                predict(model, split, processor, chunk, None if v == "true" else swapped).items()}
            for v in ("true", "swapped")}
     return {"summary": {v: {b: summarize(s) for b, s in d.items()} for v, d in per.items()},
             "per_scene": {v: {b: {"ciou": s["ciou"].tolist(), "selected": s["selected"].tolist()}
                               for b, s in d.items()} for v, d in per.items()},
-            "chance_select": 100.0 * float(np.mean([1.0 / len(o) for o in split["objects"]]))}
+            "chance_select": chance_select(split["objects"])}
 
 
 def train_run(data: dict, row: str, seed: int, settings: Settings, device: torch.device, *, split: str,
@@ -348,9 +353,7 @@ def train_run(data: dict, row: str, seed: int, settings: Settings, device: torch
     """Train `row` for `seed`, score `split` at the last step. A run that passes `limit_s` stops untrained-through
     and unscored (``complete`` False)."""
     start = time.time()
-    args = dict(ROWS[row])  # as bench/reproduce.py: the curriculum ramps over the first half of stage 2
-    args.setdefault("curriculum_rampup_steps", max(1, (settings.steps - settings.warmup_steps) // 2))
-    method = XPLMethod.from_name(args.pop("method"), **args)
+    method = row_method(row, settings.steps, settings.warmup_steps)
     backbone = choose_image_backbone(settings.image_backbone)
     config = XPLConfig(image_backbone_a=backbone, image_backbone_b=backbone, image_size=settings.image_size,
                        clip_seconds=settings.clip_seconds, vggish_fc_dim=settings.vggish_fc_dim)
@@ -363,13 +366,13 @@ def train_run(data: dict, row: str, seed: int, settings: Settings, device: torch
                            max_grad_norm=settings.max_grad_norm)
     pool, unl = data["labeled"], data["unlabeled"]
     lab_idx = draw_labeled(pool["labels"].cpu(), settings.num_labeled, seed)
-    lab_iter = _epochs(len(lab_idx), min(settings.labeled_batch, len(lab_idx)), torch.Generator().manual_seed(seed))
-    unl_iter = _epochs(len(unl["ids"]), settings.unlabeled_batch, torch.Generator().manual_seed(20_000 + seed))
+    lab_iter = iter(LabeledBatches(len(lab_idx), min(settings.labeled_batch, len(lab_idx)), seed))
+    unl_iter = iter(LabeledBatches(len(unl["ids"]), settings.unlabeled_batch, sample_seed(seed, "unlabeled")))
     views = {"a": GpuColorAugment(30_000 + seed), "b": GpuColorAugment(40_000 + seed)}
     history, step, train_start = [], 0, time.time()
     while step < settings.steps and time.time() - start < limit_s:
         labeled = batch_of(pool, lab_idx[next(lab_iter)], views, processor, labeled=True)
-        unlabeled = (batch_of(unl, next(unl_iter), views, processor, labeled=False)
+        unlabeled = (batch_of(unl, torch.tensor(next(unl_iter)), views, processor, labeled=False)
                      if step_fn.in_stage2(step) else None)
         log = (step + 1) % settings.log_every == 0 or step + 1 == settings.steps
         step_fn(step_fn.assemble(labeled, unlabeled), step, log_diagnostics=log, check_finite=log)
@@ -398,14 +401,6 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def write_json(path: Path, record: dict) -> None:
-    """Atomic: a killed run never leaves half a file (a rerun would skip it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
-
-
 # -------------------------------------------------------------------------------------------------------- grid
 
 def run_grid(out: Path, rows: list[str], seeds: list[int], settings: Settings, device: torch.device, *,
@@ -429,11 +424,11 @@ def run_grid(out: Path, rows: list[str], seeds: list[int], settings: Settings, d
         record = train_run(data, row, seed, settings, device, split=split,
                            limit_s=min(time_limit_s or float("inf"), left))
         if not record["complete"]:
-            write_json(out / "incomplete" / row / f"seed{seed}.json", record)
+            write_record(out / "incomplete" / row / f"seed{seed}.json", record)
             print(f"{row} seed {seed}: stopped at step {record['steps_done']}/{settings.steps} "
                   f"({record['s_per_step']:.3f} s/step); lower --steps or raise --time_limit_s", flush=True)
             break
-        write_json(raw_path(out, row, seed), record)
+        write_record(raw_path(out, row, seed), record)
         fused = record[split]["true"]["fused"]
         print(f"[{time.time() - started:6.0f} s] {row} seed {seed}: {split} fused select {fused['select']:.1f} "
               f"CIoU {fused['ciou']:.1f} (swapped sound: {record[split]['swapped']['fused']['ciou']:.1f}) in "
@@ -479,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.rehearse:  # the rehearsal never waits on the network: weights that are not cached stay random
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = args.out or Path("results") / ("gpu_protocol_rehearsal" if args.rehearse else "gpu_protocol")
-    command = "python bench/gpu_protocol.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m bench.gpu_protocol " + " ".join(sys.argv[1:] if argv is None else argv)
     if not args.report_only:
         settings = Settings(**(REHEARSAL if args.rehearse else {}), image_backbone=args.image_backbone)
         if args.steps:

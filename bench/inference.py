@@ -1,6 +1,6 @@
 """Inference latency of both XPL branches on one (image, audio) pair, and throughput at batch 32.
 
-    python bench/inference.py [--image_size 224] [--threads 2] [--repeats 30] [--device cpu|cuda]
+    python -m bench.inference [--image_size 224] [--threads 2] [--repeats 30] [--device cpu|cuda]
 
 Prints the median / p90 latency of one pair through both branches (the model's forward, inputs already
 preprocessed), the same with preprocessing included (JPEG bytes + 3 s WAV at 44.1 kHz -> processor -> model), and

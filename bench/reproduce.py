@@ -1,9 +1,9 @@
 """Does XPL pay? The CPU decision protocol: the method rows x paired seeds on a frozen-trunk feature cache.
 
-    python bench/reproduce.py                # 8 rows x 5 seeds, test split, tables + statistics (see README)
-    python bench/reproduce.py --quick        # the 5 main rows x 3 seeds, 1,200 steps
-    python bench/reproduce.py --split validation --rows xpl --seeds 2   # exploring: validation only
-    python bench/reproduce.py --report_only  # rewrite tables from <out>/raw/
+    python -m bench.reproduce                # 9 rows x 5 seeds, test split, tables + statistics (results/README.md)
+    python -m bench.reproduce --quick        # the 5 main rows x 3 seeds, 1,200 steps
+    python -m bench.reproduce --split validation --rows xpl --seeds 2   # exploring: validation only
+    python -m bench.reproduce --report_only  # rewrite tables from <out>/raw/
 
 Data: the package's synthetic benchmark (seed 0) at 224 px (7 x 7 maps) with 3 s clips: a labelled pool of 300
 scenes (each seed draws `--num_labeled` 30 of them, 3 per class: ~1.8% of the training data, as in the paper), 1,600
@@ -12,10 +12,10 @@ validation and 2,000 test scenes. Each training scene has 4 cached colour-augmen
 branch draws its own (`--clean_view`: the one clean view of version 0.3.0). Frozen pretrained trunks
 (EfficientNet-Lite0 images, SoundNet-8 for B, VGGish for A: random offline) run once per view
 (bench/feature_cache.py); the image features are reduced to their 256 principal directions (a linear map that folds
-into the 1x1 projection; see bench/cached_protocol.py). Each run trains the heads with the package's losses, PL-EMA
-bank and curriculum (`xpl_hf.objective.compute_losses`); a seed fixes the labelled draw, the initialisation and the
-data order, and every row uses the same seeds, so differences are paired. Model selection: the last step, for every
-row.
+into the 1x1 projection; see bench/cached_protocol.py). Each run trains the heads with the package's training step
+(`xpl_hf.trainer.TrainingStep`: eq. 9, PL-EMA bank, curriculum, clipping, AdamW and a cosine schedule); a seed
+fixes the labelled draw, the initialisation and the data order, and every row uses the same seeds, so differences are
+paired. Model selection: the last step, for every row.
 
 Writes <out>/raw/<row>/seed<k>.json (summaries, per-scene cIoU and object selection, training log), tables.md and
 summary.json. Rerunning skips finished runs.
@@ -33,26 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
+from .protocol import ROWS, load_records, raw_path, row_method, write_record
 
-ROWS: dict[str, dict] = {  # row -> XPLMethod.from_name arguments
-    "sup_only": {"method": "sup_only"},
-    "sup_contrastive": {"method": "sup_contrastive"},
-    "hard_pl": {"method": "hard_pl"},
-    "xpl": {"method": "xpl"},
-    "full_supervision": {"method": "full_supervision"},
-    "xpl-no_pl_ema": {"method": "xpl", "no_pl_ema": True},
-    "xpl-no_cross_refine": {"method": "xpl", "no_cross_refine": True},
-    "xpl-no_sharpening": {"method": "xpl", "no_sharpening": True},
-    "xpl-no_data_selection": {"method": "xpl", "no_data_selection": True},
-    "xpl-alpha0.3": {"method": "xpl", "pl_ema_alpha": 0.3},
-    "xpl-alpha0.9": {"method": "xpl", "pl_ema_alpha": 0.9},
-    "xpl-T0.3": {"method": "xpl", "sharpen_temperature": 0.3},  # T chosen on validation (docs/method.md)
-    **{f"xpl-T0.3-{a}": {"method": "xpl", a: True, "sharpen_temperature": 0.3}
-       for a in ("no_pl_ema", "no_cross_refine", "no_data_selection")},
-    **{f"xpl-T0.3-alpha{a}": {"method": "xpl", "pl_ema_alpha": a, "sharpen_temperature": 0.3} for a in (0.3, 0.9)},
-}
 MAIN_ROWS = ["sup_only", "sup_contrastive", "hard_pl", "xpl", "full_supervision"]
 DEFAULT_ROWS = MAIN_ROWS + ["xpl-no_pl_ema", "xpl-no_cross_refine", "xpl-no_sharpening", "xpl-no_data_selection"]
 QUICK_ROWS = MAIN_ROWS
@@ -62,31 +44,19 @@ METRICS = ("select", "ciou", "auc")
 
 # ------------------------------------------------------------------------------------------------------ running
 
-def raw_path(out: Path, row: str, seed: int) -> Path:
-    return out / "raw" / row / f"seed{seed}.json"
-
-
 def _run_one(job: tuple) -> str:
     cache_path, row, seed, settings, split, out, threads, method_settings = job
     import torch
-    from cached_protocol import StudySettings, train_run
 
-    from xpl_hf.method import XPLMethod
+    from .cached_protocol import StudySettings, train_run
 
     torch.set_num_threads(threads)
     cache = _load_cache(cache_path)
-    args = {**ROWS[row], **method_settings}
-    # as in train_xpl.py: the curriculum ramps r(t) over the first half of stage 2
-    args.setdefault("curriculum_rampup_steps", max(1, (settings["steps"] - settings["warmup_steps"]) // 2))
-    method = XPLMethod.from_name(args.pop("method"), **args)
+    method = row_method(row, settings["steps"], settings["warmup_steps"], **method_settings)
     result = train_run(cache, method, seed, StudySettings(**settings), eval_splits=(split,))
     result.pop("state_dict")
     result.update(row=row, split=split, settings=settings, method_settings=method.to_dict())
-    path = raw_path(out, row, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(path)
+    write_record(raw_path(out, row, seed), result)
     summary = result[split]["true"]["fused"]
     return (f"{row} seed {seed}: {split} fused select {summary['select']:.1f} CIoU {summary['ciou']:.1f} "
             f"(swapped sound: {result[split]['swapped']['fused']['ciou']:.1f}) in {result['train_s']:.0f} s")
@@ -107,8 +77,9 @@ def ensure_cache(path: Path, threads: int, views: bool = False) -> Path:
     """The PCA-reduced feature cache at `path`, built on first use (bench/feature_cache.py); with `views`, with 4
     colour-augmented views of every training scene (`feature_cache.add_views`, added on first use)."""
     import torch
-    from cached_protocol import reduce_image_features
-    from feature_cache import add_views, build_cache
+
+    from .cached_protocol import reduce_image_features
+    from .feature_cache import add_views, build_cache
 
     torch.set_num_threads(threads)
     if not path.is_file():
@@ -176,14 +147,6 @@ def gap_closed(lower: np.ndarray, method: np.ndarray, ceiling: np.ndarray, draws
     boots = boots[np.isfinite(boots)]
     lo, hi = (np.percentile(boots, [2.5, 97.5]) if len(boots) else (float("nan"), float("nan")))
     return float(share(np.arange(n))), float(lo), float(hi)
-
-
-def load_records(out: Path) -> dict[str, dict[int, dict]]:
-    records: dict[str, dict[int, dict]] = {}
-    for path in sorted((out / "raw").glob("*/seed*.json")):
-        rec = json.loads(path.read_text())
-        records.setdefault(rec["row"], {})[rec["seed"]] = rec
-    return records
 
 
 def _value(rec: dict, metric: str, variant: str = "true", branch: str = "fused") -> float:
@@ -403,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--report_only", action="store_true")
     args = p.parse_args(argv)
     out = args.out or Path("results") / ("cpu_protocol_quick" if args.quick else "cpu_protocol")
-    command = "python bench/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m bench.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
     if not args.report_only:
         rows = args.rows.split(",") if args.rows else (QUICK_ROWS if args.quick else DEFAULT_ROWS)
         unknown = [r for r in rows if r not in ROWS]

@@ -6,10 +6,10 @@ data decoded once into GPU memory, colour augmentation on the GPU, trainable tru
 This script runs the rows through the real recipe, one train_xpl.py process per run: a slow cross-check of both
 (`--preset h100` was never run; for a lent GPU use bench/gpu_protocol.py).
 
-    python bench/reproduce_end_to_end.py --threads 1           # full grid: 13 configs x 3 seeds (~70 min, 2 cores)
-    python bench/reproduce_end_to_end.py --threads 1 --quick   # the 5 method rows x seed 0 (~9 min)
-    python bench/reproduce_end_to_end.py --rows xpl,hard_pl --seeds 0,1 --steps 200
-    python bench/reproduce_end_to_end.py --report_only         # rewrite tables/plots from results/raw/ (no training)
+    python -m bench.reproduce_end_to_end --threads 1           # full grid: 13 configs x 3 seeds (~70 min, 2 cores)
+    python -m bench.reproduce_end_to_end --threads 1 --quick   # the 5 method rows x seed 0 (~9 min)
+    python -m bench.reproduce_end_to_end --rows xpl,hard_pl --seeds 0,1 --steps 200
+    python -m bench.reproduce_end_to_end --report_only         # rewrite tables/plots from results/raw/ (no training)
 
 Data: `xpl_hf.data.synthetic.generate_benchmark` (dataset seed 0, the same for every run), 10% of the training pool
 labeled (default 120 labeled + 1,080 unlabeled), a validation split (model selection: the trainer keeps the best
@@ -43,9 +43,8 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # train_xpl.py and xpl_hf from this checkout
-    sys.path.insert(0, str(ROOT))
+from .protocol import load_records as load_raw_records
+from .protocol import raw_path, write_record
 
 # row name -> extra train_xpl.py arguments
 ROWS: dict[str, list[str]] = {
@@ -208,10 +207,6 @@ def train_argv(args, row: str, seed: int, output_dir: Path, passthrough: list[st
     ]
 
 
-def raw_path(out: Path, row: str, seed: int) -> Path:
-    return out / "raw" / row / f"seed{seed}.json"
-
-
 # ================================================================================================= running
 def run_one(args, row: str, seed: int, passthrough: list[str]) -> dict:
     """Train + test one (row, seed) in this process; returns the raw record."""
@@ -267,10 +262,7 @@ def run_grid(args, passthrough: list[str]) -> None:
             traceback.print_exc()
             print(f"[reproduce] {row} seed {seed} FAILED", flush=True)
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        write_record(path, record, indent=1)
         f = record["test"]["fused"]
         print(f"[reproduce] {row} seed {seed}: test fused CIoU {f['ciou']:.2f} AUC {f['auc']:.2f}, best step "
               f"{record['best_step']}, {record['wall_s']:.0f} s", flush=True)
@@ -300,13 +292,8 @@ def trivial_baselines(data_dir: Path) -> dict:
 
 # ================================================================================================ reporting
 def load_records(out: Path) -> dict[str, list[dict]]:
-    records: dict[str, list[dict]] = {}
-    for path in sorted((out / "raw").glob("*/seed*.json")):
-        record = json.loads(path.read_text())
-        records.setdefault(record["row"], []).append(record)
-    for row in records:
-        records[row].sort(key=lambda r: r["seed"])
-    return records
+    """{row: [record, ...]} in seed order, from <out>/raw/ (`protocol.load_records`)."""
+    return {row: list(by_seed.values()) for row, by_seed in load_raw_records(out).items()}
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -547,7 +534,7 @@ def plot(records: dict[str, list[dict]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args, passthrough = parse_args(argv)
-    args.command = "python bench/reproduce_end_to_end.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command = "python -m bench.reproduce_end_to_end " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.threads:  # before torch starts its pools; 1 avoids thrashing when another job shares the cores
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
         import torch

@@ -1,6 +1,6 @@
 """Overhead of XPL's machinery over the two models' plain forward/backward, and the PL-EMA bank's size.
 
-    python bench/train_step.py [--image_size 224] [--batch_size 16] [--repeats 10] [--device cpu|cuda]
+    python -m bench.train_step [--image_size 224] [--batch_size 16] [--repeats 10] [--device cpu|cuda]
 
 Both timings use the same model, the same batches (half labeled, half unlabeled) and the same optimiser step:
 - plain: forward of both branches + a per-pixel BCE of each map against the batch's maps + backward + AdamW step;

@@ -1,8 +1,8 @@
 """Training throughput of the real recipe: N steps of train_xpl.py's loop on a generated benchmark.
 
-    python bench/train_throughput.py                      # CPU rehearsal: tiny model and data, a few steps
-    python bench/train_throughput.py --preset h100        # the paper's setting on one GPU (H100/A100 class)
-    python bench/train_throughput.py --preset h100 --steps 200 --num_workers 12 --mixed_precision no
+    python -m bench.train_throughput                      # CPU rehearsal: tiny model and data, a few steps
+    python -m bench.train_throughput --preset h100        # the paper's setting on one GPU (H100/A100 class)
+    python -m bench.train_throughput --preset h100 --steps 200 --num_workers 12 --mixed_precision no
 
 Presets (any option below overrides them):
 
@@ -36,15 +36,12 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 PRESETS = {
     "cpu": dict(image_size=64, clip_seconds=1.0, embed_dim=32, vggish_fc_dim=64, batch=4, mixed_precision="no",

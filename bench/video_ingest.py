@@ -1,6 +1,6 @@
 """Video ingestion speed: generated 10 s 360p H.264/AAC clips -> xpl-hf parquet shards, in clips per CPU-second.
 
-    python bench/video_ingest.py [--clips 32] [--num_workers 1] [--gop 50]
+    python -m bench.video_ingest [--clips 32] [--num_workers 1] [--gop 50]
 
 Clips: 640 x 360, 25 fps, H.264 (libx264, a keyframe every ``--gop`` frames: 2 s by default, as web video), AAC
 44.1 kHz stereo, a moving pattern and a chirp; generation is not timed. The conversion is
@@ -22,19 +22,16 @@ import functools
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 
 import av
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from xpl_hf import media  # noqa: E402
-from xpl_hf.data.convert import ClipOptions, convert  # noqa: E402
-from xpl_hf.data.convert import video as video_module  # noqa: E402
-from xpl_hf.data.convert import writer as writer_module  # noqa: E402
+from xpl_hf import media
+from xpl_hf.data.convert import ClipOptions, convert
+from xpl_hf.data.convert import video as video_module
+from xpl_hf.data.convert import writer as writer_module
 
 
 def make_clip(path: str, seconds: float = 10.0, size=(640, 360), fps: int = 25, rate: int = 44100, gop: int = 50,

@@ -2,26 +2,15 @@
 the batched colour augmentation (colour only, per branch, seeded), and the decoded tensors against the processor's
 own outputs. The CUDA path (bf16 autocast, channels-last, the H200 timings) is not tested here."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_modules import load as load_bench
 
 
 def load():
-    if str(ROOT / "bench") not in sys.path:
-        sys.path.insert(0, str(ROOT / "bench"))
-    if "gpu_protocol" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("gpu_protocol", ROOT / "bench" / "gpu_protocol.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gpu_protocol"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["gpu_protocol"]
+    return load_bench("gpu_protocol")
 
 
 @pytest.mark.slow

@@ -1,27 +1,11 @@
 """bench/reproduce.py (the CPU decision protocol): head training on a feature cache with the package's losses,
 object selection, the statistics and the report. A random in-memory cache stands in for the real one."""
 
-import importlib.util
-import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(name):
-    if str(ROOT / "bench") not in sys.path:
-        sys.path.insert(0, str(ROOT / "bench"))
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+from bench_modules import load
 
 
 def box(x0, y0, x1, y1):
@@ -57,7 +41,7 @@ def cache():
 
 
 def test_object_selection_follows_the_map():
-    cp = load("cached_protocol")
+    cp = load("protocol")
     objects = [[{"box": box(0, 0, 0.5, 0.5), "sounding": True}, {"box": box(0.5, 0.5, 1, 1), "sounding": False}]] * 3
     maps = torch.zeros(3, 7, 7)
     maps[0, :3, :3] = 1.0  # on the sounding object
@@ -70,28 +54,54 @@ def test_object_selection_follows_the_map():
 
 
 def test_labelled_draw_is_stratified_and_seeded():
-    cp = load("cached_protocol")
+    cp = load("protocol")
     labels = torch.arange(100) % 10
     a, b, c = cp.draw_labeled(labels, 30, 0), cp.draw_labeled(labels, 30, 0), cp.draw_labeled(labels, 30, 1)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.bincount(labels[a], minlength=10).tolist() == [3] * 10
 
 
-def test_swap_never_keeps_the_class():
-    cp = load("cached_protocol")
-    labels = torch.arange(50) % 5
-    order = cp.swap_order(labels, 0)
+def test_swapped_sound_is_the_packages_rule():
+    """Every scene gets the sound of a scene of another class, every sound is used once, and the donors are those of
+    `xpl_hf.metrics.listening.swap_permutation` (the listening checks' rule) on the class names."""
+    from xpl_hf.metrics.listening import swap_permutation
+
+    protocol = load("protocol")
+    labels = torch.tensor([0, 0, 1, 2, 3, 4, 1, 2, 3, 4, 0, 1] * 4)
+    order = protocol.swapped_sound_order(labels)
     assert (labels[order] != labels).all()
+    assert sorted(order.tolist()) == list(range(len(labels)))
+    donors, _ = swap_permutation([f"class {c}" for c in labels.tolist()], 0)
+    assert order.tolist() == donors.tolist()
 
 
 @pytest.mark.parametrize("method", ["xpl", "sup_only", "full_supervision"])
-def test_train_run_uses_the_package_losses(cache, method):
+def test_train_run_is_the_packages_training_step(cache, method, monkeypatch):
+    """Every step is `TrainingStep`'s (the recipe's: clipping at 1.0, the stage switch, the ceiling's labels)."""
     cp = load("cached_protocol")
     from xpl_hf.method import XPLMethod
+    from xpl_hf.trainer import TrainingStep
 
+    calls, norms, rows = [], [], []
+    step, clip = TrainingStep.__call__, torch.nn.utils.clip_grad_norm_
+
+    def counted(self, batch, index, **kwargs):
+        calls.append(index)
+        rows.append((int(batch["is_labeled"].sum()), len(batch["ids"])))  # (labelled rows, rows)
+        return step(self, batch, index, **kwargs)
+
+    def clipped(params, max_norm, *args, **kwargs):
+        norms.append(max_norm)
+        return clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingStep, "__call__", counted)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clipped)
     settings = cp.StudySettings(num_labeled=4, steps=6, warmup_steps=2, labeled_batch=4, unlabeled_batch=8,
                                 embed_dim=16)
     result = cp.train_run(cache, XPLMethod.from_name(method), 0, settings)
+    assert calls == list(range(6)) and norms == [1.0] * 6
+    stage2 = {"xpl": (4, 12), "sup_only": (4, 4), "full_supervision": (12, 12)}[method]  # the ceiling: boxes as labels
+    assert rows == [(4, 4)] * 2 + [stage2] * 4
     last = result["history"][-1]
     assert ("loss_cross_a" in last) == (method == "xpl")
     per_scene = result["validation_per_scene"]["true"]["fused"]
@@ -122,9 +132,7 @@ def test_statistics():
 
 def write_record(rp, out, rec):
     """One finished run's record where the report reads it (<out>/raw/<row>/seed<k>.json)."""
-    path = rp.raw_path(out, rec["row"], rec["seed"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rec))
+    load("protocol").write_record(load("protocol").raw_path(out, rec["row"], rec["seed"]), rec)
 
 
 def test_report_from_records(tmp_path):
@@ -183,14 +191,14 @@ def test_each_branch_draws_its_own_augmented_view(cache, monkeypatch):
         image = cache["splits"][split]["image"]
         cache["splits"][split]["image_views"] = torch.stack([image, image + 0.5, image + 1.0], dim=1)
     seen = []
-    forward = cp.HeadModel.forward
+    forward = cp.XPLFromTrunkFeatures.forward
 
-    def spy(self, image, audio_a, audio_b, image_b=None):
+    def spy(self, image_features, audio_features_a, audio_features_b, image_features_b=None, **kwargs):
         if self.training:
-            seen.append((image.clone(), image_b.clone()))
-        return forward(self, image, audio_a, audio_b, image_b)
+            seen.append((image_features.clone(), image_features_b.clone()))
+        return forward(self, image_features, audio_features_a, audio_features_b, image_features_b, **kwargs)
 
-    monkeypatch.setattr(cp.HeadModel, "forward", spy)
+    monkeypatch.setattr(cp.XPLFromTrunkFeatures, "forward", spy)
     cp.train_run(cache, XPLMethod.from_name("xpl"), 0, settings)
     image_a, image_b = seen[-1]  # a stage-2 batch: 4 labelled + 8 unlabelled rows
     assert image_a.shape == image_b.shape == (12, 16, 7, 7)
@@ -211,14 +219,14 @@ def test_feature_dropout_probe_drops_features_per_branch_and_visit(cache, monkey
     from xpl_hf.method import XPLMethod
 
     seen = []
-    forward = cp.HeadModel.forward
+    forward = cp.XPLFromTrunkFeatures.forward
 
-    def spy(self, image, audio_a, audio_b, image_b=None):
+    def spy(self, image_features, audio_features_a, audio_features_b, image_features_b=None, **kwargs):
         if self.training:
-            seen.append((image.clone(), None if image_b is None else image_b.clone()))
-        return forward(self, image, audio_a, audio_b, image_b)
+            seen.append((image_features.clone(), None if image_features_b is None else image_features_b.clone()))
+        return forward(self, image_features, audio_features_a, audio_features_b, image_features_b, **kwargs)
 
-    monkeypatch.setattr(cp.HeadModel, "forward", spy)
+    monkeypatch.setattr(cp.XPLFromTrunkFeatures, "forward", spy)
     base = dict(num_labeled=4, steps=2, warmup_steps=1, labeled_batch=4, unlabeled_batch=8, embed_dim=16)
     cp.train_run(cache, XPLMethod.from_name("xpl"), 0, cp.StudySettings(**base))
     clean, none = seen[-1]

@@ -1,17 +1,13 @@
-"""bench/reproduce.py: tables, paired differences and the figure from fake run records (no training)."""
+"""bench/reproduce_end_to_end.py: tables, paired differences and the figure from fake run records (no training)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_modules import load
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("reproduce_end_to_end", ROOT / "bench" / "reproduce_end_to_end.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("reproduce_end_to_end")
 
 
 def fake_record(row: str, seed: int, fused_ciou: float) -> dict:
@@ -44,9 +40,9 @@ def test_report_from_fake_runs(tmp_path):
             path.write_text(json.dumps(fake_record(row, seed, {"xpl": 20.0, "sup_only": 15.0}.get(row, 10.0))))
     (out / "raw" / "_trivial_baselines.json").write_text(json.dumps({"whole image": {"ciou": 0.0, "auc": 25.0}}))
 
-    summary = reproduce.write_report(out, command="python bench/reproduce_end_to_end.py --quick")
+    summary = reproduce.write_report(out, command="python -m bench.reproduce_end_to_end --quick")
     tables = (out / "tables.md").read_text()
-    assert "`python bench/reproduce_end_to_end.py --quick`" in tables
+    assert "`python -m bench.reproduce_end_to_end --quick`" in tables
     # xpl: seeds 0, 1, 2 -> 20, 21, 22: mean 21.0, sample std 1.0; n is stated per row
     assert "| **XPL** (soft, sharpened, PL-EMA, cross, curriculum) | 3 | 21.0 ± 1.0 |" in tables
     assert "| Hard pseudo-labels (vanilla self-training) | 1 | 10.0 | 30.0 |" in tables  # n = 1: no ±
