@@ -36,6 +36,8 @@ from xpl_hf.data.synthetic import CLASS_NAMES, SyntheticConfig, generate_sample
 from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.pretrained import load_pretrained_backbones
 
+from .protocol import RANDOM_ALLOWED
+
 SPLITS = ("labeled", "unlabeled", "validation", "test")
 
 
@@ -54,7 +56,7 @@ def build_cache(out: Path, sizes: dict[str, int], seed: int = 0, image_size: int
     config = study_model_config(image_size, clip_seconds)
     torch.manual_seed(seed)  # the same random VGGish (offline) in every process that builds a part
     model = XPLModel(config).eval()
-    report = load_pretrained_backbones(model)
+    report = load_pretrained_backbones(model, allow_random=RANDOM_ALLOWED)
     processor = XPLProcessor.from_config(config)
     cache: dict = {"config": config.to_dict(), "pretrained": report, "synthetic": syn.to_json(), "splits": {}}
     jobs = [only] if only else [(split, 0, n) for split, n in sizes.items()]
@@ -94,7 +96,7 @@ def recompute_vggish(cache: dict, seed: int = 0, batch_size: int = 64) -> None:
     config = study_model_config(syn.image_size, syn.clip_seconds)
     torch.manual_seed(seed)
     model = XPLModel(config).eval()
-    load_pretrained_backbones(model)
+    load_pretrained_backbones(model, allow_random=RANDOM_ALLOWED)
     processor = XPLProcessor.from_config(config)
     for split, data in cache["splits"].items():
         feats = []
@@ -121,7 +123,7 @@ def add_views(cache: dict, views: int = 4, splits: tuple[str, ...] = ("labeled",
     syn = cached_benchmark(cache)
     config = study_model_config(syn.image_size, syn.clip_seconds)
     model = XPLModel(config).eval()
-    load_pretrained_backbones(model)
+    load_pretrained_backbones(model, allow_random=RANDOM_ALLOWED)
     processor = XPLProcessor.from_config(config)
     augment = ColorRandAugment(num_ops=2, magnitude=9)
     pca = cache.get("pca")

@@ -73,6 +73,7 @@ from xpl_hf.trainer import TrainingStep
 
 from .protocol import (
     BRANCHES,
+    RANDOM_ALLOWED,
     ROWS,
     chance_select,
     draw_labeled,
@@ -275,7 +276,7 @@ def build_model(config: XPLConfig, seed: int, device: torch.device) -> tuple[XPL
 
     torch.manual_seed(seed)
     model = XPLModel(config)
-    report = load_pretrained_backbones(model)
+    report = load_pretrained_backbones(model, allow_random=RANDOM_ALLOWED)
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -20,6 +20,7 @@ from xpl_hf.metrics.protocol import binarize_maps, ciou_scores, normalize_maps, 
 from xpl_hf.optimization import default_rampup_steps
 
 BRANCHES = ("a", "b", "fused")
+RANDOM_ALLOWED = ("vggish",)  # trunks that may stay random (VGGish has no offline source); each record says which did
 
 ROWS: dict[str, dict] = {  # row -> XPLMethod.from_name arguments
     "sup_only": {"method": "sup_only"},
