@@ -32,8 +32,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from xpl_hf import PIPELINE_TASK, XPLConfig, XPLModel, XPLProcessor, load_model_and_processor  # noqa: E402
+from xpl_hf import PIPELINE_TASK, XPLConfig, XPLModel, XPLProcessor, load_model_and_processor
 
 CLEAR, REPAIRED, CRASH, SILENT, HOLE = "clear error", "repaired", "crash", "silent-wrong", "security hole"
 TINY = dict(image_size=64, embed_dim=32, vggish_fc_dim=64, clip_seconds=1.0)
@@ -819,8 +818,13 @@ for _flag, _value in (("--sample_rate", "1e9"), ("--clip_seconds", "1e6"), ("--f
 # ------------------------------------------------------------------------- 13. smaller ones; 14. objects column
 @case(13, "Space: upload deleted by the 15-minute clean-up")
 def upload_gone(tmp):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space"))
-    from uploads import read_audio
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("space_uploads", Path(__file__).resolve().parents[1] / "space" /
+                                                  "uploads.py")
+    uploads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(uploads)
+    read_audio = uploads.read_audio
 
     gone = tmp / "gradio" / "abc" / "sound.wav"
     verdict = outcome(lambda: read_audio({"path": str(gone)}), "no longer on the server", "sound.wav")

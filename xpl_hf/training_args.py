@@ -19,6 +19,7 @@ from transformers import HfArgumentParser
 
 from .method import METHODS, XPLMethod
 from .model_selection import BestModelTracker
+from .optimization import default_rampup_steps
 from .paths import is_local, public_path
 
 __all__ = ["XPLTrainingArguments", "parse_args", "DEFAULT_DATASET", "RUN_CONTROL_OPTIONS"]
@@ -188,7 +189,7 @@ class XPLTrainingArguments:
 
     def __post_init__(self):
         if self.curriculum_rampup_steps is None and isinstance(self.max_train_steps, int):
-            self.curriculum_rampup_steps = max((self.max_train_steps - self.warmup_stage_steps) // 2, 0)
+            self.curriculum_rampup_steps = default_rampup_steps(self.max_train_steps, self.warmup_stage_steps)
         self._validate()
 
     def _validate(self) -> None:
