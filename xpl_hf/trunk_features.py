@@ -41,6 +41,11 @@ FEATURE_FORMAT = 1
 """Version of the stored layout; part of every fingerprint, so a new layout never reads an old file."""
 
 
+TRUNK_SETTINGS = ("image_backbone_a", "image_backbone_b", "audio_backbone_a", "audio_backbone_b", "vggish_fc_dim",
+                  "image_size", "clip_seconds", "vggish_sample_rate", "soundnet_sample_rate")
+"""The `XPLConfig` fields that shape the stems (the heads' fields, e.g. ``embed_dim``, do not)."""
+
+
 def default_cache_dir() -> Path:
     """$XPL_HF_CACHE/trunk_features, else ~/.cache/xpl_hf/trunk_features."""
     return Path(os.environ.get("XPL_HF_CACHE", Path.home() / ".cache" / "xpl_hf")) / "trunk_features"
@@ -73,7 +78,8 @@ def features_fingerprint(model: XPLModel, processor, top: TopStages, *, data_fin
     """A name for one split's cached stems: it changes when anything they depend on changes.
 
     Args:
-        model: the `XPLModel` whose stems are cached (architecture and stem weights count; top stages do not).
+        model: the `XPLModel` whose stems are cached (its trunk settings, :data:`TRUNK_SETTINGS`, and stem weights
+            count; top stages and heads do not).
         processor: its `XPLProcessor` (image size, audio settings).
         top: the `TopStages` that decide where each stem ends.
         data_fingerprint: the split's own fingerprint (``Dataset._fingerprint``).
@@ -82,11 +88,10 @@ def features_fingerprint(model: XPLModel, processor, top: TopStages, *, data_fin
         seed: the seed of the augmentation draws.
     """
     digest = hashlib.blake2b(digest_size=16)
-    settings = {"format": FEATURE_FORMAT, "config": model.config.to_dict(), "top": vars(top),
+    trunk_settings = {key: getattr(model.config, key) for key in TRUNK_SETTINGS}
+    settings = {"format": FEATURE_FORMAT, "trunks": trunk_settings, "top": vars(top),
                 "processor": processor.to_dict() if hasattr(processor, "to_dict") else repr(processor),
                 "data": data_fingerprint, "role": role, "views": views, "seed": seed}
-    for key in ("transformers_version", "_name_or_path", "dtype", "torch_dtype"):
-        settings["config"].pop(key, None)
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for branch, audio_top in ((model.branch_a, top.audio_a), (model.branch_b, top.audio_b)):
         _stem_digest(branch.image_encoder, top.image, digest)
@@ -207,7 +212,8 @@ def compute_trunk_features(model: XPLModel, processor, dataset, *, top: TopStage
         a `datasets.Dataset` with columns ``id``, ``image`` (n, V, C, h, w) float16 (and ``image_b`` when the
         branches' image stems differ), ``audio_a``, ``audio_b`` (the audio stems, float32), ``is_labeled``,
         ``gt_map`` (its training target) and ``true_gt_map`` (224, 224) uint8 with ``has_true_gt`` (diagnostics, the
-        full-supervision ceiling and validation), formatted as torch tensors; the file is ``.cache_files[0]``.
+        full-supervision ceiling and validation), formatted as numpy arrays in their stored dtypes (a batch converts
+        only the views it uses); the file is ``.cache_files[0]``.
     """
     from datasets import Dataset
 
@@ -240,7 +246,7 @@ def compute_trunk_features(model: XPLModel, processor, dataset, *, top: TopStage
                                features=_arrow_features(stems(dataset[:1])), cache_file_name=str(path),
                                new_fingerprint=fingerprint, desc=f"trunk features ({role})",
                                load_from_cache_file=False)
-    return features.with_format("torch", columns=[c for c in columns if c in features.column_names],
+    return features.with_format("numpy", columns=[c for c in columns if c in features.column_names],
                                 output_all_columns=True)
 
 
@@ -262,20 +268,25 @@ class FeatureBatches:
         branch's own view drawn at random when ``train`` (view 0 otherwise), ``audio_features_a`` / ``_b``,
         ``gt_maps`` (B, 224, 224) float32, ``is_labeled`` (B,) bool, ``ids``, and ``true_gt_maps`` (diagnostics)."""
         rows = self.features[list(indices)]
-        images = rows["image"]  # (B, V, C, h, w)
+        images = rows["image"]  # (B, V, C, h, w), stored dtype
         n = images.shape[0]
         if train and self.num_views > 1:
             g = torch.Generator().manual_seed(_clip_seed(self.seed, f"views/{key}"))
-            pick = torch.randint(self.num_views, (2, n), generator=g)
+            pick = torch.randint(self.num_views, (2, n), generator=g).numpy()
         else:
-            pick = torch.zeros(2, n, dtype=torch.long)
+            pick = np.zeros((2, n), dtype=np.int64)
         second = rows.get("image_b", images)
-        arange = torch.arange(n)
-        batch = {"image_features": images[arange, pick[0]], "image_features_b": second[arange, pick[1]],
-                 "audio_features_a": rows["audio_a"], "audio_features_b": rows["audio_b"],
-                 "gt_maps": rows["gt_map"].float(), "is_labeled": rows["is_labeled"].bool(), "ids": list(rows["id"])}
+        arange = np.arange(n)
+
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array)).float()
+
+        batch = {"image_features": tensor(images[arange, pick[0]]), "image_features_b": tensor(second[arange, pick[1]]),
+                 "audio_features_a": tensor(rows["audio_a"]), "audio_features_b": tensor(rows["audio_b"]),
+                 "gt_maps": tensor(rows["gt_map"]), "is_labeled": torch.from_numpy(rows["is_labeled"].astype(bool)),
+                 "ids": [str(i) for i in rows["id"]]}
         if bool(rows["has_true_gt"].all()):  # diagnostics and the full-supervision ceiling only
-            batch["true_gt_maps"] = rows["true_gt_map"].float()
+            batch["true_gt_maps"] = tensor(rows["true_gt_map"])
         return batch
 
 
