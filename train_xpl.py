@@ -326,7 +326,7 @@ def finish(args: XPLTrainingArguments, method, output_dir: Path, processor, stat
              "| --- | --- | --- |"]
     for key in ("a", "b", "fused"):
         table.append(f"| {model.config.branch_label(key)} | {metrics[key]['ciou']:.2f} | {metrics[key]['auc']:.2f} |")
-    table += ["", format_listening_table(result)]
+    table += ["", format_listening_table(result, {key: model.config.branch_label(key) for key in ("a", "b", "fused")})]
     table.append(f"\nModel, processor, card and curves: {output_dir}/  (XPLModel.from_pretrained({str(output_dir)!r}))")
     print("\n".join(table))
     if args.push_to_hub:

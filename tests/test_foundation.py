@@ -322,3 +322,12 @@ def test_soundnet_waveform_stays_in_its_documented_range(kind):
         clip = np.random.default_rng(0).integers(-(2**31), 2**31 - 1, 44100, dtype=np.int64).astype(np.int32)
     waveform = processor(audio=clip, sampling_rate=44100)["audio_waveform"]
     assert waveform.abs().max() <= 256
+
+
+def test_float16_model_on_silence_gives_finite_maps():
+    """Silence gives a zero audio embedding before normalisation; in float16, F.normalize's eps is 0 (NaN before)."""
+    model = XPLModel(XPLConfig(image_size=64, embed_dim=16, vggish_fc_dim=64)).half().eval()
+    with torch.no_grad():
+        out = model(pixel_values=torch.randn(1, 3, 64, 64).half(), audio_log_mel=torch.zeros(1, 1, 96, 64).half(),
+                    audio_waveform=torch.zeros(1, 33075).half())
+    assert torch.isfinite(out.maps).all() and torch.isfinite(out.maps_b).all()

@@ -142,8 +142,9 @@ class AVSLBranch(nn.Module):
             image_features: (B, C_img, h, w) output of `image_encoder`.
             audio_features: (B, C_audio) output of `audio_encoder`.
         """
-        visual = F.normalize(self.visual_proj(image_features), dim=1)
-        audio = F.normalize(self.audio_proj(audio_features), dim=-1)
+        # normalised in float32: F.normalize's eps (1e-12) is 0 in float16, where a zero vector (silence) gives NaN
+        visual = F.normalize(self.visual_proj(image_features).float(), dim=1).to(image_features.dtype)
+        audio = F.normalize(self.audio_proj(audio_features).float(), dim=-1).to(audio_features.dtype)
         similarity = torch.einsum("bdhw,bd->bhw", visual, audio)
         return AVSLBranchOutput(
             maps=self.localization_map(similarity), similarity=similarity, visual_features=visual, audio_embeds=audio
