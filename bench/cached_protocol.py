@@ -32,7 +32,18 @@ from xpl_hf.modeling_xpl import TopStages, XPLFromTrunkFeatures
 from xpl_hf.optimization import freeze_backbones, parameter_groups
 from xpl_hf.trainer import TrainingStep
 
-from .protocol import BRANCHES, chance_select, draw_labeled, lr_warmup_steps, score, summarize, swapped_sound_order
+from .protocol import (
+    BRANCHES,
+    chance_select,
+    confidences,
+    draw_labeled,
+    gt_areas,
+    lr_warmup_steps,
+    per_scene,
+    score,
+    summarize,
+    swapped_sound_order,
+)
 
 
 @dataclasses.dataclass
@@ -123,7 +134,8 @@ def predict(model: XPLFromTrunkFeatures, split: dict, audio_order: torch.Tensor 
 def train_run(cache: dict, method: XPLMethod, seed: int, settings: StudySettings, *,
               eval_splits: tuple[str, ...] = ("validation",), log=print) -> dict[str, Any]:
     """Train the heads with `method` for `seed` (`TrainingStep`, as train_xpl.py); score `eval_splits` at the end
-    (true and swapped sound)."""
+    (true and swapped sound): summaries, and per scene each map's cIoU, object selection and confidence
+    (`<split>_per_scene`, for the extended protocol) and the ground-truth areas (`<split>_gt_area`)."""
     torch.manual_seed(seed)
     model, frozen = study_model(cache, settings)
     map_size = model.model.config.map_size
@@ -195,11 +207,13 @@ def train_run(cache: dict, method: XPLMethod, seed: int, settings: StudySettings
         split = cache["splits"][name]
         true_maps = predict(model, split)
         swapped = predict(model, split, audio_order=swapped_sound_order(split["labels"]))
-        per = {"true": {b: score(true_maps[b], split["gt"], split["objects"]) for b in BRANCHES},
-               "swapped": {b: score(swapped[b], split["gt"], split["objects"]) for b in BRANCHES}}
+        maps = {"true": true_maps, "swapped": swapped}
+        per = {v: {b: score(m[b], split["gt"], split["objects"]) for b in BRANCHES} for v, m in maps.items()}
+        conf = {v: confidences(m) for v, m in maps.items()}
         result[name] = {v: {b: summarize(s) for b, s in d.items()} for v, d in per.items()}
         result["chance_select"] = chance_select(split["objects"])
-        result[name + "_per_scene"] = {v: {b: {"ciou": s["ciou"].tolist(), "selected": s["selected"].tolist()}
-                                           for b, s in d.items()} for v, d in per.items()}
+        result[name + "_per_scene"] = {v: {b: per_scene(s, conf[v][b]) for b, s in d.items()}
+                                       for v, d in per.items()}
+        result[name + "_gt_area"] = gt_areas(split["gt"]).tolist()
     result["state_dict"] = {k: v.detach().clone() for k, v in model.model.state_dict().items()}
     return result

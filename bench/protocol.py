@@ -1,6 +1,10 @@
 """What the study protocols share (bench/reproduce.py, bench/cached_protocol.py, bench/gpu_protocol.py and
 bench/reproduce_end_to_end.py): the method rows, the labelled draw, the scores, the swapped sound and the run records.
 
+The extended protocol (`xpl_hf.metrics.extended`: AP and max-F1 with another clip's sound as negatives, cIoU by box
+size) is read from a run's per-scene record: each scene's cIoU and map confidence (`xpl_hf.maps.branch_confidences`)
+with its true and its swapped sound, and the split's ground-truth areas (:func:`run_extended`, :func:`run_sizes`).
+
 Training itself is the package's (`xpl_hf.trainer.TrainingStep`, its parameter groups and curriculum ramp in
 `xpl_hf.optimization`): nothing here computes a loss or steps an optimiser.
 """
@@ -14,7 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from xpl_hf.maps import branch_confidences
 from xpl_hf.method import XPLMethod
+from xpl_hf.metrics.extended import extended_protocol, ground_truth_areas, size_subsets
 from xpl_hf.metrics.listening import select_objects, swap_permutation
 from xpl_hf.metrics.protocol import binarize_maps, ciou_scores, normalize_maps, summarize_ciou, upsample_maps
 from xpl_hf.optimization import default_rampup_steps
@@ -91,6 +97,55 @@ def summarize(scores: dict[str, Any]) -> dict[str, float]:
     """cIoU and AUC (the protocol's) and object selection (%) of :func:`score`'s per-scene scores."""
     s = summarize_ciou(scores["ciou"])
     return {"ciou": s["ciou"], "auc": s["auc"], "select": 100.0 * float(np.mean(scores["selected"]))}
+
+
+def confidences(maps: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Per-scene confidence of each map of `predict`'s {"a", "b", "fused"}: (N, h, w) maps -> {branch: (N,) float64}
+    (`xpl_hf.maps.branch_confidences`: the mean of the top quarter of a branch's probability map; fused: the mean of
+    A's and B's)."""
+    return {b: c.cpu().numpy() for b, c in branch_confidences(maps["a"], maps["b"]).items()}
+
+
+def per_scene(scores: dict[str, Any], confidence: np.ndarray) -> dict[str, list]:
+    """One map's per-scene record: :func:`score`'s cIoU and object selection, and the map's confidence (N,)."""
+    return {"ciou": np.asarray(scores["ciou"]).tolist(), "selected": np.asarray(scores["selected"]).tolist(),
+            "confidence": np.asarray(confidence).tolist()}
+
+
+def gt_areas(gt: torch.Tensor, chunk: int = 250) -> np.ndarray:
+    """Ground-truth area of each scene at 224 px (`xpl_hf.metrics.extended.ground_truth_areas`), (N, 224, 224) ->
+    float64 (N,), `chunk` scenes at a time (the package's function holds the maps as float64)."""
+    return np.concatenate([ground_truth_areas(gt[s:s + chunk].cpu().numpy()) for s in range(0, len(gt), chunk)])
+
+
+def _per_scene_of(record: dict) -> dict:
+    return record.get(record["split"] + "_per_scene") or {}
+
+
+def has_confidences(record: dict) -> bool:
+    """Whether a run's record holds per-scene confidences of every map, with the true and the swapped sound."""
+    per = _per_scene_of(record)
+    return all("confidence" in per.get(v, {}).get(b, {}) for v in ("true", "swapped") for b in BRANCHES)
+
+
+def run_extended(record: dict) -> dict[str, dict[str, float | int]] | None:
+    """The extended protocol of one run: {branch: `xpl_hf.metrics.extended.extended_protocol`} (ap50, max_f1_50, ap75,
+    max_f1_75, roc_auc, ... in %) with each scene's own sound as a positive and its swapped sound as a negative;
+    None for a record without confidences."""
+    if not has_confidences(record):
+        return None
+    per = _per_scene_of(record)
+    return {b: extended_protocol(per["true"][b]["confidence"], per["true"][b]["ciou"], per["swapped"][b]["confidence"])
+            for b in BRANCHES}
+
+
+def run_sizes(record: dict, branch: str = "fused") -> dict[str, dict[str, float | int]] | None:
+    """cIoU / AUC (%) of one run's map with the true sound per box-size subset (`xpl_hf.metrics.extended.size_subsets`;
+    an empty subset has only ``num_samples``); None for a record without ground-truth areas."""
+    areas, per = record.get(record["split"] + "_gt_area"), _per_scene_of(record)
+    if areas is None or "ciou" not in per.get("true", {}).get(branch, {}):
+        return None
+    return size_subsets(per["true"][branch]["ciou"], areas)
 
 
 def chance_select(objects: list[list[dict]]) -> float:

@@ -17,8 +17,10 @@ into the 1x1 projection; see bench/cached_protocol.py). Each run trains the head
 fixes the labelled draw, the initialisation and the data order, and every row uses the same seeds, so differences are
 paired. Model selection: the last step, for every row.
 
-Writes <out>/raw/<row>/seed<k>.json (summaries, per-scene cIoU and object selection, training log), tables.md and
-summary.json. Rerunning skips finished runs.
+Writes <out>/raw/<row>/seed<k>.json (summaries; per scene each map's cIoU, object selection and confidence with the
+true and the swapped sound, and the ground-truth areas; training log), tables.md and summary.json. Besides cIoU, AUC
+and object selection, the tables give the extended protocol of every row (`xpl_hf.metrics.extended`: AP and max-F1 at
+cIoU 0.5 and 0.75 with the swapped sound as negatives, and cIoU by box size). Rerunning skips finished runs.
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .protocol import ROWS, load_records, raw_path, row_method, write_record
+from .protocol import ROWS, load_records, raw_path, row_method, run_extended, run_sizes, write_record
 
 MAIN_ROWS = ["sup_only", "sup_contrastive", "hard_pl", "xpl", "full_supervision"]
 DEFAULT_ROWS = MAIN_ROWS + ["xpl-no_pl_ema", "xpl-no_cross_refine", "xpl-no_sharpening", "xpl-no_data_selection"]
 QUICK_ROWS = MAIN_ROWS
 CACHE_SIZES = dict(num_pool=300, num_unlabeled=1600, num_validation=500, num_test=2000)
 METRICS = ("select", "ciou", "auc")
+EXTENDED_METRICS = {"ap50": "AP@0.5", "max_f1_50": "max-F1@0.5", "ap75": "AP@0.75", "max_f1_75": "max-F1@0.75",
+                    "roc_auc": "ROC AUC"}  # extended_protocol's keys (%) in the report, with their column names
+PAIRED_METRICS = ("select", "ciou", "ap50", "max_f1_50")
 
 
 # ------------------------------------------------------------------------------------------------------ running
@@ -57,9 +62,10 @@ def _run_one(job: tuple) -> str:
     result.pop("state_dict")
     result.update(row=row, split=split, settings=settings, method_settings=method.to_dict())
     write_record(raw_path(out, row, seed), result)
-    summary = result[split]["true"]["fused"]
+    summary, extended = result[split]["true"]["fused"], run_extended(result)["fused"]
     return (f"{row} seed {seed}: {split} fused select {summary['select']:.1f} CIoU {summary['ciou']:.1f} "
-            f"(swapped sound: {result[split]['swapped']['fused']['ciou']:.1f}) in {result['train_s']:.0f} s")
+            f"(swapped sound: {result[split]['swapped']['fused']['ciou']:.1f}) AP@0.5 {extended['ap50']:.1f} "
+            f"max-F1@0.5 {extended['max_f1_50']:.1f} in {result['train_s']:.0f} s")
 
 
 _CACHE: dict = {}
@@ -150,13 +156,37 @@ def gap_closed(lower: np.ndarray, method: np.ndarray, ceiling: np.ndarray, draws
 
 
 def _value(rec: dict, metric: str, variant: str = "true", branch: str = "fused") -> float:
+    """One run's summary `metric` of a map; an extended-protocol metric (:data:`EXTENDED_METRICS`: true sound as
+    positives, swapped as negatives) from the record's "extended" entry (:func:`attach_extended`)."""
+    if metric in EXTENDED_METRICS:
+        return rec["extended"][branch][metric]
     return rec[rec["split"]][variant][branch][metric]
+
+
+def _has(rec: dict, metric: str) -> bool:
+    """Whether a run's record can give `metric` (records without confidences have no extended protocol)."""
+    return metric not in EXTENDED_METRICS or rec.get("extended") is not None
+
+
+def _mean_std(values) -> str:
+    """"mean ± std" over seeds (std 0 for one seed), one decimal; "-" for no value."""
+    v = np.asarray(values, dtype=np.float64)
+    return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0:.1f}" if len(v) else "-"
+
+
+def attach_extended(records: dict[str, dict[int, dict]]) -> None:
+    """Give every loaded record its extended protocol in memory: rec["extended"] = `bench.protocol.run_extended`
+    ({branch: {metric: %}}, None without confidences)."""
+    for by_seed in records.values():
+        for rec in by_seed.values():
+            rec["extended"] = run_extended(rec)
 
 
 def write_report(out: Path, command: str) -> dict:
     records = load_records(out)
     if not records:
         raise SystemExit(f"no runs under {out / 'raw'}")
+    attach_extended(records)
     split = next(iter(next(iter(records.values())).values()))["split"]
     lines = [f"# CPU protocol ({split} split)", "", f"Command: `{command}`", "",
              "Fused map; mean ± std over seeds; object selection chance = mean 1/#objects. Swapped: every clip's "
@@ -179,6 +209,7 @@ def write_report(out: Path, command: str) -> dict:
     if chance is not None:
         lines += ["", f"Chance level of object selection (any map that ignores the sound): {chance:.1f} %."]
         summary["chance_select"] = chance
+    lines += extended_report(records, summary) + size_report(records, summary)
 
     lines += ["", "## Paired differences (per seed, fused)", "",
               "| comparison | metric | n | mean | std | 95% t-interval | positive seeds | p | Holm p |",
@@ -190,7 +221,7 @@ def write_report(out: Path, command: str) -> dict:
                    *ablations["xpl"], ("xpl", "xpl-T0.3"), *ablations["xpl-T0.3"]]
     comparisons += [("xpl-T0.3", r) for r in ("sup_only", "hard_pl", "sup_contrastive")]
     summary["paired"] = {}
-    for metric in ("select", "ciou"):
+    for metric in PAIRED_METRICS:
         family = {}
         for a, b in comparisons:
             d, seeds = paired_diffs(records, a, b, metric)
@@ -228,10 +259,64 @@ def write_report(out: Path, command: str) -> dict:
     return summary
 
 
+def extended_report(records: dict, summary: dict) -> list[str]:
+    """The extended protocol of every row (each scene's own sound: a positive; its swapped sound: a negative), per
+    seed and mean ± std over seeds; "-" for a row whose records hold no confidences."""
+    lines = ["", "## Extended protocol (true sound: positives; swapped sound: negatives)", "",
+             "Confidence of a map: the mean of the top quarter of a branch's probability map; fused: the mean of A's "
+             "and B's. AP / max-F1 at cIoU >= 0.5 and 0.75 (%), ROC AUC of the confidence alone; fused map, mean ± "
+             "std over the seeds whose records hold confidences (n); '-': none do.", "",
+             "| row | n | " + " | ".join(EXTENDED_METRICS.values()) + " | A AP@0.5 | B AP@0.5 | AP@0.5 per seed |",
+             "|" + " --- |" * (len(EXTENDED_METRICS) + 5)]
+    summary["extended"] = {}
+    for row in [r for r in ROWS if r in records]:
+        seeds = [s for s, rec in records[row].items() if rec["extended"] is not None]
+        if not seeds:
+            lines.append(f"| {row} | 0 | " + " | ".join(["-"] * (len(EXTENDED_METRICS) + 3)) + " |")
+            continue
+        runs = [records[row][s]["extended"] for s in seeds]
+        per_seed = {b: {m: [run[b][m] for run in runs] for m in EXTENDED_METRICS} for b in ("a", "b", "fused")}
+        cells = [_mean_std(per_seed["fused"][m]) for m in EXTENDED_METRICS]
+        cells += [_mean_std(per_seed["a"]["ap50"]), _mean_std(per_seed["b"]["ap50"]),
+                  ", ".join(f"{v:.1f}" for v in per_seed["fused"]["ap50"])]
+        lines.append(f"| {row} | {len(seeds)} | " + " | ".join(cells) + " |")
+        summary["extended"][row] = {"seeds": seeds, **{
+            b: {m: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                    "per_seed": v} for m, v in by_metric.items()} for b, by_metric in per_seed.items()}}
+        summary["rows"][row].update({m: float(np.mean(per_seed["fused"][m])) for m in EXTENDED_METRICS})
+    return lines
+
+
+def size_report(records: dict, summary: dict) -> list[str]:
+    """cIoU (%) of the fused map with the true sound per box-size subset, mean ± std over seeds; left out when no
+    record holds the ground-truth areas."""
+    sizes = {row: {s: run_sizes(rec) for s, rec in by_seed.items()} for row, by_seed in records.items()}
+    counts = next((run for by_seed in sizes.values() for run in by_seed.values() if run is not None), None)
+    if counts is None:
+        return []
+    names = list(counts)
+    lines = ["", "## cIoU by box size (fused map, true sound; ground-truth area at 224 px)", "",
+             "small < 32², medium < 96², large < 144², huge >= 144²; mean ± std over seeds; '-': no scene of that "
+             "size, or no record with the areas.", "",
+             "| row | n | " + " | ".join(f"{k} ({counts[k]['num_samples']} scenes)" for k in names) + " |",
+             "|" + " --- |" * (len(names) + 2)]
+    summary["ciou_by_size"] = {}
+    for row in [r for r in ROWS if r in records]:
+        runs = [run for run in sizes[row].values() if run is not None]
+        values = {k: [run[k]["ciou"] for run in runs if "ciou" in run[k]] for k in names}
+        lines.append(f"| {row} | {len(runs)} | " + " | ".join(_mean_std(values[k]) for k in names) + " |")
+        if runs:
+            summary["ciou_by_size"][row] = {k: {"mean": float(np.mean(v)), "per_seed": v, "num_samples":
+                                                runs[0][k]["num_samples"]} for k, v in values.items() if v}
+    return lines
+
+
 def paired_diffs(records: dict, row_a: str, row_b: str, metric: str,
                  branch: str = "fused") -> tuple[np.ndarray, list[int]]:
-    """Per-seed differences row_a - row_b of `metric` (true sound) over the seeds both rows have, and those seeds."""
-    seeds = sorted(set(records.get(row_a, {})) & set(records.get(row_b, {})))
+    """Per-seed differences row_a - row_b of `metric` (true sound; an extended metric: :func:`_value`) over the seeds
+    both rows have (with confidences, for an extended metric), and those seeds."""
+    seeds = sorted(s for s in set(records.get(row_a, {})) & set(records.get(row_b, {}))
+                   if _has(records[row_a][s], metric) and _has(records[row_b][s], metric))
     a = np.array([_value(records[row_a][s], metric, "true", branch) for s in seeds])
     b = np.array([_value(records[row_b][s], metric, "true", branch) for s in seeds])
     return a - b, seeds

@@ -110,6 +110,33 @@ def test_train_run_is_the_packages_training_step(cache, method, monkeypatch):
     assert len(result["labeled_ids"]) == 4
 
 
+def test_train_run_records_the_confidences_and_the_report_scores_them(cache, tmp_path):
+    """Each scene's confidence per map, true and swapped sound (`xpl_hf.maps.branch_confidences`: fused = the mean of
+    A's and B's), and the ground-truth areas; the report's extended protocol reads them."""
+    cp, rp = load("cached_protocol"), load("reproduce")
+    from xpl_hf.method import XPLMethod
+
+    settings = cp.StudySettings(num_labeled=4, steps=3, warmup_steps=1, labeled_batch=4, unlabeled_batch=8,
+                                embed_dim=16)
+    result = cp.train_run(cache, XPLMethod.from_name("xpl"), 0, settings)
+    per = result["validation_per_scene"]
+    for variant in ("true", "swapped"):
+        conf = {b: np.array(per[variant][b]["confidence"]) for b in ("a", "b", "fused")}
+        assert all(len(c) == 10 and ((c > 0) & (c < 1)).all() for c in conf.values())
+        np.testing.assert_allclose(conf["fused"], (conf["a"] + conf["b"]) / 2)
+    assert per["true"]["a"]["confidence"] != per["swapped"]["a"]["confidence"]  # the sound moves the confidence
+    assert result["validation_gt_area"] == [112.0 * 112.0] * 10
+    result.pop("state_dict")
+    result.update(row="xpl", split="validation")
+    write_record(rp, tmp_path, result)
+    summary = rp.write_report(tmp_path, "test")
+    row = section((tmp_path / "tables.md").read_text(), "## Extended protocol")["xpl"]
+    assert row[0] == "1" and "-" not in row
+    expected = load("protocol").run_extended(result)["fused"]
+    assert summary["extended"]["xpl"]["fused"]["ap50"]["per_seed"] == [expected["ap50"]]
+    assert 0 <= summary["rows"]["xpl"]["ap50"] <= 100 and "max_f1_50" in summary["rows"]["xpl"]
+
+
 def test_pca_folds_into_the_projection():
     cp = load("cached_protocol")
     splits = {s: fake_split(12, i, channels=32) for i, s in enumerate(("labeled", "unlabeled"))}
@@ -147,6 +174,59 @@ def test_report_from_records(tmp_path):
     assert summary["paired"]["xpl - sup_only (select)"]["mean"] == pytest.approx(10.0)
     table = (tmp_path / "tables.md").read_text()
     assert "| xpl | 3 |" in table and "Holm" in table and "42.0 %" in table
+    # records without per-scene confidences (or areas) still report: "-" in the extended protocol, no size table
+    assert section(table, "## Extended protocol")["xpl"][:3] == ["0", "-", "-"]
+    assert summary["extended"] == {} and "ap50" not in summary["rows"]["xpl"]
+    assert "## cIoU by box size" not in table and not any("(ap50)" in k for k in summary["paired"])
+
+
+def section(table: str, heading: str) -> dict[str, list[str]]:
+    """The cells after the row name of each row of the markdown table under `heading` in tables.md."""
+    text = table.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+    return {r[0]: r[1:] for r in rows[2:]}  # after the header and its --- line
+
+
+def scene_record(row, seed, conf_true, conf_swapped, ciou):
+    """A run's record with per-scene cIoU / confidences (same for every map) and 12,544 px boxes (large)."""
+    n = len(ciou)
+    per = {v: {b: {"ciou": ciou, "selected": [1.0, 0.0] * (n // 2), "confidence": conf}
+               for b in ("a", "b", "fused")} for v, conf in (("true", conf_true), ("swapped", conf_swapped))}
+    test = {v: {b: {"select": 50.0, "ciou": 50.0, "auc": 40.0} for b in ("a", "b", "fused")}
+            for v in ("true", "swapped")}
+    return {"row": row, "seed": seed, "split": "test", "test": test, "test_per_scene": per,
+            "test_gt_area": [112.0 * 112.0] * n}
+
+
+def test_report_gives_the_extended_protocol_per_row_and_seed(tmp_path):
+    """AP / max-F1 with the swapped sound as negatives: a row whose true-sound confidences all exceed the swapped
+    ones, every cIoU >= 0.75, scores AP 100; one whose swapped sounds all rank first reaches precision 1/2 at recall 1
+    (AP 50, max-F1 2/3). A row of old records (no confidences) prints "-"; paired differences skip it."""
+    rp = load("reproduce")
+    ciou = [0.8, 0.9, 1.0, 0.8]
+    for seed in range(2):
+        write_record(rp, tmp_path, scene_record("xpl", seed, [0.9, 0.8, 0.7, 0.6 + seed / 100], [0.1] * 4, ciou))
+        write_record(rp, tmp_path, scene_record("sup_only", seed, [0.2] * 4, [0.8] * 4, ciou))
+        old = scene_record("hard_pl", seed, [0.2] * 4, [0.8] * 4, ciou)
+        for variant in old["test_per_scene"].values():
+            for branch in variant.values():
+                branch.pop("confidence")
+        del old["test_gt_area"]
+        write_record(rp, tmp_path, old)
+    summary = rp.write_report(tmp_path, "test")
+    table = (tmp_path / "tables.md").read_text()
+    extended = section(table, "## Extended protocol")
+    assert extended["xpl"][:5] == ["2", "100.0 ± 0.0", "100.0 ± 0.0", "100.0 ± 0.0", "100.0 ± 0.0"]
+    assert extended["sup_only"][:3] == ["2", "50.0 ± 0.0", "66.7 ± 0.0"] and extended["sup_only"][-1] == "50.0, 50.0"
+    assert extended["hard_pl"][0] == "0" and set(extended["hard_pl"][1:]) == {"-"}
+    assert summary["extended"]["sup_only"]["fused"]["ap50"]["per_seed"] == [50.0, 50.0]
+    assert summary["rows"]["xpl"]["max_f1_50"] == pytest.approx(100.0) and "ap50" not in summary["rows"]["hard_pl"]
+    paired = summary["paired"]["xpl - sup_only (ap50)"]
+    assert paired["per_seed"] == pytest.approx([50.0, 50.0])
+    assert "xpl - hard_pl (ap50)" not in summary["paired"] and "xpl - hard_pl (select)" in summary["paired"]
+    sizes = section(table, "## cIoU by box size")
+    assert sizes["xpl"] == ["2", "-", "-", "100.0 ± 0.0", "-"] and sizes["hard_pl"][0] == "0"
+    assert summary["ciou_by_size"]["xpl"]["large"]["num_samples"] == 4
 
 
 def test_branch_report_per_branch_ablation_and_error_agreement(tmp_path):
