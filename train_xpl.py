@@ -40,6 +40,7 @@ def train(args: XPLTrainingArguments) -> dict:
     import transformers
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object, set_seed
+    from datasets.fingerprint import Hasher
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -148,6 +149,8 @@ def train(args: XPLTrainingArguments) -> dict:
         unlabeled_stream = None
         if method.uses_unlabeled:
             unlabeled = load_labeled(source.name, args.unlabeled_split, require_boxes=False)
+            unlabeled = unlabeled.map(DropLabels(logger), desc="unlabelled rows without labels",  # as the stream does
+                                      new_fingerprint=Hasher.hash([unlabeled._fingerprint, "drop-labels"]))
             unlabeled_features = FeatureBatches(features(unlabeled, "unlabeled", args.feature_views), args.seed)
             unlabeled_stream = LabeledBatches(len(unlabeled_features.features), args.unlabeled_batch_size,
                                               sample_seed(args.seed, "unlabeled"), rank, world)

@@ -172,18 +172,18 @@ TINY = ["--image_size", "64", "--embed_dim", "32", "--vggish_fc_dim", "64", "--c
 
 
 def _run_poisoned(tiny_benchmark, output_dir, monkeypatch, poisoned_step, argv):
-    real_forward = XPLModel.forward
+    import xpl_hf.trainer
+
+    real_losses = xpl_hf.trainer.compute_losses
     calls = {"n": 0}
 
-    def poisoned(self, *args, **kwargs):
-        out = real_forward(self, *args, **kwargs)
-        if self.training:
-            if calls["n"] == poisoned_step:
-                out.maps_a = out.maps_a * float("nan")
-            calls["n"] += 1
-        return out
+    def poisoned(out, *args, **kwargs):  # a training step's maps turn NaN (on cached stems or decoded media alike)
+        if calls["n"] == poisoned_step:
+            out.maps_a = out.maps_a * float("nan")
+        calls["n"] += 1
+        return real_losses(out, *args, **kwargs)
 
-    monkeypatch.setattr(XPLModel, "forward", poisoned)
+    monkeypatch.setattr(xpl_hf.trainer, "compute_losses", poisoned)
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         with pytest.raises(FloatingPointError) as err:

@@ -165,8 +165,8 @@ def test_two_cpu_processes_with_accelerate_launch(tiny_benchmark, tmp_path):
     result = subprocess.run(cmd, env={**_env(), "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((tmp_path / "ddp/checkpoints/checkpoint-3" / COMPLETE_MARKER).read_text())
-    assert len(state["unlabeled"]) == 2  # one stream position per process
-    assert all(pos["consumed"] == 4 * 2 for pos in state["unlabeled"])  # 2 stage-2 steps x 4 rows, per rank
+    assert len(state["unlabeled"]) == 2  # one position per process (cached stems: batches of its own rows)
+    assert all(pos == {"epoch": 0, "batch": 2} for pos in state["unlabeled"])  # 2 stage-2 steps, per rank
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
 
 
@@ -252,17 +252,18 @@ def test_an_unlabeled_split_with_boxes_is_never_trained_on(tiny_benchmark, tmp_p
 
 
 def test_nan_loss_stops_with_a_checkpoint(tiny_benchmark, tmp_path, monkeypatch):
-    real_forward = XPLModel.forward
+    import xpl_hf.trainer
+
+    real_losses = xpl_hf.trainer.compute_losses
     calls = {"n": 0}
 
-    def poisoned(self, *args, **kwargs):
+    def poisoned(out, *args, **kwargs):  # the second training step's maps turn NaN
         calls["n"] += 1
-        out = real_forward(self, *args, **kwargs)
         if calls["n"] == 2:
             out.maps_a = out.maps_a * float("nan")
-        return out
+        return real_losses(out, *args, **kwargs)
 
-    monkeypatch.setattr(XPLModel, "forward", poisoned)
+    monkeypatch.setattr(xpl_hf.trainer, "compute_losses", poisoned)
     with pytest.raises(FloatingPointError, match="non-finite loss at step 1"):
         run_main(["--dataset", tiny_benchmark, "--output_dir", str(tmp_path), *TINY, "--max_train_steps", "3",
                   "--eval_steps", "100", "--checkpointing_steps", "100"])
