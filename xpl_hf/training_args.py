@@ -87,9 +87,9 @@ class XPLTrainingArguments:
     audio_backbone_a: str = _help("Audio encoder of branch A: vggish | soundnet8.", default="vggish")
     audio_backbone_b: str = _help("Audio encoder of branch B: vggish | soundnet8.", default="soundnet8")
     image_size: int = _help("Square input side in pixels (a multiple of 32; the map is image_size/32 a side).",
-                            default=128)
+                            default=224)
     clip_seconds: float = _help("Audio clip length around the frame, seconds (>= 0.96; SoundNet-8 wants >= 1.5).",
-                                default=1.5)
+                                default=3.0)
     embed_dim: int = _help("Shared dimension D of visual features and audio embeddings.", default=512)
     vggish_fc_dim: int = _help("Width of VGGish's FC layers (4096 = the released weights).", default=4096)
     allow_random_backbones: str = _help("Comma-separated backbones that may stay randomly initialised when their "
@@ -122,12 +122,12 @@ class XPLTrainingArguments:
                                      "samples of the batch) or 'admitted' (mean over admitted samples only).",
                                      default=_M.cross_normalization)
     # schedule
-    max_train_steps: int = _help("Optimiser steps in total (stage 1 + stage 2).", default=600,
+    max_train_steps: int = _help("Optimiser steps in total (stage 1 + stage 2).", default=800,
                                  aliases=("--max_steps",))
-    warmup_stage_steps: int = _help("Stage 1 (labelled data only) length in steps.", default=150)
-    train_batch_size: int = _help("Labelled samples per step and process.", default=8,
+    warmup_stage_steps: int = _help("Stage 1 (labelled data only) length in steps.", default=200)
+    train_batch_size: int = _help("Labelled samples per step and process.", default=16,
                                   aliases=("--per_device_train_batch_size",))
-    unlabeled_batch_size: int = _help("Unlabelled samples per step and process (stage 2).", default=16)
+    unlabeled_batch_size: int = _help("Unlabelled samples per step and process (stage 2).", default=48)
     learning_rate: float = _help("Peak learning rate (AdamW).", default=1e-3)
     backbone_learning_rate_scale: float = _help("Learning-rate factor of pretrained backbones (0.1 validated better "
                                                 "than 1.0 on the synthetic benchmark).", default=0.1)
@@ -137,8 +137,9 @@ class XPLTrainingArguments:
     image_top_stages: int = _help("With frozen trunks: top stages of both image trunks that train anyway "
                                   "(EfficientNet-Lite0 has 18: stem, 16 blocks, head; 0 trains the heads only).",
                                   default=0)
-    audio_a_top_stages: int = _help("The same for branch A's audio trunk (VGGish has 4: convolutions, 3 FC layers).",
-                                    default=0)
+    audio_a_top_stages: int = _help("The same for branch A's audio trunk (VGGish has 4: convolutions, 3 FC layers; "
+                                    "the default 1 lets the last FC layer of the offline random VGGish learn).",
+                                    default=1)
     audio_b_top_stages: int = _help("The same for branch B's audio trunk (SoundNet-8 has 7: conv1 .. conv7).",
                                     default=0)
     cache_trunk_features: bool = _help("With --freeze_backbones all: compute the frozen trunk stems once per clip "
@@ -166,7 +167,7 @@ class XPLTrainingArguments:
                                  "(highest validation fused CIoU over all evaluations, a tie goes to the later "
                                  "step), 'best_stage2' (the same over evaluations after --warmup_stage_steps) or "
                                  "'last'.", default="best")
-    eval_steps: int = _help("Steps between validations (the model --model_selection picks is kept).", default=100)
+    eval_steps: int = _help("Steps between validations (the model --model_selection picks is kept).", default=200)
     eval_batch_size: int = _help("Batch size of validation and test.", default=32,
                                  aliases=("--per_device_eval_batch_size",))
     eval_max_samples: int | None = _help("Validate on at most this many samples.", default=None)

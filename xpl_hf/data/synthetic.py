@@ -64,8 +64,8 @@ SCALE_RANGE = {1: (0.3, 0.45), 2: (0.26, 0.4), 3: (0.23, 0.33)}  # object radius
 SPLITS = ("labeled", "unlabeled", "validation", "test")
 SIZES = {  # named benchmark sizes of `train_xpl.py --synthetic_size`: 10% of the training pool labelled
     "tiny": dict(num_labeled=16, num_unlabeled=48, num_validation=12, num_test=12, image_size=64),
-    # demo: stage 2 of the default run (200 steps x 8) visits the 900 unlabelled clips 1.8 times, so PL-EMA acts
-    "demo": dict(num_labeled=100, num_unlabeled=900, num_validation=150, num_test=300, image_size=128),
+    # demo: stage 2 of the default run (600 steps x 48) visits each of the 900 unlabelled clips ~32 times
+    "demo": dict(num_labeled=100, num_unlabeled=900, num_validation=150, num_test=300, image_size=224),
     "full": dict(num_labeled=450, num_unlabeled=4050, num_validation=250, num_test=500, image_size=224),
 }
 _SPLIT_CODES = {name: i for i, name in enumerate(SPLITS)}
