@@ -250,6 +250,35 @@ def compute_trunk_features(model: XPLModel, processor, dataset, *, top: TopStage
                                 output_all_columns=True)
 
 
+class _StoredArrays:
+    """Zero-copy numpy views of a fixed-shape array column of an Arrow-backed dataset, one per record batch (memory-
+    mapped when the dataset is read from its cache file): a batch copies only the rows, and views, it takes."""
+
+    def __init__(self, features, column: str):
+        import pyarrow as pa
+
+        feature = features.features[column]
+        shape = feature.shape if hasattr(feature, "shape") else (feature.length,)  # ArrayND, or a fixed-length list
+        self.starts, self.chunks = [], []
+        start = 0
+        for chunk in features.data.column(column).chunks:
+            values = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+            for _ in shape:
+                values = values.flatten()
+            self.chunks.append(values.to_numpy(zero_copy_only=True).reshape(len(chunk), *shape))
+            self.starts.append(start)
+            start += len(chunk)
+
+    def take(self, rows, second=None) -> np.ndarray:
+        """``array[rows]`` (and ``array[rows, second]`` when ``second`` indexes the next axis per row)."""
+        picked = []
+        for n, row in enumerate(rows):
+            c = int(np.searchsorted(self.starts, row, side="right")) - 1
+            item = self.chunks[c][row - self.starts[c]]
+            picked.append(item if second is None else item[second[n]])
+        return np.stack(picked)
+
+
 class FeatureBatches:
     """Batches of cached trunk stems in the layout :class:`XPLFromTrunkFeatures` and the training step read.
 
@@ -259,34 +288,40 @@ class FeatureBatches:
             the run's data order), so a resumed run draws the same views.
     """
 
+    ARRAYS = ("image", "image_b", "audio_a", "audio_b", "gt_map", "true_gt_map")
+
     def __init__(self, features, seed: int = 0):
         self.features, self.seed = features, seed
-        self.num_views = features[0]["image"].shape[0] if len(features) else 1
+        self.arrays = {name: _StoredArrays(features, name) for name in self.ARRAYS if name in features.column_names}
+        self.flags = features.select_columns(["id", "is_labeled", "has_true_gt"]).with_format("numpy")
+        self.num_views = features.features["image"].shape[0]
 
     def __call__(self, indices, key=0, *, train: bool = True) -> dict:
-        """The batch of rows ``indices``: ``image_features`` / ``image_features_b`` (B, C, h, w) float16, each
+        """The batch of rows ``indices``: ``image_features`` / ``image_features_b`` (B, C, h, w) float32, each
         branch's own view drawn at random when ``train`` (view 0 otherwise), ``audio_features_a`` / ``_b``,
         ``gt_maps`` (B, 224, 224) float32, ``is_labeled`` (B,) bool, ``ids``, and ``true_gt_maps`` (diagnostics)."""
-        rows = self.features[list(indices)]
-        images = rows["image"]  # (B, V, C, h, w), stored dtype
-        n = images.shape[0]
+        rows = [int(i) for i in indices]
+        n = len(rows)
         if train and self.num_views > 1:
             g = torch.Generator().manual_seed(_clip_seed(self.seed, f"views/{key}"))
             pick = torch.randint(self.num_views, (2, n), generator=g).numpy()
         else:
             pick = np.zeros((2, n), dtype=np.int64)
-        second = rows.get("image_b", images)
-        arange = np.arange(n)
+        second = self.arrays.get("image_b", self.arrays["image"])
+        flags = self.flags[rows]
 
         def tensor(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(array)).float()
+            return torch.from_numpy(array).float()
 
-        batch = {"image_features": tensor(images[arange, pick[0]]), "image_features_b": tensor(second[arange, pick[1]]),
-                 "audio_features_a": tensor(rows["audio_a"]), "audio_features_b": tensor(rows["audio_b"]),
-                 "gt_maps": tensor(rows["gt_map"]), "is_labeled": torch.from_numpy(rows["is_labeled"].astype(bool)),
-                 "ids": [str(i) for i in rows["id"]]}
-        if bool(rows["has_true_gt"].all()):  # diagnostics and the full-supervision ceiling only
-            batch["true_gt_maps"] = tensor(rows["true_gt_map"])
+        batch = {"image_features": tensor(self.arrays["image"].take(rows, pick[0])),
+                 "image_features_b": tensor(second.take(rows, pick[1])),
+                 "audio_features_a": tensor(self.arrays["audio_a"].take(rows)),
+                 "audio_features_b": tensor(self.arrays["audio_b"].take(rows)),
+                 "gt_maps": tensor(self.arrays["gt_map"].take(rows)),
+                 "is_labeled": torch.from_numpy(flags["is_labeled"].astype(bool)),
+                 "ids": [str(i) for i in flags["id"]]}
+        if bool(flags["has_true_gt"].all()):  # diagnostics and the full-supervision ceiling only
+            batch["true_gt_maps"] = tensor(self.arrays["true_gt_map"].take(rows))
         return batch
 
 
