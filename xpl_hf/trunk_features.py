@@ -51,26 +51,25 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XPL_HF_CACHE", Path.home() / ".cache" / "xpl_hf")) / "trunk_features"
 
 
+def _stem_state(trunk, top: int) -> dict[str, torch.Tensor]:
+    """The weights of ``trunk`` below its top ``top`` stages (parameters and buffers), by name."""
+    top_tensors = {t.data_ptr() for stage in trunk.top_stages(top) for t in stage.state_dict().values()}
+    return {name: t for name, t in trunk.state_dict().items() if t.data_ptr() not in top_tensors}
+
+
 def _shares_image_stem(model: XPLModel, top: TopStages) -> bool:
     """Whether both branches' image stems compute the same function (same trunk, same stem weights): then one
     cached column serves both."""
-    stems = []
-    for branch in (model.branch_a, model.branch_b):
-        trunk = branch.image_encoder
-        top_tensors = {t.data_ptr() for stage in trunk.top_stages(top.image) for t in stage.state_dict().values()}
-        stems.append({k: v for k, v in trunk.state_dict().items() if v.data_ptr() not in top_tensors})
-    a, b = stems
+    a, b = (_stem_state(branch.image_encoder, top.image) for branch in (model.branch_a, model.branch_b))
     return (type(model.branch_a.image_encoder) is type(model.branch_b.image_encoder) and a.keys() == b.keys()
             and all(torch.equal(a[k], b[k]) for k in a))
 
 
 def _stem_digest(trunk, top: int, digest) -> None:
-    """Feed the weights of ``trunk`` below its top ``top`` stages (parameters and buffers) into ``digest``."""
-    top_tensors = {t.data_ptr() for stage in trunk.top_stages(top) for t in stage.state_dict().values()}
-    for name, tensor in trunk.state_dict().items():
-        if tensor.data_ptr() not in top_tensors:
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    """Feed the weights of ``trunk`` below its top ``top`` stages into ``digest``."""
+    for name, tensor in _stem_state(trunk, top).items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
 
 
 def features_fingerprint(model: XPLModel, processor, top: TopStages, *, data_fingerprint: str, role: str,
@@ -240,10 +239,12 @@ def compute_trunk_features(model: XPLModel, processor, dataset, *, top: TopStage
             return _stems(model, top, shared, rows, transform, views, seed, role == "labeled", on_bad_sample,
                           image_dtype)
 
-        probe = stems(dataset[:1])
+        probe = stems(dataset[:1])  # one row, in float32: its image stems decide the stored dtype
         image_dtype = _storage_dtype(torch.from_numpy(np.asarray(probe["image"][0])))
+        stored = np.float16 if image_dtype == torch.float16 else np.float32
+        probe.update({key: [np.asarray(probe[key][0]).astype(stored)] for key in ("image", "image_b") if key in probe})
         features = dataset.map(stems, batched=True, batch_size=batch_size, remove_columns=dataset.column_names,
-                               features=_arrow_features(stems(dataset[:1])), cache_file_name=str(path),
+                               features=_arrow_features(probe), cache_file_name=str(path),
                                new_fingerprint=fingerprint, desc=f"trunk features ({role})",
                                load_from_cache_file=False)
     return features.with_format("numpy", columns=[c for c in columns if c in features.column_names],
