@@ -394,6 +394,7 @@ def _two_process_worker():
 
 
 def test_two_process_bank_and_window_consistency():
+    import psutil  # noqa: F401 - imported before debug_launcher forks: a first import inside a forked child can hang
     from accelerate import debug_launcher
 
     debug_launcher(_two_process_worker, num_processes=2)
