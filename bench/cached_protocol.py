@@ -1,8 +1,9 @@
 """The CPU study protocol: XPL's method rows trained on a frozen-trunk feature cache (bench/feature_cache.py).
 
-With frozen trunks only the heads learn (1x1 visual projection, audio projection, the map's scale and bias), so one
-cache serves thousands of steps per run on 2 CPU cores. A run is the recipe's cached-feature path: an `XPLModel`
-with every trunk frozen (`xpl_hf.optimization.freeze_backbones`), run on the cached trunk outputs by
+With frozen trunks only the heads learn (1x1 visual projection, audio projection, the map's scale and bias), and
+with `audio_top_a` / `audio_top_b` also the audio trunks' top stages (VGGish's fc3, SoundNet-8's conv7) on cached
+stems, so one cache serves thousands of steps per run on 2 CPU cores. A run is the recipe's cached-feature path: an
+`XPLModel` with its trunks frozen but those top stages (`xpl_hf.optimization.freeze_backbones`), run on the cache by
 `xpl_hf.modeling_xpl.XPLFromTrunkFeatures`, and trained by `xpl_hf.trainer.TrainingStep` (stage switch, the
 full-supervision ceiling's labels, eq. 9, gradient clipping at 1.0, AdamW with `xpl_hf.optimization.parameter_groups`
 and transformers' cosine schedule, the PL-EMA bank and curriculum of `XPLMethod.make_bank` / `make_selector`). Only
@@ -30,10 +31,12 @@ from xpl_hf.losses import downsample_gt
 from xpl_hf.method import XPLMethod
 from xpl_hf.modeling_xpl import TopStages, XPLFromTrunkFeatures
 from xpl_hf.optimization import freeze_backbones, parameter_groups
+from xpl_hf.pretrained import load_pretrained_backbones
 from xpl_hf.trainer import TrainingStep
 
 from .protocol import (
     BRANCHES,
+    RANDOM_ALLOWED,
     chance_select,
     confidences,
     draw_labeled,
@@ -62,6 +65,15 @@ class StudySettings:
     eval_every: int = 0  # 0: evaluate validation at the end only
     views: bool = False  # each branch draws its own colour-augmented view per visit (cache["splits"][s]["image_views"])
     feature_dropout: float = 0.0  # probe: per-visit, per-branch dropout on the training image features (0: off)
+    audio_top_a: int = 0  # top stages of branch A's VGGish that train (1: fc3), on the cache's audio_a_top<k> stems
+    audio_top_b: int = 0  # top stages of branch B's SoundNet-8 that train (1: conv7, 2: conv6-7), pretrained start
+    backbone_scale: float = 0.1  # learning-rate factor of a pretrained trunk's top stages (the recipe's default)
+
+    def audio_key(self, branch: str) -> str:
+        """The cache entry a branch's audio input comes from: the trunk's output, or its stem below the top stages
+        that train (bench/feature_cache.py add_audio_stems)."""
+        top = getattr(self, f"audio_top_{branch}")
+        return f"audio_{branch}" if top == 0 else f"audio_{branch}_top{top}"
 
 
 @torch.no_grad()
@@ -89,12 +101,18 @@ def reduce_image_features(cache: dict, k: int = 256, sample_positions: int = 40_
     return cache
 
 
-def study_model(cache: dict, settings: StudySettings) -> tuple[XPLFromTrunkFeatures, list[torch.nn.Module]]:
-    """The cache's `XPLModel` (embedding size from `settings`) with every trunk frozen, run on cached trunk outputs
-    (`XPLFromTrunkFeatures`, no top stage trains), and its frozen trunks. On a PCA-reduced cache
-    (`reduce_image_features`) each branch's 1x1 visual projection reads the k principal components."""
-    config = XPLConfig(**{**cache["config"], "embed_dim": settings.embed_dim, "vggish_fc_dim": 8})
+def study_model(cache: dict, settings: StudySettings) -> tuple[XPLFromTrunkFeatures, list[torch.nn.Module], dict]:
+    """The cache's `XPLModel` (embedding size from `settings`) with every trunk frozen but the audio top stages that
+    `settings` name, run on cached trunk outputs or stems (`XPLFromTrunkFeatures`); its frozen trunks; and what
+    loaded each trunk (`load_pretrained_backbones`' report: SoundNet-8's top stages start pretrained). On a
+    PCA-reduced cache (`reduce_image_features`) each branch's 1x1 visual projection reads the k principal components."""
+    fc_dim = 4096 if settings.audio_top_a else 8  # VGGish's FC layers exist only when fc3 trains on fc2's output
+    config = XPLConfig(**{**cache["config"], "embed_dim": settings.embed_dim, "vggish_fc_dim": fc_dim})
     model = XPLModel(config)
+    report: dict = {}
+    if settings.audio_top_b:  # the top stages start from the trunk whose stems are cached
+        report = load_pretrained_backbones(model, skip=("efficientnet_lite0", "resnet18", "vggish"),
+                                           allow_random=RANDOM_ALLOWED)
     if "pca" in cache:
         channels = cache["splits"]["labeled"]["image"].shape[1]
         for branch in (model.branch_a, model.branch_b):
@@ -102,16 +120,17 @@ def study_model(cache: dict, settings: StudySettings) -> tuple[XPLFromTrunkFeatu
             torch.nn.init.kaiming_normal_(proj.weight, mode="fan_out", nonlinearity="relu")  # XPLModel's conv init
             torch.nn.init.zeros_(proj.bias)
             branch.visual_proj = proj
-    top = TopStages()  # the trunks' whole outputs are cached: only the heads train
+    top = TopStages(audio_a=settings.audio_top_a, audio_b=settings.audio_top_b)  # 0, 0: only the heads train
     frozen = freeze_backbones(model, "all", top)
-    return XPLFromTrunkFeatures(model, top), frozen
+    return XPLFromTrunkFeatures(model, top), frozen, report
 
 
 @torch.no_grad()
 def predict(model: XPLFromTrunkFeatures, split: dict, audio_order: torch.Tensor | None = None,
-            audio_override: dict | None = None, chunk: int = 500) -> dict[str, torch.Tensor]:
+            audio_override: dict | None = None, chunk: int = 500,
+            audio_keys: tuple[str, str] = ("audio_a", "audio_b")) -> dict[str, torch.Tensor]:
     """Maps (N, h, w) of branches a, b and fused; `audio_order` permutes the sounds, `audio_override` gives
-    one audio feature per branch for every scene (silence, noise)."""
+    one audio feature per branch for every scene (silence, noise); `audio_keys`: the entries of the audio inputs."""
     model.eval()
     n = len(split["image"])
     outs = {k: [] for k in BRANCHES}
@@ -119,7 +138,7 @@ def predict(model: XPLFromTrunkFeatures, split: dict, audio_order: torch.Tensor 
         rows = torch.arange(s, min(n, s + chunk))
         arows = rows if audio_order is None else audio_order[rows]
         if audio_override is None:
-            aa, ab = split["audio_a"][arows], split["audio_b"][arows]
+            aa, ab = split[audio_keys[0]][arows].float(), split[audio_keys[1]][arows].float()
         else:
             aa = audio_override["a"].expand(len(rows), -1)
             ab = audio_override["b"].expand(len(rows), -1)
@@ -137,9 +156,11 @@ def train_run(cache: dict, method: XPLMethod, seed: int, settings: StudySettings
     (true and swapped sound): summaries, and per scene each map's cIoU, object selection and confidence
     (`<split>_per_scene`, for the extended protocol) and the ground-truth areas (`<split>_gt_area`)."""
     torch.manual_seed(seed)
-    model, frozen = study_model(cache, settings)
+    model, frozen, weights_report = study_model(cache, settings)
     map_size = model.model.config.map_size
-    optimizer = torch.optim.AdamW(parameter_groups(model.model, settings.learning_rate, 1.0, {}),
+    audio_keys = (settings.audio_key("a"), settings.audio_key("b"))
+    optimizer = torch.optim.AdamW(parameter_groups(model.model, settings.learning_rate, settings.backbone_scale,
+                                                   weights_report),
                                   weight_decay=settings.weight_decay)
     scheduler = transformers.get_scheduler("cosine", optimizer, num_warmup_steps=lr_warmup_steps(settings.steps),
                                            num_training_steps=settings.steps)
@@ -180,8 +201,9 @@ def train_run(cache: dict, method: XPLMethod, seed: int, settings: StudySettings
         ceiling and the diagnostics only), at the map's size, or at 224 x 224 on diagnostics steps."""
         image_a, image_b = images(split, rows)
         gt = split["gt" if full_maps else "gt_map"][rows].float()
-        batch = {"image_features": image_a, "audio_features_a": split["audio_a"][rows],
-                 "audio_features_b": split["audio_b"][rows], "gt_maps": gt if labeled else torch.zeros_like(gt),
+        batch = {"image_features": image_a, "audio_features_a": split[audio_keys[0]][rows].float(),
+                 "audio_features_b": split[audio_keys[1]][rows].float(),
+                 "gt_maps": gt if labeled else torch.zeros_like(gt),
                  "is_labeled": torch.full((len(rows),), labeled), "ids": [split["ids"][i] for i in rows.tolist()]}
         if image_b is not None:
             batch["image_features_b"] = image_b
@@ -202,11 +224,11 @@ def train_run(cache: dict, method: XPLMethod, seed: int, settings: StudySettings
             history.append({"step": step, "loss": float(out.loss.detach()),
                             **{k: float(v) for k, v in out.logs.items()}})
     result: dict[str, Any] = {"method": method.name, "seed": seed, "train_s": time.time() - t0, "history": history,
-                              "labeled_ids": [pool["ids"][i] for i in lab_idx.tolist()]}
+                              "labeled_ids": [pool["ids"][i] for i in lab_idx.tolist()], "weights": weights_report}
     for name in eval_splits:
         split = cache["splits"][name]
-        true_maps = predict(model, split)
-        swapped = predict(model, split, audio_order=swapped_sound_order(split["labels"]))
+        true_maps = predict(model, split, audio_keys=audio_keys)
+        swapped = predict(model, split, audio_order=swapped_sound_order(split["labels"]), audio_keys=audio_keys)
         maps = {"true": true_maps, "swapped": swapped}
         per = {v: {b: score(m[b], split["gt"], split["objects"]) for b in BRANCHES} for v, m in maps.items()}
         conf = {v: confidences(m) for v, m in maps.items()}

@@ -17,6 +17,9 @@ What differs from end-to-end training: the trunks never update, and colour augme
 `add_views` caches `K` colour-augmented views (the recipe's `ColorRandAugment`, seeded per scene) of every training
 scene, from which each branch draws its own view at every visit, as the two models of the recipe see independent
 augmentations. Evaluation splits keep one clean view.
+
+For a protocol whose audio top stages train, `add_audio_stems` caches each audio trunk below its last stage(s) as
+well (VGGish's fc2 output (N, 3, 4096); SoundNet-8's conv6 output (N, 512, 5) and conv5's (N, 256, 8)).
 """
 
 from __future__ import annotations
@@ -145,6 +148,49 @@ def add_views(cache: dict, views: int = 4, splits: tuple[str, ...] = ("labeled",
                 feats = torch.einsum("nchw,ck->nkhw", feats - pca["mean"][None, :, None, None], pca["basis"])
             out.append(feats.half().unflatten(0, (len(ids), views)))
         data["image_views"] = torch.cat(out)
+
+
+@torch.inference_mode()
+def add_audio_stems(cache: dict, tops: dict[str, tuple[int, ...]] | None = None, seed: int = 0,
+                    batch_size: int = 50, check_rows: int = 8) -> None:
+    """Add each audio trunk's stem below its last ``top`` stages (`xpl_hf.backbones.Trunk.forward_stem`) to every
+    split, as ``audio_a_top<k>`` / ``audio_b_top<k>`` (fp16), for a protocol whose audio top stages train.
+
+    The trunks are the cache's own (VGGish random with the cache's seed, SoundNet-8 pretrained), so that
+    ``forward_top(stem, k)`` gives back the cached ``audio_a`` / ``audio_b``: checked on the first `check_rows`
+    scenes of every split (a mismatch raises instead of caching stems of another trunk).
+    """
+    tops = tops or {"a": (1,), "b": (1, 2)}
+    syn = cached_benchmark(cache)
+    config = XPLConfig(**cache["config"])
+    torch.manual_seed(seed)  # build_cache's random VGGish
+    model = XPLModel(config).eval()
+    load_pretrained_backbones(model, allow_random=RANDOM_ALLOWED)
+    processor = XPLProcessor.from_config(config)
+    trunks = {"a": (model.branch_a.audio_encoder, "audio_log_mel"), "b": (model.branch_b.audio_encoder,
+                                                                         "audio_waveform")}
+    for split, data in cache["splits"].items():
+        stems: dict[str, list[torch.Tensor]] = {f"audio_{b}_top{k}": [] for b, ks in tops.items() for k in ks}
+        for start in tqdm(range(0, len(data["ids"]), batch_size), desc=f"audio stems {split}"):
+            ids = data["ids"][start:start + batch_size]
+            rows = [generate_sample(syn, split, int(i.rsplit("-", 1)[1])) for i in ids]
+            if [r["id"] for r in rows] != ids:
+                raise ValueError("cache ids do not match the generator")
+            audio = [sf.read(io.BytesIO(r["audio"]["bytes"]), dtype="float32")[0] for r in rows]
+            inputs = processor(audio=audio, sampling_rate=syn.sample_rate)
+            for branch, ks in tops.items():
+                trunk, key = trunks[branch]
+                for k in ks:
+                    stem = trunk.forward_stem(inputs[key], k)
+                    if start == 0:
+                        got = trunk.forward_top(stem[:check_rows].half().float(), k)
+                        want = data[f"audio_{branch}"][:check_rows].float()
+                        err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+                        if err > 2e-2:
+                            raise ValueError(f"{split}: audio_{branch} stem (top {k}) does not give back the cached "
+                                             f"features (relative error {err:.3g}): another trunk than the cache's")
+                    stems[f"audio_{branch}_top{k}"].append(stem.half())
+        data.update({name: torch.cat(parts) for name, parts in stems.items()})
 
 
 def merge_parts(parts: list[Path], out: Path) -> dict:

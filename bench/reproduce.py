@@ -1,19 +1,22 @@
 """Does XPL pay? The CPU decision protocol: the method rows x paired seeds on a frozen-trunk feature cache.
 
-    python -m bench.reproduce                # 9 rows x 5 seeds, test split, tables + statistics (results/README.md)
-    python -m bench.reproduce --quick        # the 5 main rows x 3 seeds, 1,200 steps
+    python -m bench.reproduce                # 6 rows x 5 seeds + 4 ablations x 3 seeds, test split (results/README.md)
+    python -m bench.reproduce --quick        # 5 main rows x 3 seeds
     python -m bench.reproduce --split validation --rows xpl --seeds 2   # exploring: validation only
     python -m bench.reproduce --report_only  # rewrite tables from <out>/raw/
 
 Data: the package's synthetic benchmark (seed 0) at 224 px (7 x 7 maps) with 3 s clips: a labelled pool of 300
 scenes (each seed draws `--num_labeled` 30 of them, 3 per class: ~1.8% of the training data, as in the paper), 1,600
-unlabelled scenes (53x the labels; 48 per step over 1,500 stage-2 steps, so each is visited ~45 times), 500
+unlabelled scenes (53x the labels; 48 per step over 900 stage-2 steps of 1,200, so each is visited ~27 times), 500
 validation and 2,000 test scenes. Each training scene has 4 cached colour-augmented views; at every visit each
 branch draws its own (`--clean_view`: the one clean view of version 0.3.0). Frozen pretrained trunks
 (EfficientNet-Lite0 images, SoundNet-8 for B, VGGish for A: random offline) run once per view
 (bench/feature_cache.py); the image features are reduced to their 256 principal directions (a linear map that folds
-into the 1x1 projection; see bench/cached_protocol.py). Each run trains the heads with the package's training step
-(`xpl_hf.trainer.TrainingStep`: eq. 9, PL-EMA bank, curriculum, clipping, AdamW and a cosine schedule); a seed
+into the 1x1 projection; see bench/cached_protocol.py). The audio trunks' top stages train with the heads
+(`--audio_top_a 1`: VGGish's fc3 on cached fc2 outputs; `--audio_top_b 1`: SoundNet-8's conv7, from its pretrained
+weights, on cached conv6 outputs; 0 and 0: only the heads train, the protocol of version 0.4.0). The image trunk's
+top stage stays frozen: on 2 cores it would cost ~3x a step (results/README.md). Each run trains with the package's
+training step (`xpl_hf.trainer.TrainingStep`: eq. 9, PL-EMA bank, curriculum, clipping, AdamW, cosine schedule); a seed
 fixes the labelled draw, the initialisation and the data order, and every row uses the same seeds, so differences are
 paired. Model selection: the last step, for every row.
 
@@ -37,9 +40,9 @@ import numpy as np
 
 from .protocol import ROWS, load_records, raw_path, row_method, run_extended, run_sizes, write_record
 
-MAIN_ROWS = ["sup_only", "sup_contrastive", "hard_pl", "xpl", "full_supervision"]
-DEFAULT_ROWS = MAIN_ROWS + ["xpl-no_pl_ema", "xpl-no_cross_refine", "xpl-no_sharpening", "xpl-no_data_selection"]
-QUICK_ROWS = MAIN_ROWS
+MAIN_ROWS = ["sup_only", "sup_contrastive", "hard_pl", "xpl", "xpl-T0.3", "full_supervision"]
+ABLATION_ROWS = ["xpl-no_pl_ema", "xpl-no_cross_refine", "xpl-no_sharpening", "xpl-no_data_selection"]  # Table 2(b)
+QUICK_ROWS = [r for r in MAIN_ROWS if r != "xpl-T0.3"]
 CACHE_SIZES = dict(num_pool=300, num_unlabeled=1600, num_validation=500, num_test=2000)
 METRICS = ("select", "ciou", "auc")
 EXTENDED_METRICS = {"ap50": "AP@0.5", "max_f1_50": "max-F1@0.5", "ap75": "AP@0.75", "max_f1_75": "max-F1@0.75",
@@ -79,13 +82,14 @@ def _load_cache(path: str) -> dict:
     return _CACHE[path]
 
 
-def ensure_cache(path: Path, threads: int, views: bool = False) -> Path:
+def ensure_cache(path: Path, threads: int, views: bool = False, audio_stems: bool = False) -> Path:
     """The PCA-reduced feature cache at `path`, built on first use (bench/feature_cache.py); with `views`, with 4
-    colour-augmented views of every training scene (`feature_cache.add_views`, added on first use)."""
+    colour-augmented views of every training scene (`feature_cache.add_views`, added on first use); with
+    `audio_stems`, with the audio trunks' stems below their top stages (`feature_cache.add_audio_stems`, idem)."""
     import torch
 
     from .cached_protocol import reduce_image_features
-    from .feature_cache import add_views, build_cache
+    from .feature_cache import add_audio_stems, add_views, build_cache
 
     torch.set_num_threads(threads)
     if not path.is_file():
@@ -95,13 +99,17 @@ def ensure_cache(path: Path, threads: int, views: bool = False) -> Path:
                    "validation": CACHE_SIZES["num_validation"], "test": CACHE_SIZES["num_test"]})
         reduce_image_features(cache)
         torch.save(cache, path)
-    if views:
-        cache = torch.load(path, weights_only=True)
-        if "image_views" not in cache["splits"]["labeled"]:
-            add_views(cache)
-            tmp = path.with_suffix(".tmp")
-            torch.save(cache, tmp)
-            tmp.replace(path)
+    cache = torch.load(path, weights_only=True) if views or audio_stems else None
+    missing_views = views and "image_views" not in cache["splits"]["labeled"]
+    missing_stems = audio_stems and "audio_a_top1" not in cache["splits"]["labeled"]
+    if missing_views:
+        add_views(cache)
+    if missing_stems:
+        add_audio_stems(cache)
+    if missing_views or missing_stems:
+        tmp = path.with_suffix(".tmp")
+        torch.save(cache, tmp)
+        tmp.replace(path)
     return path
 
 
@@ -430,10 +438,11 @@ def parse_method_settings(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help=f"rows {QUICK_ROWS} x 3 seeds, 1,200 steps")
+    p.add_argument("--quick", action="store_true", help=f"rows {QUICK_ROWS} x 3 seeds")
     p.add_argument("--rows", default=None, help=f"comma-separated, from {list(ROWS)}")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; 3 with --quick)")
-    p.add_argument("--steps", type=int, default=None, help="head steps per run (default 2,000; 1,200 with --quick)")
+    p.add_argument("--ablation_seeds", type=int, default=3, help="seeds of the ablation rows (default rows only)")
+    p.add_argument("--steps", type=int, default=1200, help="training steps per run")
     p.add_argument("--unlabeled_batch", type=int, default=48, help="unlabelled samples per stage-2 step")
     p.add_argument("--split", default="test", choices=["validation", "test"],
                    help="scored split: explore on validation; the protocol scores test once")
@@ -448,26 +457,36 @@ def main(argv: list[str] | None = None) -> dict:
                         "branch drawing its own of 4 colour-augmented views per visit")
     p.add_argument("--feature_dropout", type=float, default=0.0,
                    help="probe (validation): dropout on the training image features, drawn per visit and branch")
+    p.add_argument("--audio_top_a", type=int, default=1,
+                   help="top stages of branch A's VGGish that train (1: fc3; 0: frozen, only the heads train)")
+    p.add_argument("--audio_top_b", type=int, default=1,
+                   help="top stages of branch B's SoundNet-8 that train (1: conv7, 2: conv6-7; 0: frozen)")
     p.add_argument("--report_only", action="store_true")
     args = p.parse_args(argv)
     out = args.out or Path("results") / ("cpu_protocol_quick" if args.quick else "cpu_protocol")
     command = "python -m bench.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
     if not args.report_only:
-        rows = args.rows.split(",") if args.rows else (QUICK_ROWS if args.quick else DEFAULT_ROWS)
+        rows = args.rows.split(",") if args.rows else (QUICK_ROWS if args.quick else MAIN_ROWS)
         unknown = [r for r in rows if r not in ROWS]
         if unknown:
             raise SystemExit(f"unknown rows {unknown}; choose from {list(ROWS)}")
         seeds = range(args.seeds or (3 if args.quick else 5))
-        steps = args.steps or (1200 if args.quick else 2000)
+        ablations = [] if args.rows or args.quick else ABLATION_ROWS
+        steps = args.steps
         settings = {"steps": steps, "warmup_steps": steps // 4, "views": not args.clean_view,
-                    "unlabeled_batch": args.unlabeled_batch, "feature_dropout": args.feature_dropout}
-        cache = ensure_cache(args.cache, threads=2, views=not args.clean_view)
+                    "unlabeled_batch": args.unlabeled_batch, "feature_dropout": args.feature_dropout,
+                    "audio_top_a": args.audio_top_a, "audio_top_b": args.audio_top_b}
+        cache = ensure_cache(args.cache, threads=2, views=not args.clean_view,
+                             audio_stems=bool(args.audio_top_a or args.audio_top_b))
         method_settings = parse_method_settings(args.method_setting)
         if args.avc_weight is not None:
             method_settings["avc_weight"] = args.avc_weight
-        jobs = [(str(cache), row, seed, settings, args.split, out, 1, method_settings) for seed in seeds for row in rows
+        plan = [(row, seed) for seed in seeds for row in rows]  # main rows first, seed by seed
+        plan += [(row, seed) for seed in range(args.ablation_seeds) for row in ablations]
+        jobs = [(str(cache), row, seed, settings, args.split, out, 1, method_settings) for row, seed in plan
                 if not raw_path(out, row, seed).is_file()]
-        print(f"{len(jobs)} runs to do ({len(rows)} rows x {len(seeds)} seeds, {steps} steps), {args.jobs} at a time")
+        print(f"{len(jobs)} runs to do ({len(rows)} rows x {len(seeds)} seeds, {len(ablations)} ablations x "
+              f"{args.ablation_seeds} seeds, {steps} steps), {args.jobs} at a time")
         start = time.time()
         ctx = mp.get_context("spawn")
         with ctx.Pool(args.jobs, maxtasksperchild=8) as pool:

@@ -329,3 +329,72 @@ def test_method_settings_keep_their_types():
     assert type(parsed["curriculum_rampup_steps"]) is int
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         rp.parse_method_settings(["no_such_setting=1"])
+
+
+def test_audio_top_stages_train_on_cached_stems(cache, monkeypatch):
+    """With `audio_top_a/b`, branch A's VGGish fc3 and branch B's SoundNet-8 conv7 train on the cache's stems (fc2's
+    and conv6's outputs), conv7 starting from the pretrained weights; every lower stage stays as it was."""
+    cp = load("cached_protocol")
+    from xpl_hf.method import XPLMethod
+
+    for split in cache["splits"].values():
+        n = len(split["ids"])
+        split["audio_a_top1"] = torch.rand(n, 3, 4096).half()
+        split["audio_b_top1"] = torch.rand(n, 512, 5).half()
+    loaded = {}
+
+    def fake_weights(model, skip=(), allow_random=()):  # SoundNet-8's weights, as the real loader would put them
+        conv7 = model.branch_b.audio_encoder.conv7[0]
+        with torch.no_grad():
+            conv7.weight.fill_(0.01)
+        loaded["skip"] = skip
+        loaded["start"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {"branch_b.audio_encoder": "SoundNet-8 (test)"}
+
+    monkeypatch.setattr(cp, "load_pretrained_backbones", fake_weights)
+    settings = cp.StudySettings(num_labeled=4, steps=4, warmup_steps=1, labeled_batch=4, unlabeled_batch=8,
+                                embed_dim=16, audio_top_a=1, audio_top_b=1)
+    assert settings.audio_key("a") == "audio_a_top1" and cp.StudySettings().audio_key("b") == "audio_b"
+    result = cp.train_run(cache, XPLMethod.from_name("xpl"), 0, settings)
+    assert "vggish" in loaded["skip"] and "soundnet8" not in loaded["skip"]
+    start, end = loaded["start"], result["state_dict"]
+    moved = {k for k in start if not torch.equal(start[k], end[k]) and "running" not in k and "batches" not in k}
+    assert "branch_a.audio_encoder.embeddings.4.weight" in moved  # VGGish fc3
+    assert "branch_b.audio_encoder.conv7.0.weight" in moved  # SoundNet-8 conv7, from its pretrained start
+    assert not any(k.startswith(("branch_a.audio_encoder.embeddings.2", "branch_b.audio_encoder.conv6",
+                                 "branch_a.image_encoder", "branch_b.image_encoder")) for k in moved)
+    assert torch.equal(end["branch_b.audio_encoder.conv7.1.running_mean"],
+                       start["branch_b.audio_encoder.conv7.1.running_mean"])  # frozen trunk: eval-mode BatchNorm
+    assert result["weights"] == {"branch_b.audio_encoder": "SoundNet-8 (test)"}
+
+
+def test_audio_stems_give_back_the_cached_features(monkeypatch):
+    """`add_audio_stems` caches each audio trunk below its top stages; the trunk's top on a stem gives back the cached
+    output, and a cache made with another trunk (here: another random VGGish) is refused."""
+    fc = load("feature_cache")
+    from xpl_hf import XPLModel, XPLProcessor
+    from xpl_hf.data.synthetic import SyntheticConfig, generate_sample
+
+    monkeypatch.setattr(fc, "load_pretrained_backbones", lambda model, **kwargs: {})  # random SoundNet-8: offline
+    syn = SyntheticConfig(num_labeled=2, num_unlabeled=0, num_validation=0, num_test=0, image_size=224,
+                          clip_seconds=3.0, seed=0)
+    config = fc.study_model_config(224, 3.0)
+    rows = [generate_sample(syn, "labeled", i) for i in range(2)]
+    audio = [fc.sf.read(fc.io.BytesIO(r["audio"]["bytes"]), dtype="float32")[0] for r in rows]
+    inputs = XPLProcessor.from_config(config)(audio=audio, sampling_rate=syn.sample_rate)
+
+    def cache_of(vggish_seed):
+        torch.manual_seed(vggish_seed)
+        model = XPLModel(config).eval()
+        with torch.no_grad():
+            split = {"ids": [r["id"] for r in rows], "audio_a": model.branch_a.audio_encoder(inputs["audio_log_mel"]),
+                     "audio_b": model.branch_b.audio_encoder(inputs["audio_waveform"])}
+        return {"config": config.to_dict(), "synthetic": syn.to_json(), "splits": {"labeled": split}}
+
+    cache = cache_of(0)
+    fc.add_audio_stems(cache, {"a": (1,), "b": (1, 2)})
+    split = cache["splits"]["labeled"]
+    assert split["audio_a_top1"].shape == (2, 3, 4096) and split["audio_b_top1"].shape[:2] == (2, 512)
+    assert split["audio_b_top2"].shape[:2] == (2, 256)
+    with pytest.raises(ValueError, match="does not give back the cached features"):
+        fc.add_audio_stems(cache_of(1), {"a": (1,)})
