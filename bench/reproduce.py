@@ -29,6 +29,7 @@ cIoU 0.5 and 0.75 with the swapped sound as negatives, and cIoU by box size). Re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -414,8 +415,6 @@ def _chance(records) -> float | None:
 
 def parse_method_settings(items: list[str]) -> dict:
     """``NAME=VALUE`` strings -> XPLMethod settings, each value read as its field's type (int, float, bool, str)."""
-    import dataclasses
-
     from xpl_hf.method import XPLMethod
 
     fields = {f.name: f for f in dataclasses.fields(XPLMethod)}
@@ -434,6 +433,24 @@ def parse_method_settings(items: list[str]) -> dict:
         else:
             out[name] = value
     return out
+
+
+def refuse_other_settings(out: Path, plan: list[tuple[str, int]], settings: dict) -> None:
+    """Stop before any work when `out` already holds a planned run made with other settings (a rerun skips finished
+    runs, so mixing them would report one protocol's runs as another's); a setting a record lacks counts as its
+    default (`StudySettings`)."""
+    from .cached_protocol import StudySettings
+
+    defaults = {f.name: f.default for f in dataclasses.fields(StudySettings)}
+    for row, seed in plan:
+        path = raw_path(out, row, seed)
+        if path.is_file():
+            had = {**defaults, **json.loads(path.read_text()).get("settings", {})}
+            differ = {k: (had.get(k), v) for k, v in settings.items() if had.get(k) != v}
+            if differ:
+                changes = ", ".join(f"{k}: {then!r} there, {now!r} now" for k, (then, now) in differ.items())
+                raise SystemExit(f"{path} was made with other settings ({changes}); choose another --out, or remove "
+                                 "its runs")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -476,13 +493,14 @@ def main(argv: list[str] | None = None) -> dict:
         settings = {"steps": steps, "warmup_steps": steps // 4, "views": not args.clean_view,
                     "unlabeled_batch": args.unlabeled_batch, "feature_dropout": args.feature_dropout,
                     "audio_top_a": args.audio_top_a, "audio_top_b": args.audio_top_b}
+        plan = [(row, seed) for seed in seeds for row in rows]  # main rows first, seed by seed
+        plan += [(row, seed) for seed in range(args.ablation_seeds) for row in ablations]
+        refuse_other_settings(out, plan, settings)
         cache = ensure_cache(args.cache, threads=2, views=not args.clean_view,
                              audio_stems=bool(args.audio_top_a or args.audio_top_b))
         method_settings = parse_method_settings(args.method_setting)
         if args.avc_weight is not None:
             method_settings["avc_weight"] = args.avc_weight
-        plan = [(row, seed) for seed in seeds for row in rows]  # main rows first, seed by seed
-        plan += [(row, seed) for seed in range(args.ablation_seeds) for row in ablations]
         jobs = [(str(cache), row, seed, settings, args.split, out, 1, method_settings) for row, seed in plan
                 if not raw_path(out, row, seed).is_file()]
         print(f"{len(jobs)} runs to do ({len(rows)} rows x {len(seeds)} seeds, {len(ablations)} ablations x "

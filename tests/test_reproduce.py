@@ -398,3 +398,21 @@ def test_audio_stems_give_back_the_cached_features(monkeypatch):
     assert split["audio_b_top2"].shape[:2] == (2, 256)
     with pytest.raises(ValueError, match="does not give back the cached features"):
         fc.add_audio_stems(cache_of(1), {"a": (1,)})
+
+
+def test_a_rerun_refuses_runs_made_with_other_settings(tmp_path):
+    """Rerunning skips finished runs, so a folder holding runs of another protocol (here: heads only) is refused
+    before any work instead of being reported as this one's."""
+    rp = load("reproduce")
+    cp = load("cached_protocol")
+    settings = {"steps": 1200, "warmup_steps": 300, "views": True, "unlabeled_batch": 48, "feature_dropout": 0.0,
+                "audio_top_a": 1, "audio_top_b": 1}
+    old = {k: v for k, v in settings.items() if not k.startswith("audio_top")}  # a record from before the option
+    write_record(rp, tmp_path, {"row": "xpl", "seed": 0, "settings": old})
+    with pytest.raises(SystemExit, match="audio_top_a: 0 there, 1 now"):
+        rp.refuse_other_settings(tmp_path, [("xpl", 0)], settings)
+    rp.refuse_other_settings(tmp_path, [("xpl", 0)], {**old, "audio_top_a": 0, "audio_top_b": 0})  # the same: fine
+    rp.refuse_other_settings(tmp_path, [("xpl", 1)], settings)  # no record yet: fine
+    with pytest.raises(SystemExit, match="other settings"):
+        rp.main(["--out", str(tmp_path), "--rows", "xpl", "--seeds", "1", "--cache", str(tmp_path / "none.pt")])
+    assert cp.StudySettings().audio_top_a == 0
