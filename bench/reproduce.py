@@ -191,7 +191,7 @@ def attach_extended(records: dict[str, dict[int, dict]]) -> None:
             rec["extended"] = run_extended(rec)
 
 
-def write_report(out: Path, command: str) -> dict:
+def write_report(out: Path, command: str, compare_with: Path | None = None) -> dict:
     records = load_records(out)
     if not records:
         raise SystemExit(f"no runs under {out / 'raw'}")
@@ -263,6 +263,8 @@ def write_report(out: Path, command: str) -> dict:
             summary["gap_closed"][metric if row == "xpl" else f"{row} {metric}"] = {"gap": gap, "share": share,
                                                                                     "ci95": [lo, hi]}
     lines += branch_report(records, ablations["xpl"] + ablations["xpl-T0.3"], summary)
+    if compare_with is not None:
+        lines += comparison_report(records, load_records(compare_with), compare_with, summary)
     (out / "tables.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -373,6 +375,48 @@ def branch_report(records: dict, ablations: list[tuple[str, str]], summary: dict
     return lines + pseudo_label_report(records, summary)
 
 
+def comparison_report(records: dict, other: dict, other_out: Path, summary: dict) -> list[str]:
+    """This protocol against another one's runs (`--compare_with`, e.g. the heads-only protocol), paired by row and
+    seed: each row's change, and XPL's gaps to sup_contrastive and sup_only and its pseudo-labels in each."""
+    lines = ["", f"## Against {other_out} (paired by row and seed, fused; 95% t-intervals)", "",
+             "| comparison | metric | n | this protocol | there | this - there |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    summary["comparison"] = {"with": str(other_out)}
+
+    def value(recs: dict, rows: tuple[str, ...], seed: int, metric: str) -> float:
+        """A row's `metric`, or the difference of two rows'."""
+        values = [_value(recs[r][seed], metric) for r in rows]
+        return values[0] if len(values) == 1 else values[0] - values[1]
+
+    comparisons = [(r,) for r in ROWS if r in records and r in other]
+    comparisons += [("xpl", "sup_contrastive"), ("xpl", "sup_only")]
+    for rows in comparisons:
+        if not all(r in records and r in other for r in rows):
+            continue
+        for metric in ("select", "ciou", "ap50"):
+            seeds = sorted(s for s in set.intersection(*(set(records[r]) & set(other[r]) for r in rows))
+                           if all(_has(records[r][s], metric) and _has(other[r][s], metric) for r in rows))
+            if not seeds:
+                continue
+            here = np.array([value(records, rows, s, metric) for s in seeds])
+            there = np.array([value(other, rows, s, metric) for s in seeds])
+            mean, _, lo, hi = t_interval(here - there)
+            name = " - ".join(rows)
+            fmt = "+.1f" if len(rows) > 1 else ".1f"
+            lines.append(f"| {name} | {metric} | {len(seeds)} | {here.mean():{fmt}} | {there.mean():{fmt}} | "
+                         f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}] |")
+            summary["comparison"][f"{name} ({metric})"] = {"here": float(here.mean()), "there": float(there.mean()),
+                                                          "diff": mean, "ci95": [lo, hi], "seeds": seeds}
+    other_pl: dict = {}
+    pseudo_label_report(other, other_pl)
+    for row, there in other_pl.get("pseudo_labels", {}).items():
+        here = summary.get("pseudo_labels", {}).get(row)
+        if here:
+            lines += ["", f"Pseudo-labels of {row} in stage 2, this protocol / there: " + "; ".join(
+                f"{k} {here[k]:.3f} / {there[k]:.3f}" for k in DYNAMICS)]
+    return lines
+
+
 DYNAMICS = ("pl_ciou_a", "pl_ciou_b", "pl_error_a", "pl_error_b", "pl_ema_shift_a", "pl_ema_shift_b", "pl_teacher_gap")
 
 
@@ -479,6 +523,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--audio_top_b", type=int, default=1,
                    help="top stages of branch B's SoundNet-8 that train (1: conv7, 2: conv6-7; 0: frozen)")
     p.add_argument("--report_only", action="store_true")
+    p.add_argument("--compare_with", type=Path, default=None,
+                   help="another protocol's folder (e.g. results/cpu_protocol_heads_only_quick): a paired comparison")
     args = p.parse_args(argv)
     out = args.out or Path("results") / ("cpu_protocol_quick" if args.quick else "cpu_protocol")
     command = "python -m bench.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -510,7 +556,7 @@ def main(argv: list[str] | None = None) -> dict:
         with ctx.Pool(args.jobs, maxtasksperchild=8) as pool:
             for line in pool.imap_unordered(_run_one, jobs):
                 print(f"[{time.time() - start:6.0f} s] {line}", flush=True)
-    summary = write_report(out, command)
+    summary = write_report(out, command, args.compare_with)
     print((out / "tables.md").read_text())
     return summary
 

@@ -416,3 +416,23 @@ def test_a_rerun_refuses_runs_made_with_other_settings(tmp_path):
     with pytest.raises(SystemExit, match="other settings"):
         rp.main(["--out", str(tmp_path), "--rows", "xpl", "--seeds", "1", "--cache", str(tmp_path / "none.pt")])
     assert cp.StudySettings().audio_top_a == 0
+
+
+def test_report_compares_with_another_protocol_by_row_and_seed(tmp_path):
+    """`--compare_with`: each row's change against another protocol's runs of the same seeds, and XPL's gap to
+    sup_contrastive in each (here: +2 per row in this protocol, and the gap moves from -3 to +1)."""
+    rp = load("reproduce")
+    here, there = tmp_path / "here", tmp_path / "there"
+    for out, offset in ((here, 0.0), (there, -2.0)):
+        for row, base in (("sup_only", 60.0), ("sup_contrastive", 70.0), ("xpl", 67.0)):
+            for seed in range(3):
+                value = base + offset + seed + (4.0 if row == "xpl" and out is here else 0.0)
+                summary = {"select": value, "ciou": value / 2, "auc": 40.0}
+                write_record(rp, out, {"row": row, "seed": seed, "split": "test", "test": {
+                    v: {b: summary for b in ("a", "b", "fused")} for v in ("true", "swapped")}})
+    summary = rp.write_report(here, "test", compare_with=there)["comparison"]
+    assert summary["sup_only (select)"]["diff"] == pytest.approx(2.0)
+    assert summary["xpl - sup_contrastive (select)"]["here"] == pytest.approx(1.0)
+    assert summary["xpl - sup_contrastive (select)"]["there"] == pytest.approx(-3.0)
+    assert summary["xpl - sup_contrastive (select)"]["seeds"] == [0, 1, 2]
+    assert "## Against" in (here / "tables.md").read_text()
