@@ -1,6 +1,6 @@
 """Does XPL pay? The CPU decision protocol: the method rows x paired seeds on a frozen-trunk feature cache.
 
-    python -m bench.reproduce                # 6 rows x 5 seeds + 4 ablations x 3 seeds, test split (results/README.md)
+    python -m bench.reproduce                # 6 rows + 4 ablations x 5 seeds, test split (results/README.md)
     python -m bench.reproduce --quick        # 5 main rows x 3 seeds
     python -m bench.reproduce --split validation --rows xpl --seeds 2   # exploring: validation only
     python -m bench.reproduce --report_only  # rewrite tables from <out>/raw/
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help=f"rows {QUICK_ROWS} x 3 seeds")
     p.add_argument("--rows", default=None, help=f"comma-separated, from {list(ROWS)}")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; 3 with --quick)")
-    p.add_argument("--ablation_seeds", type=int, default=3, help="seeds of the ablation rows (default rows only)")
+    p.add_argument("--ablation_seeds", type=int, default=5, help="seeds of the ablation rows (default rows only)")
     p.add_argument("--steps", type=int, default=1200, help="training steps per run")
     p.add_argument("--unlabeled_batch", type=int, default=48, help="unlabelled samples per stage-2 step")
     p.add_argument("--split", default="test", choices=["validation", "test"],
