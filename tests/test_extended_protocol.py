@@ -177,6 +177,25 @@ def test_size_subsets_by_area():
     assert size_subsets(ciou[:1], areas[:1])["huge"] == {"num_samples": 0}
 
 
+def test_ground_truth_areas_keep_the_maps_dtype():
+    """Bool maps are summed in float64 without a float64 copy of the maps (2,000 scenes: 800 MB), with the same
+    areas as float maps; a torch tensor works as well."""
+    import tracemalloc
+
+    import torch
+
+    gts = np.zeros((200, 224, 224), dtype=bool)
+    gts[:, :50, :40] = True
+    tracemalloc.start()
+    areas = ground_truth_areas(gts)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < gts.nbytes  # a float64 copy would take 8x the maps' bytes
+    assert areas.dtype == np.float64 and (areas == 2000.0).all()
+    np.testing.assert_array_equal(ground_truth_areas(torch.from_numpy(gts)), areas)
+    np.testing.assert_array_equal(ground_truth_areas(gts.astype(np.float32)), areas)
+
+
 def test_extended_rows_for_every_negative_and_subset():
     conf = {"true": {"a": np.array(POS)}, "swapped": {"a": np.array(NEG)}, "silence": {"a": np.zeros(3)}}
     rows = extended_rows(conf, {"a": np.array(CIOU)})
