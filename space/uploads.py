@@ -10,6 +10,7 @@ decode the window. Messages name an upload by its own file name, never by the se
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -69,10 +70,32 @@ def strip_paths(text: str) -> str:
     return _ABSOLUTE_PATH.sub(r"\1", text)
 
 
+def _gone(path: str, what: str) -> InputError:
+    return InputError(f"The {what} file {_name(path)} is no longer on the server (uploads are deleted after 15 "
+                      f"minutes): please upload it again.")
+
+
+def _reads_upload(what: str):
+    """A reader of an upload: when it fails because the file vanished while it read (the cache clean-up deletes
+    uploads older than 15 minutes, at any moment), the user gets `_gone`'s message instead of a raw
+    FileNotFoundError or a misleading "not a supported file"."""
+    def wrap(read):
+        @functools.wraps(read)
+        def reader(value, *args, **kwargs):
+            try:
+                return read(value, *args, **kwargs)
+            except (InputError, OSError) as err:
+                path = file_path(value)
+                if path and not os.path.isfile(path):
+                    raise _gone(path, what) from err
+                raise
+        return reader
+    return wrap
+
+
 def _check_size(path: str, limit_mb: float, what: str) -> None:
     if not os.path.isfile(path):  # the cache clean-up deletes uploads older than 15 minutes
-        raise InputError(f"The {what} file {_name(path)} is no longer on the server (uploads are deleted after 15 "
-                         f"minutes): please upload it again.")
+        raise _gone(path, what)
     size = os.path.getsize(path)
     if size == 0:
         raise InputError(f"The {what} file is empty.")
@@ -94,6 +117,7 @@ def _too_long(duration: float, limit: float, what: str) -> InputError:
     return InputError(f"The {what} is {duration:.1f} s long; the limit is {limit:g} s.")
 
 
+@_reads_upload("image")
 def read_image(value, target_size: int | None = None) -> PIL.Image.Image:
     """Uploaded image -> RGB PIL image by the package's image rule (EXIF orientation applied), within the limits.
 
@@ -124,6 +148,7 @@ def _check_audio_info(info: VideoInfo) -> None:
         raise _too_long(info.duration_s, MAX_AUDIO_SECONDS, "audio")
 
 
+@_reads_upload("audio")
 def read_audio(value, clip_seconds: float = 3.0) -> tuple[np.ndarray, int]:
     """Uploaded / recorded audio -> (samples (channels, n), rate) of the window the model uses.
 
@@ -180,6 +205,7 @@ def _check_video_info(info: VideoInfo) -> None:
         _check_pixels(info.width, info.height, "video")
 
 
+@_reads_upload("video")
 def read_video(value, time_s: float, clip_seconds: float = 3.0) -> tuple[PIL.Image.Image, np.ndarray, int, float]:
     """Video -> (the frame at `time_s`, mono audio (1, n) around it, rate, the time used).
 
