@@ -389,7 +389,7 @@ def comparison_report(records: dict, other: dict, other_out: Path, summary: dict
         return values[0] if len(values) == 1 else values[0] - values[1]
 
     comparisons = [(r,) for r in ROWS if r in records and r in other]
-    comparisons += [("xpl", "sup_contrastive"), ("xpl", "sup_only")]
+    comparisons += [("xpl", "sup_contrastive"), ("xpl", "sup_only"), ("xpl-T0.3", "sup_contrastive")]
     for rows in comparisons:
         if not all(r in records and r in other for r in rows):
             continue
@@ -556,6 +556,11 @@ def main(argv: list[str] | None = None) -> dict:
         with ctx.Pool(args.jobs, maxtasksperchild=8) as pool:
             for line in pool.imap_unordered(_run_one, jobs):
                 print(f"[{time.time() - start:6.0f} s] {line}", flush=True)
+    tables = out / "tables.md"
+    if args.report_only and tables.is_file():  # keep the command that made the runs, beside this one
+        made = next((line for line in tables.read_text().splitlines() if line.startswith("Command:")), "")
+        runs = made.removeprefix("Command: ").split("; report: ")[0]
+        command = f"{runs.strip('`')}`; report: `{command}" if runs else command
     summary = write_report(out, command, args.compare_with)
     print((out / "tables.md").read_text())
     return summary
