@@ -126,22 +126,17 @@ def study_model(cache: dict, settings: StudySettings) -> tuple[XPLFromTrunkFeatu
 
 
 @torch.no_grad()
-def predict(model: XPLFromTrunkFeatures, split: dict, audio_order: torch.Tensor | None = None,
-            audio_override: dict | None = None, chunk: int = 500,
+def predict(model: XPLFromTrunkFeatures, split: dict, audio_order: torch.Tensor | None = None, chunk: int = 500,
             audio_keys: tuple[str, str] = ("audio_a", "audio_b")) -> dict[str, torch.Tensor]:
-    """Maps (N, h, w) of branches a, b and fused; `audio_order` permutes the sounds, `audio_override` gives
-    one audio feature per branch for every scene (silence, noise); `audio_keys`: the entries of the audio inputs."""
+    """Maps (N, h, w) of branches a, b and fused; `audio_order` permutes the sounds; `audio_keys`: the cache entries
+    of the two branches' audio inputs (trunk outputs, or stems below the audio top stages)."""
     model.eval()
     n = len(split["image"])
     outs = {k: [] for k in BRANCHES}
     for s in range(0, n, chunk):
         rows = torch.arange(s, min(n, s + chunk))
         arows = rows if audio_order is None else audio_order[rows]
-        if audio_override is None:
-            aa, ab = split[audio_keys[0]][arows].float(), split[audio_keys[1]][arows].float()
-        else:
-            aa = audio_override["a"].expand(len(rows), -1)
-            ab = audio_override["b"].expand(len(rows), -1)
+        aa, ab = split[audio_keys[0]][arows].float(), split[audio_keys[1]][arows].float()
         out = model(image_features=split["image"][rows].float(), audio_features_a=aa, audio_features_b=ab)
         outs["a"].append(out.maps_a)
         outs["b"].append(out.maps_b)

@@ -100,9 +100,13 @@ def ensure_cache(path: Path, threads: int, views: bool = False, audio_stems: boo
                    "validation": CACHE_SIZES["num_validation"], "test": CACHE_SIZES["num_test"]})
         reduce_image_features(cache)
         torch.save(cache, path)
-    cache = torch.load(path, weights_only=True) if views or audio_stems else None
+    if not (views or audio_stems):
+        return path
+    cache = torch.load(path, weights_only=True, mmap=True)  # memory-mapped: checking the keys reads no tensor
     missing_views = views and "image_views" not in cache["splits"]["labeled"]
     missing_stems = audio_stems and "audio_a_top1" not in cache["splits"]["labeled"]
+    if missing_views or missing_stems:
+        cache = torch.load(path, weights_only=True)  # in memory: the additions are written back
     if missing_views:
         add_views(cache)
     if missing_stems:
