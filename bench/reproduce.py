@@ -506,9 +506,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help=f"rows {QUICK_ROWS} x 3 seeds")
     p.add_argument("--rows", default=None, help=f"comma-separated, from {list(ROWS)}")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; 3 with --quick)")
-    p.add_argument("--ablation_seeds", type=int, default=5, help="seeds of the ablation rows (default rows only)")
+    p.add_argument("--ablation_seeds", type=int, default=3, help="seeds of the ablation rows (default rows only)")
     p.add_argument("--steps", type=int, default=1200, help="training steps per run")
     p.add_argument("--unlabeled_batch", type=int, default=48, help="unlabelled samples per stage-2 step")
+    p.add_argument("--learning_rate", type=float, default=3e-3,
+                   help="peak learning rate (AdamW, cosine; pretrained top stages at 0.1x); chosen on validation")
     p.add_argument("--split", default="test", choices=["validation", "test"],
                    help="scored split: explore on validation; the protocol scores test once")
     p.add_argument("--cache", type=Path, default=Path("data/xpl-study/cache.pt"))
@@ -541,7 +543,8 @@ def main(argv: list[str] | None = None) -> dict:
         ablations = [] if args.rows or args.quick else ABLATION_ROWS
         steps = args.steps
         settings = {"steps": steps, "warmup_steps": steps // 4, "views": not args.clean_view,
-                    "unlabeled_batch": args.unlabeled_batch, "feature_dropout": args.feature_dropout,
+                    "unlabeled_batch": args.unlabeled_batch, "learning_rate": args.learning_rate,
+                    "feature_dropout": args.feature_dropout,
                     "audio_top_a": args.audio_top_a, "audio_top_b": args.audio_top_b}
         plan = [(row, seed) for seed in seeds for row in rows]  # main rows first, seed by seed
         plan += [(row, seed) for seed in range(args.ablation_seeds) for row in ablations]
