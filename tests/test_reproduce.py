@@ -436,3 +436,35 @@ def test_report_compares_with_another_protocol_by_row_and_seed(tmp_path):
     assert summary["xpl - sup_contrastive (select)"]["there"] == pytest.approx(-3.0)
     assert summary["xpl - sup_contrastive (select)"]["seeds"] == [0, 1, 2]
     assert "## Against" in (here / "tables.md").read_text()
+
+
+def test_the_learning_rate_setting_reaches_the_optimizer(cache, monkeypatch):
+    """`--learning_rate` (the protocol's choice on validation) is the peak rate of the heads' AdamW groups."""
+    cp = load("cached_protocol")
+    peaks = []
+    groups = cp.parameter_groups
+
+    def recorded(model, learning_rate, *args, **kwargs):
+        out = groups(model, learning_rate, *args, **kwargs)
+        peaks.append(sorted({group["lr"] for group in out}))
+        return out
+
+    monkeypatch.setattr(cp, "parameter_groups", recorded)
+    from xpl_hf.method import XPLMethod
+
+    settings = cp.StudySettings(num_labeled=4, steps=2, warmup_steps=1, labeled_batch=4, unlabeled_batch=8,
+                                embed_dim=16, learning_rate=3e-3)
+    cp.train_run(cache, XPLMethod.from_name("sup_only"), 0, settings)
+    assert peaks == [[3e-3]]
+
+
+def test_the_learning_rate_option_is_a_setting_of_the_runs(tmp_path):
+    """The CLI's `--learning_rate` is recorded with the runs (a record without it was made at 1e-3, the protocol's rate
+    before the choice), and a rerun at another rate is refused."""
+    rp = load("reproduce")
+    write_record(rp, tmp_path, {"row": "xpl", "seed": 0, "settings": {"steps": 1200, "warmup_steps": 300}})
+    argv = ["--out", str(tmp_path), "--rows", "xpl", "--seeds", "1", "--cache", str(tmp_path / "none.pt")]
+    with pytest.raises(SystemExit, match="learning_rate: 0.001 there, 0.003 now"):
+        rp.main(argv)  # the default: 3e-3
+    with pytest.raises(SystemExit, match="learning_rate: 0.001 there, 0.005 now"):
+        rp.main([*argv, "--learning_rate", "5e-3"])
