@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     by_class, pairs = failure_tables(selected, objects)
     print(f"{args.row}, {args.branch} map, {args.split} split, {len(records)} seeds: selection failed in "
           f"{100 * (1 - selected.mean()):.1f}% of scenes")
-    print("by sounding class: " + ", ".join(f"{k} {v:.1f}%" for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])))
+    worst_first = sorted(by_class.items(), key=lambda kv: -kv[1])
+    print("by sounding class: " + ", ".join(f"{name} {rate:.1f}%" for name, rate in worst_first))
     print("worst pairs (sounding class beside a silent class: failure %, scenes):")
     for name, other, rate, n in pairs[:args.top]:
         print(f"  {name:7s} beside {other:7s} {rate:5.1f}%  ({n})")
