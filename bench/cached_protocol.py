@@ -58,7 +58,7 @@ class StudySettings:
     warmup_steps: int = 500
     labeled_batch: int = 16
     unlabeled_batch: int = 48
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # the rate of records that lack it; bench.reproduce's default is 3e-3 since 0.4.1
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0  # the recipe's gradient clipping
     embed_dim: int = 512
