@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from xpl_hf.data.synthetic import CLASS_NAMES
+from xpl_hf.metrics.listening import select_objects
 
 
 def failure_tables(selected: np.ndarray, objects: list[list[dict]], min_scenes: int = 10
@@ -46,6 +47,21 @@ def failure_tables(selected: np.ndarray, objects: list[list[dict]], min_scenes: 
     return by_class, sorted(pairs, key=lambda p: -p[2])
 
 
+def oracle_selection(objects: list[list[dict]], map_size: int = 7, size: int = 224) -> float:
+    """Object selection (%) of the best map a `map_size` x `map_size` head can give: each cell the share of it that the
+    sounding object's box covers. 100 means neither the map's resolution nor the selection rule caps a row."""
+    maps = []
+    for items in objects:
+        mask = np.zeros((size, size))
+        for item in items:
+            if item["sounding"]:
+                x0, y0, x1, y1 = (int(round(v * size)) for v in item["box"])
+                mask[y0:y1, x0:x1] = 1.0
+        cell = size // map_size
+        maps.append(mask.reshape(map_size, cell, map_size, cell).mean(axis=(1, 3)))
+    return float(100 * np.nanmean(select_objects(torch.tensor(np.stack(maps)), objects)["score"]))
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", type=Path, default=Path("results/cpu_protocol"))
@@ -54,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--branch", default="fused", choices=["a", "b", "fused"])
     p.add_argument("--cache", type=Path, default=Path("data/xpl-study/cache.pt"))
     p.add_argument("--top", type=int, default=8, help="pairs to print")
+    p.add_argument("--map_size", type=int, default=7, help="the protocol's maps (224 px, 7 x 7)")
     args = p.parse_args(argv)
     records = [json.loads(f.read_text()) for f in sorted((args.protocol / "raw" / args.row).glob("seed*.json"))]
     if not records:
@@ -67,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{100 * (1 - selected.mean()):.1f}% of scenes")
     worst_first = sorted(by_class.items(), key=lambda kv: -kv[1])
     print("by sounding class: " + ", ".join(f"{name} {rate:.1f}%" for name, rate in worst_first))
+    print(f"an oracle {args.map_size} x {args.map_size} map (the sounding box's share of each cell) selects "
+          f"{oracle_selection(objects, args.map_size):.1f}%")
     print("worst pairs (sounding class beside a silent class: failure %, scenes):")
     for name, other, rate, n in pairs[:args.top]:
         print(f"  {name:7s} beside {other:7s} {rate:5.1f}%  ({n})")

@@ -19,3 +19,13 @@ def test_failures_by_class_and_pair():
     assert pairs[0] == ("flute", "siren", 75.0, 10)
     assert ("flute", "drum", 0.0, 10) in pairs and ("drum", "flute", 0.0, 10) in pairs
     assert ce.failure_tables(selected, objects, min_scenes=11)[1] == []
+
+
+def test_oracle_map_selects_the_sounding_box_unless_another_box_lies_inside_it():
+    ce = load("ceiling_errors")
+    assert ce.oracle_selection([scene("flute", "siren")]) == 100.0  # boxes in opposite quarters
+    # a silent box inside the sounding one, away from its edges: the upsampled box map is at least as high there,
+    # so the oracle cannot pick the sounding object
+    nested = [[{"label": "flute", "sounding": True, "box": [0.0, 0.0, 0.5, 0.5]},
+               {"label": "siren", "sounding": False, "box": [0.0, 0.0, 0.3, 0.3]}]]
+    assert ce.oracle_selection(nested, map_size=2) < 100.0
