@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from xpl_hf.data.synthetic import CLASS_NAMES
+from xpl_hf.losses import downsample_gt
+from xpl_hf.metrics.ground_truth import ground_truth_map
 from xpl_hf.metrics.listening import select_objects
 
 
@@ -47,19 +49,13 @@ def failure_tables(selected: np.ndarray, objects: list[list[dict]], min_scenes: 
     return by_class, sorted(pairs, key=lambda p: -p[2])
 
 
-def oracle_selection(objects: list[list[dict]], map_size: int = 7, size: int = 224) -> float:
-    """Object selection (%) of the best map a `map_size` x `map_size` head can give: each cell the share of it that the
-    sounding object's box covers. 100 means neither the map's resolution nor the selection rule caps a row."""
-    maps = []
-    for items in objects:
-        mask = np.zeros((size, size))
-        for item in items:
-            if item["sounding"]:
-                x0, y0, x1, y1 = (int(round(v * size)) for v in item["box"])
-                mask[y0:y1, x0:x1] = 1.0
-        cell = size // map_size
-        maps.append(mask.reshape(map_size, cell, map_size, cell).mean(axis=(1, 3)))
-    return float(100 * np.nanmean(select_objects(torch.tensor(np.stack(maps)), objects)["score"]))
+def oracle_selection(objects: list[list[dict]], map_size: int = 7) -> float:
+    """Object selection (%) of the best map a `map_size` x `map_size` head can give: its training target, the sounding
+    box's ground-truth map (`ground_truth_map`, 224 px) area-averaged to the map's size (`downsample_gt`). 100 means
+    neither the map's resolution nor the selection rule caps a row."""
+    gts = torch.stack([torch.from_numpy(ground_truth_map([o["box"] for o in items if o["sounding"]], "union") > 0)
+                       for items in objects])
+    return float(100 * np.nanmean(select_objects(downsample_gt(gts, map_size), objects)["score"]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{100 * (1 - selected.mean()):.1f}% of scenes")
     worst_first = sorted(by_class.items(), key=lambda kv: -kv[1])
     print("by sounding class: " + ", ".join(f"{name} {rate:.1f}%" for name, rate in worst_first))
-    print(f"an oracle {args.map_size} x {args.map_size} map (the sounding box's share of each cell) selects "
+    print(f"an oracle {args.map_size} x {args.map_size} map (the sounding box's ground truth, area-averaged) selects "
           f"{oracle_selection(objects, args.map_size):.1f}%")
     print("worst pairs (sounding class beside a silent class: failure %, scenes):")
     for name, other, rate, n in pairs[:args.top]:
